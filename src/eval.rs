@@ -1,0 +1,373 @@
+//! Running a plan: models × tasks through a scorer, writing samples as they
+//! are computed and results after every cell.
+//!
+//! Invariant: a failure in one cell is recorded and the run goes on; every
+//! sample already computed stays on disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::backend::candle::layers::WeightMode;
+use crate::backend::scorer::{CandleScorer, Scorer};
+use crate::fetch::{self, FetchOptions};
+use crate::gguf::GgufFile;
+use crate::metrics::{aggregate, score_sample, AggregateOptions, Metric, SampleScore};
+use crate::models::{Dtype, Registry};
+use crate::record::{
+    read_samples, samples_path, CellResult, CellStatus, MetricValue, ModelRecord, RunRecord,
+    SampleRecord, SampleWriter,
+};
+use crate::task::{build_instances, BuildOptions, DataDir, Instance, TaskDocs, TaskSpec};
+use crate::tokenizer::TextTokenizer;
+
+/// The invocation of a run, stored in `results.json` so `--resume` can redo it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunConfig {
+    pub models: Vec<String>,
+    /// `None` = the built-in registry.
+    pub models_file: Option<PathBuf>,
+    pub tasks: Vec<String>,
+    pub suite_files: Vec<PathBuf>,
+    /// `None` = the embedded smoke items only.
+    pub data_dir: Option<PathBuf>,
+    pub limit: Option<usize>,
+    pub num_fewshot: Option<usize>,
+    /// Overrides each model's `dtype`.
+    pub dtype: Option<Dtype>,
+    pub threads: usize,
+    pub seed: u64,
+    pub bootstrap_iters: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Task(#[from] crate::task::TaskError),
+    #[error(transparent)]
+    Models(#[from] crate::models::ModelsError),
+    #[error(transparent)]
+    Fetch(#[from] crate::fetch::FetchError),
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error(transparent)]
+    Load(#[from] crate::backend::candle::LoadError),
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
+    #[error("task `{task}` reads {path}: pass --data-dir DIR (a folder laid out as <dataset_path>/<dataset_name>/<split>.jsonl), or run the built-in `smoke` suite")]
+    NeedsDataDir { task: String, path: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A task ready to score: its spec and instances.
+pub struct PreparedTask {
+    pub spec: TaskSpec,
+    pub instances: Vec<Instance>,
+    pub num_fewshot: usize,
+}
+
+/// Reads every task's documents and builds its requests, so bad data fails
+/// before any model is loaded.
+pub fn prepare_tasks(specs: &[TaskSpec], cfg: &RunConfig) -> Result<Vec<PreparedTask>, EvalError> {
+    let opts = BuildOptions {
+        limit: cfg.limit,
+        num_fewshot: cfg.num_fewshot,
+        seed: cfg.seed,
+    };
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let k = opts.effective_fewshot(spec);
+        let docs = if crate::smoke::is_smoke(spec) {
+            crate::smoke::docs(spec)?
+        } else {
+            let dir = cfg.data_dir.as_ref().ok_or_else(|| EvalError::NeedsDataDir {
+                task: spec.name.clone(),
+                path: format!(
+                    "{}/{}",
+                    spec.dataset_path,
+                    spec.dataset_name.as_deref().unwrap_or("")
+                ),
+            })?;
+            TaskDocs::load(spec, &DataDir::new(dir), k)?
+        };
+        let instances = build_instances(spec, &docs, &opts)?;
+        out.push(PreparedTask {
+            spec: spec.clone(),
+            instances,
+            num_fewshot: k,
+        });
+    }
+    Ok(out)
+}
+
+/// A model file located (fetched if needed) and loaded.
+pub struct LoadedModel {
+    pub scorer: CandleScorer,
+    pub record: ModelRecord,
+}
+
+/// Obtains `name`'s file (fetching into the cache when missing) and loads it.
+pub fn load_model(
+    registry: &Registry,
+    name: &str,
+    dtype_override: Option<Dtype>,
+    fetch_opts: &FetchOptions,
+) -> Result<LoadedModel, EvalError> {
+    let spec = registry.get(name)?;
+    let fspec = registry.fetch_spec(name)?;
+    let path = fetch::obtain(&fspec, &fetch::default_home(), fetch_opts)?;
+    let t0 = Instant::now();
+    let mut gguf = GgufFile::open(&path)?;
+    let tokenizer = match &spec.tokenizer {
+        Some(p) => TextTokenizer::from_json_file(p, Some(&gguf))?,
+        None => TextTokenizer::from_gguf(&gguf)?,
+    };
+    let dtype = dtype_override.unwrap_or(spec.dtype);
+    let mode = match dtype {
+        Dtype::Quantized => WeightMode::Auto,
+        Dtype::F32 => WeightMode::F32,
+    };
+    let weight_types = gguf
+        .weight_types()
+        .into_iter()
+        .map(|(t, n, b)| (t, (n, b)))
+        .collect();
+    let model = crate::backend::candle::load(&mut gguf, mode)?;
+    let info = model.info().clone();
+    let max_len = spec.context_length.unwrap_or(info.context_length);
+    let record = ModelRecord {
+        file: path.display().to_string(),
+        sha256: spec.sha256.clone(),
+        architecture: info.architecture.clone(),
+        dtype: dtype.to_string(),
+        file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+        n_layer: info.n_layer,
+        hidden: info.hidden,
+        vocab: info.vocab,
+        context_length: max_len,
+        load_time_s: t0.elapsed().as_secs_f64(),
+        weight_types,
+    };
+    Ok(LoadedModel {
+        scorer: CandleScorer::new(model, tokenizer, max_len),
+        record,
+    })
+}
+
+fn sample_metrics(metrics: &[Metric], s: &SampleScore) -> Map<String, Value> {
+    metrics
+        .iter()
+        .map(|m| {
+            let v = match m {
+                Metric::Acc => Value::from(s.acc()),
+                Metric::AccNorm => Value::from(s.acc_norm()),
+                Metric::F1 | Metric::Mcc => Value::from(vec![s.gold, s.pred]),
+            };
+            (m.name().to_string(), v)
+        })
+        .collect()
+}
+
+/// Progress reporting, kept out of piped output.
+fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let pb = indicatif::ProgressBar::with_draw_target(Some(len), target);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>32} [{bar:30}] {pos}/{len} docs {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(label.to_string());
+    pb
+}
+
+/// Scores one model × task cell, appending samples to `run_dir`.
+pub fn run_cell(
+    scorer: &mut dyn Scorer,
+    model: &str,
+    task: &PreparedTask,
+    run_dir: &Path,
+    bootstrap_iters: usize,
+) -> Result<CellResult, EvalError> {
+    let t0 = Instant::now();
+    let path = samples_path(run_dir, model, &task.spec.name);
+    let done = read_samples(&path)?;
+    let wanted: BTreeSet<usize> = task.instances.iter().map(|i| i.doc_id).collect();
+    let mut scores: BTreeMap<usize, SampleScore> = BTreeMap::new();
+    let mut truncated = 0;
+    for r in &done {
+        if wanted.contains(&r.doc_id) {
+            scores.insert(
+                r.doc_id,
+                SampleScore {
+                    gold: r.gold,
+                    pred: r.pred,
+                    pred_norm: r.pred_norm,
+                },
+            );
+            truncated += usize::from(r.truncated);
+        }
+    }
+    let resumed = scores.len();
+    let mut writer = SampleWriter::open(&path)?;
+    let todo: Vec<&Instance> = task
+        .instances
+        .iter()
+        .filter(|i| !scores.contains_key(&i.doc_id))
+        .collect();
+    let pb = progress_bar(todo.len() as u64, &format!("{model}/{}", task.spec.name));
+    let mut forwarded = 0;
+    for inst in todo {
+        let t = Instant::now();
+        let doc = scorer
+            .score_doc(&inst.context, &inst.continuations)
+            .map_err(|e| EvalError::Other(format!("doc {}: {e}", inst.doc_id)))?;
+        let latency_ms = t.elapsed().as_secs_f64() * 1e3;
+        let lls: Vec<f64> = doc.choices.iter().map(|c| c.loglikelihood).collect();
+        let chars: Vec<usize> = inst.choices.iter().map(|c| c.chars().count()).collect();
+        let s = score_sample(&lls, &chars, inst.gold)
+            .map_err(|e| EvalError::Other(format!("doc {}: {e}", inst.doc_id)))?;
+        writer.append(&SampleRecord {
+            doc_id: inst.doc_id,
+            gold: inst.gold,
+            context: inst.context.clone(),
+            continuations: inst.continuations.clone(),
+            loglikelihoods: lls,
+            is_greedy: doc.choices.iter().map(|c| c.is_greedy).collect(),
+            pred: s.pred,
+            metrics: sample_metrics(&task.spec.metrics, &s),
+            pred_norm: s.pred_norm,
+            continuation_tokens: doc.choices.iter().map(|c| c.n_tokens).collect(),
+            truncated: doc.truncated,
+            latency_ms: Some(latency_ms),
+        })?;
+        truncated += usize::from(doc.truncated);
+        forwarded += doc.tokens_forwarded;
+        scores.insert(inst.doc_id, s);
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let samples: Vec<SampleScore> = scores.values().copied().collect();
+    let opts = AggregateOptions { bootstrap_iters };
+    let mut metrics = Vec::new();
+    for m in &task.spec.metrics {
+        let a = aggregate(*m, &samples, &opts)
+            .map_err(|e| EvalError::Other(format!("{}: {e}", task.spec.name)))?;
+        metrics.push(MetricValue {
+            name: m.name().to_string(),
+            value: a.value,
+            stderr: a.stderr,
+        });
+    }
+    Ok(CellResult {
+        model: model.to_string(),
+        task: task.spec.name.clone(),
+        status: CellStatus::Ok,
+        metrics,
+        n: samples.len(),
+        num_fewshot: task.num_fewshot,
+        truncated,
+        wall_time_s: t0.elapsed().as_secs_f64(),
+        tokens_forwarded: forwarded,
+        resumed_samples: resumed,
+        error: None,
+    })
+}
+
+/// A failed cell, recorded so the run can go on.
+pub fn failed_cell(model: &str, task: &PreparedTask, err: &str) -> CellResult {
+    CellResult {
+        model: model.to_string(),
+        task: task.spec.name.clone(),
+        status: CellStatus::Failed,
+        metrics: Vec::new(),
+        n: 0,
+        num_fewshot: task.num_fewshot,
+        truncated: 0,
+        wall_time_s: 0.0,
+        tokens_forwarded: 0,
+        resumed_samples: 0,
+        error: Some(err.to_string()),
+    }
+}
+
+/// Replaces the cell for (model, task) or appends it.
+pub fn upsert_cell(record: &mut RunRecord, cell: CellResult) {
+    match record
+        .cells
+        .iter_mut()
+        .find(|c| c.model == cell.model && c.task == cell.task)
+    {
+        Some(c) => *c = cell,
+        None => record.cells.push(cell),
+    }
+}
+
+/// The printed summary: one row per model × task × metric.
+pub fn summary_table(record: &RunRecord) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "model".into(),
+        "task".into(),
+        "metric".into(),
+        "value ± stderr".into(),
+        "n".into(),
+        "time (s)".into(),
+    ]];
+    for c in &record.cells {
+        if c.status == CellStatus::Failed {
+            rows.push([
+                c.model.clone(),
+                c.task.clone(),
+                "FAILED".into(),
+                c.error.clone().unwrap_or_default(),
+                "0".into(),
+                String::new(),
+            ]);
+            continue;
+        }
+        for m in &c.metrics {
+            let v = match m.stderr {
+                Some(e) => format!("{:.4} ± {:.4}", m.value, e),
+                None => format!("{:.4} ± n/a", m.value),
+            };
+            rows.push([
+                c.model.clone(),
+                c.task.clone(),
+                m.name.clone(),
+                v,
+                c.n.to_string(),
+                format!("{:.1}", c.wall_time_s),
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut s = String::new();
+    for (k, r) in rows.iter().enumerate() {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        s.push_str(&format!("| {} |\n", line.join(" | ")));
+        if k == 0 {
+            let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            s.push_str(&format!("|-{}-|\n", sep.join("-|-")));
+        }
+    }
+    s
+}

@@ -1,0 +1,19 @@
+//! slmbench: evaluate and benchmark small and large language models and their
+//! compressed variants on lm-eval-compatible task suites.
+//!
+//! Data flow: `models`/`task` (specs) → `run` (plan) → `eval` (cells through a
+//! `backend`) → `record` (files). See ARCHITECTURE.md.
+
+pub mod backend;
+pub mod cli;
+pub mod environment;
+pub mod eval;
+pub mod fetch;
+pub mod gguf;
+pub mod metrics;
+pub mod models;
+pub mod record;
+pub mod run;
+pub mod smoke;
+pub mod task;
+pub mod tokenizer;

@@ -1,0 +1,242 @@
+//! `models.yaml`: the model registry. Serde types, validation with errors
+//! naming the file, line and key, and lookup by name. No I/O beyond reading
+//! the file itself.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::fetch::{FetchSpec, Source};
+
+/// The registry shipped in the binary (the repository's `models.yaml`).
+pub const BUILTIN_MODELS_YAML: &str = include_str!("../models.yaml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelsError {
+    #[error("{file}: {message}")]
+    Parse { file: String, message: String },
+    #[error("{file}: model `{model}`: {message}")]
+    Invalid {
+        file: String,
+        model: String,
+        message: String,
+    },
+    #[error("unknown model `{name}` in {file}; known models: {known} (add it to models.yaml or pass --models FILE)")]
+    Unknown {
+        name: String,
+        file: String,
+        known: String,
+    },
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
+}
+
+/// Storage format of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Gguf,
+    Safetensors,
+}
+
+/// How weights are computed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    /// The file's own (quantized) types.
+    #[default]
+    Quantized,
+    /// Dequantize every tensor to f32 at load.
+    F32,
+}
+
+impl std::str::FromStr for Dtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "quantized" | "q" | "native" => Ok(Dtype::Quantized),
+            "f32" | "float32" => Ok(Dtype::F32),
+            _ => Err(format!("unknown dtype `{s}` (use f32 or quantized)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Dtype {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dtype::Quantized => "quantized",
+            Dtype::F32 => "f32",
+        })
+    }
+}
+
+/// One entry of `models:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub format: Format,
+    pub file: String,
+    #[serde(default)]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub dtype: Dtype,
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    #[serde(default)]
+    pub context_length: Option<usize>,
+    #[serde(default)]
+    pub sources: Vec<Source>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelsFile {
+    #[serde(default)]
+    default: Option<String>,
+    models: BTreeMap<String, ModelSpec>,
+}
+
+/// A parsed registry.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    /// Where it came from (a path, or `<built-in models.yaml>`).
+    pub origin: String,
+    pub default: Option<String>,
+    pub models: BTreeMap<String, ModelSpec>,
+}
+
+/// First line of a YAML error, prefixed by the file: `file: line L column C: message`.
+pub fn yaml_error_line(file: &str, err: &dyn std::fmt::Display) -> String {
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or("invalid YAML");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    format!("{first} — fix the YAML in {file}")
+}
+
+impl Registry {
+    pub fn builtin() -> Result<Self, ModelsError> {
+        Self::parse(BUILTIN_MODELS_YAML, "<built-in models.yaml>")
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ModelsError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ModelsError::Read {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ModelsError> {
+        let file: ModelsFile = serde_saphyr::from_str(text).map_err(|e| ModelsError::Parse {
+            file: origin.to_string(),
+            message: yaml_error_line(origin, &e),
+        })?;
+        let reg = Self {
+            origin: origin.to_string(),
+            default: file.default,
+            models: file.models,
+        };
+        reg.validate()?;
+        Ok(reg)
+    }
+
+    fn validate(&self) -> Result<(), ModelsError> {
+        let invalid = |model: &str, message: String| ModelsError::Invalid {
+            file: self.origin.clone(),
+            model: model.to_string(),
+            message,
+        };
+        for (name, m) in &self.models {
+            if let Some(sha) = &m.sha256 {
+                if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Err(invalid(
+                        name,
+                        format!("field `sha256`: `{sha}` is not 64 hex digits"),
+                    ));
+                }
+            }
+            if m.file.is_empty() || m.file.contains('/') || m.file.contains('\\') {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "field `file`: `{}` must be a plain file name (no directories)",
+                        m.file
+                    ),
+                ));
+            }
+            if m.format == Format::Safetensors {
+                return Err(invalid(
+                    name,
+                    "field `format`: safetensors models are not supported yet; convert to GGUF"
+                        .into(),
+                ));
+            }
+        }
+        if let Some(d) = &self.default {
+            if !self.models.contains_key(d) {
+                return Err(invalid(d, "field `default` names no model in `models`".into()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn get(&self, name: &str) -> Result<&ModelSpec, ModelsError> {
+        self.models.get(name).ok_or_else(|| ModelsError::Unknown {
+            name: name.to_string(),
+            file: self.origin.clone(),
+            known: self.models.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// What the fetcher needs to obtain `name`'s file.
+    pub fn fetch_spec(&self, name: &str) -> Result<FetchSpec, ModelsError> {
+        let m = self.get(name)?;
+        Ok(FetchSpec {
+            name: name.to_string(),
+            file_name: m.file.clone(),
+            sha256: m.sha256.clone(),
+            sources: m.sources.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_registry_parses() {
+        let r = Registry::builtin().expect("built-in models.yaml");
+        assert_eq!(r.default.as_deref(), Some("smollm2-135m-instruct"));
+        for m in ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-1.5b-instruct"] {
+            assert!(r.get(m).is_ok(), "{m}");
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_key() {
+        let e = Registry::parse("models:\n  a:\n    file: x.gguf\n    colour: red\n", "m.yaml")
+            .expect_err("unknown key");
+        let s = e.to_string();
+        assert!(s.contains("m.yaml") && s.contains("line 4") && s.contains("colour"), "{s}");
+        assert_eq!(s.lines().count(), 1);
+    }
+
+    #[test]
+    fn bad_sha_and_unknown_model() {
+        let e = Registry::parse("models:\n  a:\n    file: x.gguf\n    sha256: abc\n", "m.yaml")
+            .expect_err("sha");
+        assert!(e.to_string().contains("sha256"));
+        let r = Registry::parse("models:\n  a:\n    file: x.gguf\n", "m.yaml").expect("ok");
+        let e = r.get("b").expect_err("unknown");
+        assert!(e.to_string().contains("known models: a"));
+    }
+}

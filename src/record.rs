@@ -1,0 +1,395 @@
+//! Run records: per-sample lines, per-cell results, provenance, and the
+//! files of a run directory (`results.json`, `results.csv`,
+//! `samples/<model>/<task>.jsonl`). The serialization boundary: nothing
+//! here knows a model or a tensor.
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecordError + '_ {
+    move |source| RecordError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// One scored document, with the same keys as lm-eval's per-sample logs
+/// (and `../shared/reference`), plus what slmbench adds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SampleRecord {
+    pub doc_id: usize,
+    pub gold: usize,
+    pub context: String,
+    pub continuations: Vec<String>,
+    pub loglikelihoods: Vec<f64>,
+    pub is_greedy: Vec<bool>,
+    pub pred: usize,
+    /// Per-sample metric values: `acc`/`acc_norm` as 0/1, `f1`/`mcc` as `[gold, pred]`.
+    #[serde(flatten)]
+    pub metrics: Map<String, Value>,
+    /// Index of the best length-normalized choice.
+    pub pred_norm: usize,
+    /// Number of tokens of each continuation.
+    pub continuation_tokens: Vec<usize>,
+    /// The context was left-truncated to fit the model's window.
+    #[serde(default)]
+    pub truncated: bool,
+    /// Wall time spent scoring this document.
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
+}
+
+/// Appends sample lines, flushing each so a killed run keeps them.
+pub struct SampleWriter {
+    path: PathBuf,
+    file: File,
+}
+
+impl SampleWriter {
+    pub fn open(path: &Path) -> Result<Self, RecordError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn append(&mut self, rec: &SampleRecord) -> Result<(), RecordError> {
+        let mut line = serde_json::to_string(rec).map_err(|e| RecordError::Format {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        line.push('\n');
+        self.file
+            .write_all(line.as_bytes())
+            .and_then(|_| self.file.flush())
+            .map_err(io_err(&self.path))
+    }
+}
+
+/// Reads the samples already written (for `--resume`). A torn last line
+/// (the run was killed mid-write) is dropped and cut from the file.
+pub fn read_samples(path: &Path) -> Result<Vec<SampleRecord>, RecordError> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    let last_content = lines
+        .iter()
+        .rposition(|l| !l.iter().all(u8::is_ascii_whitespace));
+    let mut out = Vec::new();
+    let mut good_bytes = 0u64;
+    let mut torn = false;
+    for (i, line) in lines.iter().enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            good_bytes += line.len() as u64 + 1;
+            continue;
+        }
+        match serde_json::from_slice::<SampleRecord>(line) {
+            Ok(r) => {
+                out.push(r);
+                good_bytes += line.len() as u64 + 1;
+            }
+            // Only a torn final line (a run killed mid-write) is tolerated.
+            Err(_) if Some(i) == last_content => torn = true,
+            Err(e) => {
+                return Err(RecordError::Format {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "line {}: not a sample record ({e}); delete the line or the file to recompute it",
+                        i + 1
+                    ),
+                })
+            }
+        }
+    }
+    let good_bytes = good_bytes.min(bytes.len() as u64);
+    if torn {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(io_err(path))?;
+        f.set_len(good_bytes).map_err(io_err(path))?;
+    }
+    Ok(out)
+}
+
+/// One aggregated metric of a cell.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct MetricValue {
+    pub name: String,
+    pub value: f64,
+    pub stderr: Option<f64>,
+}
+
+/// The outcome of one model × task cell.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CellResult {
+    pub model: String,
+    pub task: String,
+    pub status: CellStatus,
+    pub metrics: Vec<MetricValue>,
+    pub n: usize,
+    pub num_fewshot: usize,
+    pub truncated: usize,
+    pub wall_time_s: f64,
+    pub tokens_forwarded: usize,
+    /// Samples scored in an earlier, resumed invocation.
+    pub resumed_samples: usize,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CellStatus {
+    Ok,
+    Failed,
+}
+
+/// Facts about a loaded model for provenance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ModelRecord {
+    pub file: String,
+    pub sha256: Option<String>,
+    pub architecture: String,
+    pub dtype: String,
+    pub file_bytes: u64,
+    pub n_layer: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+    pub load_time_s: f64,
+    /// GGML type → (tensor count, bytes).
+    pub weight_types: BTreeMap<String, (usize, u64)>,
+}
+
+/// Where and how the run happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Environment {
+    pub slmbench_version: String,
+    pub git_hash: String,
+    pub build_profile: String,
+    pub cpu: String,
+    pub cores_logical: usize,
+    pub threads: usize,
+    pub os: String,
+    pub total_memory_bytes: Option<u64>,
+}
+
+/// Everything `results.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub status: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub wall_time_s: f64,
+    /// The invocation, enough to `--resume` it.
+    pub config: Value,
+    pub environment: Environment,
+    pub models: BTreeMap<String, ModelRecord>,
+    pub cells: Vec<CellResult>,
+    /// Task → `metadata.version`.
+    pub versions: BTreeMap<String, Option<String>>,
+}
+
+impl RunRecord {
+    /// lm-eval-style `results`: model → task → `"acc,none"`, `"acc_stderr,none"`, …
+    pub fn lm_eval_results(&self) -> Value {
+        let mut by_model: Map<String, Value> = Map::new();
+        for c in &self.cells {
+            let mut m = Map::new();
+            m.insert("alias".into(), c.task.clone().into());
+            for mv in &c.metrics {
+                m.insert(format!("{},none", mv.name), mv.value.into());
+                m.insert(
+                    format!("{}_stderr,none", mv.name),
+                    mv.stderr.map_or(Value::from("N/A"), Value::from),
+                );
+            }
+            m.insert("n".into(), c.n.into());
+            m.insert("truncated".into(), c.truncated.into());
+            m.insert("status".into(), serde_json::to_value(c.status).unwrap_or(Value::Null));
+            let entry = by_model
+                .entry(c.model.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(tasks) = entry {
+                tasks.insert(c.task.clone(), Value::Object(m));
+            }
+        }
+        Value::Object(by_model)
+    }
+
+    fn to_json(&self) -> Value {
+        let mut v = serde_json::to_value(self).unwrap_or(Value::Null);
+        if let Value::Object(o) = &mut v {
+            o.insert("results".into(), self.lm_eval_results());
+            let nshot: Map<String, Value> = self
+                .cells
+                .iter()
+                .map(|c| (c.task.clone(), c.num_fewshot.into()))
+                .collect();
+            o.insert("n-shot".into(), Value::Object(nshot));
+        }
+        v
+    }
+
+    /// Writes `results.json` and `results.csv` atomically (temp file + rename).
+    pub fn write(&self, dir: &Path) -> Result<(), RecordError> {
+        let json = serde_json::to_string_pretty(&self.to_json()).map_err(|e| {
+            RecordError::Format {
+                path: dir.join("results.json"),
+                message: e.to_string(),
+            }
+        })?;
+        write_atomic(&dir.join("results.json"), json.as_bytes())?;
+        write_atomic(&dir.join("results.csv"), self.csv().as_bytes())
+    }
+
+    pub fn read(dir: &Path) -> Result<Self, RecordError> {
+        let path = dir.join("results.json");
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        serde_json::from_str(&text).map_err(|e| RecordError::Format {
+            path,
+            message: format!("not a slmbench results file: {e}"),
+        })
+    }
+
+    /// One row per model × task × metric.
+    pub fn csv(&self) -> String {
+        let mut s = String::from(
+            "model,task,metric,value,stderr,n,num_fewshot,truncated,status,wall_time_s,tokens_forwarded\n",
+        );
+        for c in &self.cells {
+            let rows: Vec<(String, String, String)> = if c.metrics.is_empty() {
+                vec![(String::new(), String::new(), String::new())]
+            } else {
+                c.metrics
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.name.clone(),
+                            format!("{}", m.value),
+                            m.stderr.map(|e| format!("{e}")).unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            };
+            for (name, value, stderr) in rows {
+                s.push_str(&format!(
+                    "{},{},{},{},{},{},{},{},{},{:.3},{}\n",
+                    csv_field(&c.model),
+                    csv_field(&c.task),
+                    name,
+                    value,
+                    stderr,
+                    c.n,
+                    c.num_fewshot,
+                    c.truncated,
+                    serde_json::to_value(c.status)
+                        .ok()
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
+                    c.wall_time_s,
+                    c.tokens_forwarded
+                ));
+            }
+        }
+        s
+    }
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+/// `samples/<model>/<task>.jsonl` inside a run directory.
+pub fn samples_path(run_dir: &Path, model: &str, task: &str) -> PathBuf {
+    run_dir.join("samples").join(model).join(format!("{task}.jsonl"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(doc_id: usize) -> SampleRecord {
+        SampleRecord {
+            doc_id,
+            gold: 1,
+            context: "c".into(),
+            continuations: vec![" a".into(), " b".into()],
+            loglikelihoods: vec![-1.0, -0.5],
+            is_greedy: vec![false, true],
+            pred: 1,
+            metrics: Map::from_iter([("acc".to_string(), Value::from(1.0))]),
+            pred_norm: 1,
+            continuation_tokens: vec![1, 1],
+            truncated: false,
+            latency_ms: Some(1.5),
+        }
+    }
+
+    #[test]
+    fn samples_round_trip_and_torn_line_is_cut() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("s/m/t.jsonl");
+        let mut w = SampleWriter::open(&p).expect("open");
+        w.append(&rec(0)).expect("append");
+        w.append(&rec(1)).expect("append");
+        drop(w);
+        let mut f = OpenOptions::new().append(true).open(&p).expect("open");
+        f.write_all(b"{\"doc_id\": 2, \"go").expect("write");
+        drop(f);
+        let got = read_samples(&p).expect("read");
+        assert_eq!(got, vec![rec(0), rec(1)]);
+        // The torn tail is gone, so appending continues cleanly.
+        let mut w = SampleWriter::open(&p).expect("open");
+        w.append(&rec(2)).expect("append");
+        assert_eq!(read_samples(&p).expect("read").len(), 3);
+    }
+
+    #[test]
+    fn sample_line_has_reference_keys() {
+        let v = serde_json::to_value(rec(0)).expect("json");
+        for k in ["doc_id", "gold", "context", "continuations", "loglikelihoods", "is_greedy", "pred", "acc"] {
+            assert!(v.get(k).is_some(), "{k}");
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! Request construction: turns a task's documents into the scored
+//! [`Instance`]s, reproducing lm-eval 0.4.13's `fewshot_context` for
+//! `multiple_choice` (plain text, no chat template):
+//!
+//! `context = description + Σ(fewshot: text + target_delimiter + gold choice + fewshot_delimiter) + text`
+//!
+//! and `continuations[i] = target_delimiter + choices[i]`. Whitespace is left
+//! exactly as lm-eval produces it; moving it between context and
+//! continuation is the model layer's job.
+
+use minijinja::value::Value;
+
+use super::data::TaskDocs;
+use super::error::TaskError;
+use super::fewshot::{excludes_eval_doc, FewshotSampler};
+use super::spec::TaskSpec;
+use super::template::TaskTemplates;
+
+/// lm-eval's default few-shot seed (`--fewshot_random_seed`).
+pub const DEFAULT_FEWSHOT_SEED: u64 = 1234;
+
+/// One evaluated document as a multiple-choice request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instance {
+    /// Index of the document in the evaluated split (file order).
+    pub doc_id: usize,
+    /// The prompt scored before every continuation.
+    pub context: String,
+    /// The choices as `doc_to_choice` gives them (lm-eval's `acc_norm` divides by their length).
+    pub choices: Vec<String>,
+    /// `target_delimiter + choice`, one per choice.
+    pub continuations: Vec<String>,
+    /// Index of the gold choice.
+    pub gold: usize,
+}
+
+/// Options for [`build_instances`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildOptions {
+    /// Evaluate only the first `limit` documents (file order).
+    pub limit: Option<usize>,
+    /// Overrides the task's `num_fewshot`.
+    pub num_fewshot: Option<usize>,
+    /// Few-shot sampling seed (default 1234, as lm-eval).
+    pub seed: u64,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions { limit: None, num_fewshot: None, seed: DEFAULT_FEWSHOT_SEED }
+    }
+}
+
+impl BuildOptions {
+    /// The number of few-shot examples in effect for `spec`.
+    pub fn effective_fewshot(&self, spec: &TaskSpec) -> usize {
+        self.num_fewshot.unwrap_or(spec.num_fewshot)
+    }
+}
+
+/// Builds one [`Instance`] per evaluated document (the first `opts.limit` ones).
+pub fn build_instances(spec: &TaskSpec, docs: &TaskDocs, opts: &BuildOptions) -> Result<Vec<Instance>, TaskError> {
+    let templates = TaskTemplates::new(spec)?;
+    let num_fewshot = opts.effective_fewshot(spec);
+    let build_err = |message: String, fix: &str| TaskError::Build {
+        task: spec.name.clone(),
+        message,
+        fix: fix.to_string(),
+    };
+    let pool = match (&docs.fewshot, num_fewshot) {
+        (_, 0) => None,
+        (Some(pool), _) if pool.is_empty() => {
+            return Err(build_err(
+                format!("few-shot split `{}` ({}) has no documents", pool.split, pool.file),
+                "use --num-fewshot 0 or provide a non-empty few-shot split",
+            ))
+        }
+        (Some(pool), _) => Some(pool),
+        (None, _) => {
+            return Err(build_err(
+                format!("{num_fewshot}-shot requested but no few-shot documents were loaded"),
+                "load the documents with TaskDocs::load(spec, data, num_fewshot)",
+            ))
+        }
+    };
+    let mut sampler = pool.map(|p| FewshotSampler::new(&p.docs, spec.sampler, opts.seed));
+    let exclude = excludes_eval_doc(spec);
+    let n_docs = opts.limit.map_or(docs.eval.len(), |l| l.min(docs.eval.len()));
+    if n_docs == 0 && opts.limit != Some(0) {
+        return Err(build_err(
+            format!("split `{}` ({}) has no documents", docs.eval.split, docs.eval.file),
+            "check the data file",
+        ));
+    }
+    let mut out = Vec::with_capacity(n_docs);
+    for (doc_id, doc) in docs.eval.docs.iter().take(n_docs).enumerate() {
+        let loc = docs.eval.location(doc_id);
+        let ctx = Value::from_serialize(doc);
+        let mut context = templates.description(doc, &ctx, &loc)?;
+        if let (Some(sampler), Some(pool)) = (sampler.as_mut(), pool) {
+            let picks = sampler
+                .sample(num_fewshot, exclude.then_some(doc))
+                .map_err(|m| build_err(format!("{m} (split `{}`)", pool.split), "lower --num-fewshot"))?;
+            for j in picks {
+                let fs_doc = &pool.docs[j];
+                let fs_loc = pool.location(j);
+                let fs_ctx = Value::from_serialize(fs_doc);
+                let text = templates.text(fs_doc, &fs_ctx, &fs_loc)?;
+                let choices = templates.choices(fs_doc, &fs_ctx, &fs_loc)?;
+                let gold = templates.gold(fs_doc, &fs_ctx, &choices, &fs_loc)?;
+                context.push_str(&text);
+                context.push_str(&spec.target_delimiter);
+                context.push_str(&choices[gold]);
+                context.push_str(&spec.fewshot_delimiter);
+            }
+        }
+        context.push_str(&templates.text(doc, &ctx, &loc)?);
+        let choices = templates.choices(doc, &ctx, &loc)?;
+        let gold = templates.gold(doc, &ctx, &choices, &loc)?;
+        let continuations = choices
+            .iter()
+            .map(|c| format!("{}{c}", spec.target_delimiter))
+            .collect();
+        out.push(Instance { doc_id, context, choices, continuations, gold });
+    }
+    Ok(out)
+}

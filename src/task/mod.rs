@@ -1,0 +1,26 @@
+//! Tasks as data, the lm-evaluation-harness way: task YAML files (lm-eval's
+//! keys), the registry of shipped and user suites, the Jinja templates that
+//! turn a document into a prompt, choices and gold label, the data files the
+//! documents come from, and the multiple-choice requests ([`Instance`]s)
+//! built from them exactly as lm-eval 0.4.13 builds its contexts.
+//!
+//! Flow: [`builtin_registry`] (optionally plus [`TaskRegistry::add_dir`]) →
+//! [`TaskRegistry::resolve`] → [`TaskDocs::load`] → [`build_instances`].
+//!
+//! Invariant: knows nothing about models, tokenizers or scores; metrics live
+//! in `crate::metrics`.
+
+mod data;
+mod error;
+mod fewshot;
+mod instances;
+pub(crate) mod pyrandom;
+mod registry;
+mod spec;
+mod template;
+
+pub use data::{DataDir, ParquetReader, SplitDocs, TaskDocs};
+pub use error::{DocLocation, TaskError};
+pub use instances::{build_instances, BuildOptions, Instance, DEFAULT_FEWSHOT_SEED};
+pub use registry::{builtin_registry, load_suite_dir, load_task_file, TaskRegistry};
+pub use spec::{parse_suite_yaml, ChoiceSpec, GroupSpec, SamplerKind, SuiteFile, TargetSpec, TaskSpec};

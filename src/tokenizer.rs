@@ -1,0 +1,301 @@
+//! Tokenizers built from GGUF metadata (or read from a `tokenizer.json`).
+//!
+//! GGUF files carry the vocabulary, not a `tokenizer.json`; this module turns
+//! `tokenizer.ggml.*` metadata into a `tokenizers::Tokenizer` the way
+//! transformers' GGUF converter and llama.cpp tokenize: GPT-2-style byte-level
+//! BPE with the pre-tokenizer named by `tokenizer.ggml.pre`, or a
+//! SentencePiece-style BPE (merges derived from scores, byte fallback) for
+//! `tokenizer.ggml.model = llama`. An unknown pre-tokenizer is an error.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+use crate::gguf::{GgufError, GgufFile};
+
+/// GGUF token types (llama.cpp's `llama_token_type`).
+const TOKEN_NORMAL: i32 = 1;
+const TOKEN_CONTROL: i32 = 3;
+const TOKEN_USER_DEFINED: i32 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error("{path}: unknown pre-tokenizer `tokenizer.ggml.pre = {pre}`; known: {known}. Give the model a `tokenizer:` path to a tokenizer.json in models.yaml")]
+    UnknownPre {
+        path: PathBuf,
+        pre: String,
+        known: String,
+    },
+    #[error("{path}: unsupported tokenizer model `tokenizer.ggml.model = {model}` (supported: gpt2, llama); give a `tokenizer:` path to a tokenizer.json in models.yaml")]
+    UnknownModel { path: PathBuf, model: String },
+    #[error("{path}: cannot build tokenizer: {reason}")]
+    Build { path: PathBuf, reason: String },
+    #[error("cannot tokenize text: {0}")]
+    Encode(String),
+}
+
+/// Pre-tokenizer regexes of the GPT-2-style BPE families we know, by the name
+/// llama.cpp's converter writes into `tokenizer.ggml.pre`.
+const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const KNOWN_PRE: &[&str] = &["gpt-2", "default", "smollm", "qwen2", "llama-bpe"];
+
+/// A tokenizer plus the special-token facts scoring needs.
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    /// Beginning-of-sequence id, if the model has one.
+    pub bos_id: Option<u32>,
+    /// Whether the model expects BOS before every sequence (`add_bos_token`).
+    pub add_bos: bool,
+    pub eos_id: Option<u32>,
+}
+
+impl TextTokenizer {
+    /// Ids of `text` without special tokens.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Reads a `tokenizer.json`; special-token facts come from the GGUF when given.
+    pub fn from_json_file(path: &Path, gguf: Option<&GgufFile>) -> Result<Self, TokenizerError> {
+        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Build {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        let (bos_id, add_bos, eos_id) = match gguf {
+            Some(g) => special_facts(g),
+            None => (None, false, None),
+        };
+        Ok(Self {
+            inner,
+            bos_id,
+            add_bos,
+            eos_id,
+        })
+    }
+
+    /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
+    pub fn from_gguf(g: &GgufFile) -> Result<Self, TokenizerError> {
+        let json = tokenizer_json_from_gguf(g)?;
+        let inner: tokenizers::Tokenizer =
+            serde_json::from_value(json).map_err(|e| TokenizerError::Build {
+                path: g.path.clone(),
+                reason: e.to_string(),
+            })?;
+        let (bos_id, add_bos, eos_id) = special_facts(g);
+        Ok(Self {
+            inner,
+            bos_id,
+            add_bos,
+            eos_id,
+        })
+    }
+}
+
+fn special_facts(g: &GgufFile) -> (Option<u32>, bool, Option<u32>) {
+    let bos = g.opt_u32("tokenizer.ggml.bos_token_id");
+    let eos = g.opt_u32("tokenizer.ggml.eos_token_id");
+    // llama.cpp's default: SentencePiece vocabularies add BOS, BPE ones do not.
+    let spm = g
+        .string("tokenizer.ggml.model")
+        .map(|m| m == "llama")
+        .unwrap_or(false);
+    let add_bos = g.bool_or("tokenizer.ggml.add_bos_token", spm) && bos.is_some();
+    (bos, add_bos, eos)
+}
+
+/// The `tokenizer.json` equivalent of a GGUF vocabulary.
+pub fn tokenizer_json_from_gguf(g: &GgufFile) -> Result<Value, TokenizerError> {
+    let model = g.string("tokenizer.ggml.model")?;
+    let tokens = g.strings("tokenizer.ggml.tokens")?;
+    let types = if g.has("tokenizer.ggml.token_type") {
+        g.i32s("tokenizer.ggml.token_type")?
+    } else {
+        vec![TOKEN_NORMAL; tokens.len()]
+    };
+    let added = added_tokens(&tokens, &types);
+    match model.as_str() {
+        "gpt2" => {
+            let pre = if g.has("tokenizer.ggml.pre") {
+                g.string("tokenizer.ggml.pre")?
+            } else {
+                "default".to_string()
+            };
+            let merges = g.strings("tokenizer.ggml.merges")?;
+            gpt2_json(g, &tokens, &merges, &pre, added)
+        }
+        "llama" => {
+            let scores = g.f32s("tokenizer.ggml.scores")?;
+            Ok(spm_json(g, &tokens, &types, &scores, added))
+        }
+        other => Err(TokenizerError::UnknownModel {
+            path: g.path.clone(),
+            model: other.to_string(),
+        }),
+    }
+}
+
+/// Control tokens become special added tokens; user-defined ones are matched
+/// verbatim before the model runs, as llama.cpp does.
+fn added_tokens(tokens: &[String], types: &[i32]) -> Vec<Value> {
+    tokens
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter(|(_, (_, &t))| t == TOKEN_CONTROL || t == TOKEN_USER_DEFINED)
+        .map(|(id, (content, &t))| {
+            json!({
+                "id": id, "content": content, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": t == TOKEN_CONTROL,
+            })
+        })
+        .collect()
+}
+
+fn vocab_map(tokens: &[String]) -> serde_json::Map<String, Value> {
+    let mut vocab = serde_json::Map::with_capacity(tokens.len());
+    for (id, t) in tokens.iter().enumerate() {
+        // On duplicate pieces keep the first id, as SentencePiece does.
+        vocab.entry(t.clone()).or_insert(json!(id));
+    }
+    vocab
+}
+
+fn gpt2_json(
+    g: &GgufFile,
+    tokens: &[String],
+    merges: &[String],
+    pre: &str,
+    added: Vec<Value>,
+) -> Result<Value, TokenizerError> {
+    let byte_level = |use_regex: bool| {
+        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
+    };
+    let split = |re: &str| {
+        json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
+    };
+    let (pre_tokenizer, ignore_merges) = match pre {
+        "gpt-2" | "default" => (byte_level(true), false),
+        "smollm" => (
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Digits", "individual_digits": true}, byte_level(true)]}),
+            false,
+        ),
+        "qwen2" => (
+            json!({"type": "Sequence", "pretokenizers": [split(QWEN2_REGEX), byte_level(false)]}),
+            false,
+        ),
+        "llama-bpe" => (
+            json!({"type": "Sequence", "pretokenizers": [split(LLAMA3_REGEX), byte_level(false)]}),
+            true,
+        ),
+        other => {
+            return Err(TokenizerError::UnknownPre {
+                path: g.path.clone(),
+                pre: other.to_string(),
+                known: KNOWN_PRE.join(", "),
+            })
+        }
+    };
+    let merges: Vec<Value> = merges
+        .iter()
+        .filter_map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])))
+        .collect();
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": pre_tokenizer,
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "ignore_merges": ignore_merges, "vocab": vocab_map(tokens), "merges": merges,
+        }
+    }))
+}
+
+/// SentencePiece BPE as a `tokenizers` BPE: merges are every split of a
+/// normal piece into two known pieces, ranked by the merged piece's score
+/// (SentencePiece merges the pair whose result scores highest).
+fn spm_json(
+    g: &GgufFile,
+    tokens: &[String],
+    types: &[i32],
+    scores: &[f32],
+    added: Vec<Value>,
+) -> Value {
+    let index: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
+    for (id, piece) in tokens.iter().enumerate() {
+        if types.get(id).copied().unwrap_or(TOKEN_NORMAL) != TOKEN_NORMAL {
+            continue;
+        }
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        for (cut, _) in piece.char_indices().skip(1) {
+            let (l, r) = piece.split_at(cut);
+            if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
+                merges.push((score, id, li, ri));
+            }
+        }
+    }
+    merges.sort_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+            .then(a.3.cmp(&b.3))
+    });
+    let merges: Vec<Value> = merges
+        .iter()
+        .map(|&(_, _, l, r)| json!([tokens[l], tokens[r]]))
+        .collect();
+    let unk = g
+        .opt_u32("tokenizer.ggml.unknown_token_id")
+        .and_then(|i| tokens.get(i as usize).cloned());
+    let add_space_prefix = g.bool_or("tokenizer.ggml.add_space_prefix", true);
+    let normalizer = if add_space_prefix {
+        json!({"type": "Sequence", "normalizers": [
+            {"type": "Prepend", "prepend": "\u{2581}"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}]})
+    } else {
+        json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"})
+    };
+    json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": added,
+        "normalizer": normalizer,
+        "pre_tokenizer": null,
+        "post_processor": null,
+        "decoder": {"type": "Sequence", "decoders": [
+            {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+            {"type": "ByteFallback"}, {"type": "Fuse"}]},
+        "model": {
+            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
+            "ignore_merges": false, "vocab": vocab_map(tokens), "merges": merges,
+        }
+    })
+}
