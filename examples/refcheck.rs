@@ -3,7 +3,11 @@ use slmbench::backend::scorer::{CandleScorer, Scorer};
 use slmbench::{gguf::GgufFile, tokenizer::TextTokenizer};
 fn main() {
     let a: Vec<String> = std::env::args().collect();
-    let mode = if a[3] == "f32" { WeightMode::F32 } else { WeightMode::Quantized };
+    let mode = if a[3] == "f32" {
+        WeightMode::F32
+    } else {
+        WeightMode::Quantized
+    };
     let limit: usize = a[4].parse().unwrap();
     let t0 = std::time::Instant::now();
     let mut g = GgufFile::open(std::path::Path::new(&a[1])).unwrap();
@@ -21,11 +25,23 @@ fn main() {
         let want: Vec<f64> = serde_json::from_value(v["loglikelihoods"].clone()).unwrap();
         let got = s.score_doc(ctx, &conts).unwrap();
         let lls: Vec<f64> = got.choices.iter().map(|c| c.loglikelihood).collect();
-        let pred = lls.iter().enumerate().fold(0, |b, (i, x)| if *x > lls[b] { i } else { b });
+        let pred = lls
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, x)| if *x > lls[b] { i } else { b });
         n += 1;
-        if pred as u64 == v["pred"].as_u64().unwrap() { agree += 1 }
-        for (x, y) in lls.iter().zip(&want) { worst = f64::max(worst, (x - y).abs()); }
-        if n <= 3 { println!("{:?}\n{:?}", lls, want); }
+        if pred as u64 == v["pred"].as_u64().unwrap() {
+            agree += 1
+        }
+        for (x, y) in lls.iter().zip(&want) {
+            worst = f64::max(worst, (x - y).abs());
+        }
+        if n <= 3 {
+            println!("{:?}\n{:?}", lls, want);
+        }
     }
-    println!("n={n} agree={agree} worst={worst:.5} time {:?}", t0.elapsed());
+    println!(
+        "n={n} agree={agree} worst={worst:.5} time {:?}",
+        t0.elapsed()
+    );
 }

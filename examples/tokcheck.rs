@@ -9,12 +9,18 @@ fn main() {
     let (mut ok, mut n) = (0, 0);
     for line in std::fs::read_to_string(refs).unwrap().lines() {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        if v["model"] != *model { continue; }
+        if v["model"] != *model {
+            continue;
+        }
         let text = v["text"].as_str().unwrap();
         let want: Vec<u32> = serde_json::from_value(v["ids"].clone()).unwrap();
         let got = tok.encode(text).unwrap();
         n += 1;
-        if got == want { ok += 1 } else { println!("MISMATCH {text:?}\n want {want:?}\n got  {got:?}"); }
+        if got == want {
+            ok += 1
+        } else {
+            println!("MISMATCH {text:?}\n want {want:?}\n got  {got:?}");
+        }
     }
     println!("{model}: {ok}/{n}");
 }

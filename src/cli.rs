@@ -126,7 +126,10 @@ fn run_config(a: &RunArgs) -> Result<RunConfig> {
     if let Some(dir) = &a.resume {
         let rec = crate::record::RunRecord::read(dir)?;
         let cfg: RunConfig = serde_json::from_value(rec.config).with_context(|| {
-            format!("{}: results.json has no usable `config` to resume", dir.display())
+            format!(
+                "{}: results.json has no usable `config` to resume",
+                dir.display()
+            )
         })?;
         return Ok(cfg);
     }
@@ -188,7 +191,11 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             for (name, m) in &reg.models {
                 let spec = reg.fetch_spec(name)?;
                 let cached = crate::fetch::cached_path(&spec, &home).exists();
-                let default = if reg.default.as_deref() == Some(name) { " (default)" } else { "" };
+                let default = if reg.default.as_deref() == Some(name) {
+                    " (default)"
+                } else {
+                    ""
+                };
                 println!(
                     "{name}{default}\t{}\t{}\t{}",
                     m.description.as_deref().unwrap_or(""),
@@ -235,8 +242,8 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             let opts = FetchOptions::from_env();
             let home = crate::fetch::default_home();
             for n in &names {
-                let spec = reg.fetch_spec(n)?;
-                let path = crate::fetch::obtain(&spec, &home, &opts)?;
+                reg.get(n)?;
+                let path = reg.obtain(n, &home, &opts)?;
                 println!("{n}\t{}", path.display());
             }
             Ok(0)
@@ -249,16 +256,12 @@ pub fn main_with(cli: Cli) -> Result<i32> {
         } => {
             let reg = model_registry(models.as_deref())?;
             let spec = reg.get(&model)?.clone();
-            let path = crate::fetch::obtain(
-                &reg.fetch_spec(&model)?,
+            let path = reg.obtain(
+                &model,
                 &crate::fetch::default_home(),
                 &FetchOptions::from_env(),
             )?;
-            let g = crate::gguf::GgufFile::open(&path)?;
-            let tok = match &spec.tokenizer {
-                Some(p) => crate::tokenizer::TextTokenizer::from_json_file(p, Some(&g))?,
-                None => crate::tokenizer::TextTokenizer::from_gguf(&g)?,
-            };
+            let (_, tok) = crate::eval::open_model(&spec, &path)?;
             println!("{}", serde_json::to_string(&tok.encode(&text)?)?);
             Ok(0)
         }
@@ -272,7 +275,7 @@ fn validate(files: &[PathBuf]) -> Result<i32> {
         let text = match std::fs::read_to_string(f) {
             Ok(t) => t,
             Err(e) => {
-                eprintln!("{}: cannot read: {e}", f.display());
+                eprintln!("error: {}: cannot read: {e}", f.display());
                 bad += 1;
                 continue;
             }
@@ -291,7 +294,10 @@ fn validate(files: &[PathBuf]) -> Result<i32> {
         match res {
             Ok(what) => println!("{}: ok ({what})", f.display()),
             Err(e) => {
-                eprintln!("{e:#}");
+                eprintln!(
+                    "error: {}",
+                    format!("{e:#}").lines().collect::<Vec<_>>().join(" ")
+                );
                 bad += 1;
             }
         }

@@ -16,7 +16,7 @@ use crate::backend::scorer::{CandleScorer, Scorer};
 use crate::fetch::{self, FetchOptions};
 use crate::gguf::GgufFile;
 use crate::metrics::{aggregate, score_sample, AggregateOptions, Metric, SampleScore};
-use crate::models::{Dtype, Registry};
+use crate::models::{Dtype, Format, ModelSpec, Registry};
 use crate::record::{
     read_samples, samples_path, CellResult, CellStatus, MetricValue, ModelRecord, RunRecord,
     SampleRecord, SampleWriter,
@@ -86,15 +86,18 @@ pub fn prepare_tasks(specs: &[TaskSpec], cfg: &RunConfig) -> Result<Vec<Prepared
         let docs = if crate::smoke::is_smoke(spec) {
             crate::smoke::docs(spec)?
         } else {
-            let dir = cfg.data_dir.as_ref().ok_or_else(|| EvalError::NeedsDataDir {
-                task: spec.name.clone(),
-                path: format!(
-                    "{}/{}",
-                    spec.dataset_path,
-                    spec.dataset_name.as_deref().unwrap_or("")
-                ),
-            })?;
-            TaskDocs::load(spec, &DataDir::new(dir), k)?
+            let dir = cfg
+                .data_dir
+                .as_ref()
+                .ok_or_else(|| EvalError::NeedsDataDir {
+                    task: spec.name.clone(),
+                    path: format!(
+                        "{}/{}",
+                        spec.dataset_path,
+                        spec.dataset_name.as_deref().unwrap_or("")
+                    ),
+                })?;
+            TaskDocs::load(spec, &data_dir(dir), k)?
         };
         let instances = build_instances(spec, &docs, &opts)?;
         out.push(PreparedTask {
@@ -104,6 +107,11 @@ pub fn prepare_tasks(specs: &[TaskSpec], cfg: &RunConfig) -> Result<Vec<Prepared
         });
     }
     Ok(out)
+}
+
+/// A data folder read as JSON Lines, or as the Hub's Parquet shards.
+pub fn data_dir(dir: &Path) -> DataDir {
+    DataDir::new(dir).with_parquet_reader(std::sync::Arc::new(crate::parquet::PolarsParquet))
 }
 
 /// A model file located (fetched if needed) and loaded.
@@ -120,14 +128,9 @@ pub fn load_model(
     fetch_opts: &FetchOptions,
 ) -> Result<LoadedModel, EvalError> {
     let spec = registry.get(name)?;
-    let fspec = registry.fetch_spec(name)?;
-    let path = fetch::obtain(&fspec, &fetch::default_home(), fetch_opts)?;
+    let path = registry.obtain(name, &fetch::default_home(), fetch_opts)?;
     let t0 = Instant::now();
-    let mut gguf = GgufFile::open(&path)?;
-    let tokenizer = match &spec.tokenizer {
-        Some(p) => TextTokenizer::from_json_file(p, Some(&gguf))?,
-        None => TextTokenizer::from_gguf(&gguf)?,
-    };
+    let (mut gguf, tokenizer) = open_model(spec, &path)?;
     let dtype = dtype_override.unwrap_or(spec.dtype);
     let mode = match dtype {
         Dtype::Quantized => WeightMode::Auto,
@@ -143,10 +146,14 @@ pub fn load_model(
     let max_len = spec.context_length.unwrap_or(info.context_length);
     let record = ModelRecord {
         file: path.display().to_string(),
-        sha256: spec.sha256.clone(),
+        sha256: match (&spec.sha256, spec.format) {
+            (Some(h), _) => Some(h.clone()),
+            (None, Format::Gguf) => fetch::sha256_file(&path, false).ok(),
+            (None, Format::Safetensors) => None,
+        },
         architecture: info.architecture.clone(),
         dtype: dtype.to_string(),
-        file_bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
+        file_bytes: gguf.file_bytes(),
         n_layer: info.n_layer,
         hidden: info.hidden,
         vocab: info.vocab,
@@ -158,6 +165,24 @@ pub fn load_model(
         scorer: CandleScorer::new(model, tokenizer, max_len),
         record,
     })
+}
+
+/// Opens a model file (GGUF) or folder (safetensors) and its tokenizer.
+pub fn open_model(spec: &ModelSpec, path: &Path) -> Result<(GgufFile, TextTokenizer), EvalError> {
+    let gguf = match spec.format {
+        Format::Gguf => GgufFile::open(path)?,
+        Format::Safetensors => {
+            crate::safetensors::open_dir(path).map_err(|e| EvalError::Other(e.to_string()))?
+        }
+    };
+    let tokenizer = match (&spec.tokenizer, spec.format) {
+        (Some(p), _) => TextTokenizer::from_json_file(p, Some(&gguf))?,
+        (None, Format::Safetensors) => {
+            TextTokenizer::from_json_file(&path.join("tokenizer.json"), Some(&gguf))?
+        }
+        (None, Format::Gguf) => TextTokenizer::from_gguf(&gguf)?,
+    };
+    Ok((gguf, tokenizer))
 }
 
 fn sample_metrics(metrics: &[Metric], s: &SampleScore) -> Map<String, Value> {

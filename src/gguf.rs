@@ -6,8 +6,9 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::QTensor;
+use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
+use std::collections::HashMap;
 
 /// Errors raised while reading a GGUF file.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +34,22 @@ pub enum GgufError {
     },
 }
 
-/// An opened GGUF file: its parsed header and a reader positioned anywhere.
+/// An opened model: GGUF metadata (or its equivalent built from a Hugging
+/// Face `config.json`) and tensors under llama.cpp's names.
 pub struct GgufFile {
     pub path: PathBuf,
-    pub content: Content,
-    reader: BufReader<File>,
-    file_len: u64,
+    metadata: HashMap<String, Value>,
+    backing: Backing,
+}
+
+enum Backing {
+    Gguf {
+        content: Content,
+        reader: BufReader<File>,
+        file_len: u64,
+    },
+    /// Tensors of a safetensors directory, already renamed and converted.
+    Tensors(crate::safetensors::TensorMap),
 }
 
 impl GgufFile {
@@ -53,35 +64,37 @@ impl GgufFile {
             path: path.to_path_buf(),
             reason: first_line(&e.to_string()),
         })?;
-        let this = Self {
+        check_tensor_extent(path, &content, file_len)?;
+        Ok(Self {
             path: path.to_path_buf(),
-            content,
-            reader,
-            file_len,
-        };
-        this.check_tensor_extent()?;
-        Ok(this)
+            metadata: content.metadata.clone(),
+            backing: Backing::Gguf {
+                content,
+                reader,
+                file_len,
+            },
+        })
     }
 
-    /// A truncated download passes header parsing; catch it before loading tensors.
-    fn check_tensor_extent(&self) -> Result<(), GgufError> {
-        let mut end = 0u64;
-        for info in self.content.tensor_infos.values() {
-            let elems = info.shape.elem_count() as u64;
-            let block = info.ggml_dtype.block_size() as u64;
-            let bytes = elems / block * info.ggml_dtype.type_size() as u64;
-            end = end.max(self.content.tensor_data_offset + info.offset + bytes);
+    /// A model whose metadata and tensors were built elsewhere (safetensors).
+    pub fn from_parts(
+        path: PathBuf,
+        metadata: HashMap<String, Value>,
+        tensors: crate::safetensors::TensorMap,
+    ) -> Self {
+        Self {
+            path,
+            metadata,
+            backing: Backing::Tensors(tensors),
         }
-        if end > self.file_len {
-            return Err(GgufError::Invalid {
-                path: self.path.clone(),
-                reason: format!(
-                    "tensor data needs {end} bytes but the file has {}",
-                    self.file_len
-                ),
-            });
+    }
+
+    /// Bytes of the model file(s) on disk.
+    pub fn file_bytes(&self) -> u64 {
+        match &self.backing {
+            Backing::Gguf { file_len, .. } => *file_len,
+            Backing::Tensors(t) => t.file_bytes,
         }
-        Ok(())
     }
 
     fn key_err(&self, key: &str, reason: impl Into<String>) -> GgufError {
@@ -93,14 +106,13 @@ impl GgufFile {
     }
 
     pub fn value(&self, key: &str) -> Result<&Value, GgufError> {
-        self.content
-            .metadata
+        self.metadata
             .get(key)
             .ok_or_else(|| self.key_err(key, "missing"))
     }
 
     pub fn has(&self, key: &str) -> bool {
-        self.content.metadata.contains_key(key)
+        self.metadata.contains_key(key)
     }
 
     pub fn string(&self, key: &str) -> Result<String, GgufError> {
@@ -126,8 +138,7 @@ impl GgufFile {
     }
 
     pub fn bool_or(&self, key: &str, default: bool) -> bool {
-        self.content
-            .metadata
+        self.metadata
             .get(key)
             .and_then(|v| v.to_bool().ok())
             .unwrap_or(default)
@@ -185,32 +196,73 @@ impl GgufFile {
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {
-        self.content.tensor_infos.contains_key(name)
+        match &self.backing {
+            Backing::Gguf { content, .. } => content.tensor_infos.contains_key(name),
+            Backing::Tensors(t) => t.tensors.contains_key(name),
+        }
     }
 
     pub fn tensor(&mut self, name: &str) -> Result<QTensor, GgufError> {
-        self.content
-            .tensor(&mut self.reader, name, &Device::Cpu)
-            .map_err(|e| GgufError::Tensor {
-                path: self.path.clone(),
-                name: name.to_string(),
-                reason: first_line(&e.to_string()),
-            })
+        let res = match &mut self.backing {
+            Backing::Gguf {
+                content, reader, ..
+            } => content.tensor(reader, name, &Device::Cpu),
+            Backing::Tensors(t) => match t.tensors.get(name) {
+                Some(tensor) => QTensor::quantize(tensor, crate::safetensors::storage_type(tensor)),
+                None => Err(candle_core::Error::Msg("no such tensor".into())),
+            },
+        };
+        res.map_err(|e| GgufError::Tensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+            reason: first_line(&e.to_string()),
+        })
     }
 
     /// Counts of tensors and bytes per GGML type, e.g. for provenance.
     pub fn weight_types(&self) -> Vec<(String, usize, u64)> {
         let mut map: std::collections::BTreeMap<String, (usize, u64)> = Default::default();
-        for info in self.content.tensor_infos.values() {
-            let elems = info.shape.elem_count() as u64;
-            let bytes = elems / info.ggml_dtype.block_size() as u64
-                * info.ggml_dtype.type_size() as u64;
-            let e = map.entry(format!("{:?}", info.ggml_dtype)).or_default();
+        let mut add = |dtype: GgmlDType, elems: u64| {
+            let bytes = elems / dtype.block_size() as u64 * dtype.type_size() as u64;
+            let e = map.entry(format!("{dtype:?}")).or_default();
             e.0 += 1;
             e.1 += bytes;
+        };
+        match &self.backing {
+            Backing::Gguf { content, .. } => {
+                for info in content.tensor_infos.values() {
+                    add(info.ggml_dtype, info.shape.elem_count() as u64);
+                }
+            }
+            Backing::Tensors(t) => {
+                for tensor in t.tensors.values() {
+                    add(
+                        crate::safetensors::storage_type(tensor),
+                        tensor.elem_count() as u64,
+                    );
+                }
+            }
         }
         map.into_iter().map(|(k, (n, b))| (k, n, b)).collect()
     }
+}
+
+/// A truncated download passes header parsing; catch it before loading tensors.
+fn check_tensor_extent(path: &Path, content: &Content, file_len: u64) -> Result<(), GgufError> {
+    let mut end = 0u64;
+    for info in content.tensor_infos.values() {
+        let elems = info.shape.elem_count() as u64;
+        let block = info.ggml_dtype.block_size() as u64;
+        let bytes = elems / block * info.ggml_dtype.type_size() as u64;
+        end = end.max(content.tensor_data_offset + info.offset + bytes);
+    }
+    if end > file_len {
+        return Err(GgufError::Invalid {
+            path: path.to_path_buf(),
+            reason: format!("tensor data needs {end} bytes but the file has {file_len}"),
+        });
+    }
+    Ok(())
 }
 
 fn first_line(s: &str) -> String {

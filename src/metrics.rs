@@ -100,12 +100,20 @@ pub struct SampleScore {
 impl SampleScore {
     /// `acc` for this sample: 1.0 or 0.0.
     pub fn acc(&self) -> f64 {
-        if self.pred == self.gold { 1.0 } else { 0.0 }
+        if self.pred == self.gold {
+            1.0
+        } else {
+            0.0
+        }
     }
 
     /// `acc_norm` for this sample: 1.0 or 0.0.
     pub fn acc_norm(&self) -> f64 {
-        if self.pred_norm == self.gold { 1.0 } else { 0.0 }
+        if self.pred_norm == self.gold {
+            1.0
+        } else {
+            0.0
+        }
     }
 }
 
@@ -130,7 +138,11 @@ pub fn argmax(values: &[f64]) -> Option<usize> {
 /// `choice_chars[i]` is the length in characters (Unicode scalar values, as
 /// Python's `len`) of choice `i` as `doc_to_choice` returns it, without the
 /// target delimiter; lm-eval divides by that length for `acc_norm`.
-pub fn score_sample(lls: &[f64], choice_chars: &[usize], gold: usize) -> Result<SampleScore, MetricError> {
+pub fn score_sample(
+    lls: &[f64],
+    choice_chars: &[usize],
+    gold: usize,
+) -> Result<SampleScore, MetricError> {
     if lls.is_empty() || lls.len() != choice_chars.len() {
         return Err(MetricError::BadSample(format!(
             "{} log-likelihoods for {} choice lengths",
@@ -151,7 +163,11 @@ pub fn score_sample(lls: &[f64], choice_chars: &[usize], gold: usize) -> Result<
         .collect();
     let pred = argmax(lls).unwrap_or(0);
     let pred_norm = argmax(&normed).unwrap_or(0);
-    Ok(SampleScore { gold, pred, pred_norm })
+    Ok(SampleScore {
+        gold,
+        pred,
+        pred_norm,
+    })
 }
 
 /// Options for [`aggregate`].
@@ -164,7 +180,9 @@ pub struct AggregateOptions {
 
 impl Default for AggregateOptions {
     fn default() -> Self {
-        AggregateOptions { bootstrap_iters: 1000 }
+        AggregateOptions {
+            bootstrap_iters: 1000,
+        }
     }
 }
 
@@ -182,7 +200,11 @@ pub struct Aggregate {
 }
 
 /// Aggregates one metric over all samples of a task, as lm-eval does.
-pub fn aggregate(metric: Metric, samples: &[SampleScore], opts: &AggregateOptions) -> Result<Aggregate, MetricError> {
+pub fn aggregate(
+    metric: Metric,
+    samples: &[SampleScore],
+    opts: &AggregateOptions,
+) -> Result<Aggregate, MetricError> {
     if samples.is_empty() {
         return Err(MetricError::Empty(metric));
     }
@@ -191,14 +213,23 @@ pub fn aggregate(metric: Metric, samples: &[SampleScore], opts: &AggregateOption
         Metric::Acc | Metric::AccNorm => {
             let xs: Vec<f64> = samples
                 .iter()
-                .map(|s| if metric == Metric::Acc { s.acc() } else { s.acc_norm() })
+                .map(|s| {
+                    if metric == Metric::Acc {
+                        s.acc()
+                    } else {
+                        s.acc_norm()
+                    }
+                })
                 .collect();
             (mean(&xs), if n > 1 { mean_stderr(&xs) } else { None })
         }
         Metric::F1 | Metric::Mcc => {
             let pairs: Vec<(usize, usize)> = samples.iter().map(|s| (s.gold, s.pred)).collect();
-            let f: fn(&[(usize, usize)]) -> Result<f64, MetricError> =
-                if metric == Metric::F1 { f1_score } else { |p| Ok(matthews_corrcoef(p)) };
+            let f: fn(&[(usize, usize)]) -> Result<f64, MetricError> = if metric == Metric::F1 {
+                f1_score
+            } else {
+                |p| Ok(matthews_corrcoef(p))
+            };
             let value = f(&pairs)?;
             let stderr = if n > 1 {
                 bootstrap_stderr(|p| f(p).unwrap_or(f64::NAN), &pairs, opts.bootstrap_iters)
@@ -208,7 +239,12 @@ pub fn aggregate(metric: Metric, samples: &[SampleScore], opts: &AggregateOption
             (value, stderr)
         }
     };
-    Ok(Aggregate { metric, value, stderr, n })
+    Ok(Aggregate {
+        metric,
+        value,
+        stderr,
+        n,
+    })
 }
 
 /// Python's `sum` of floats, left to right. (Python 3.12+ compensates the
@@ -253,7 +289,11 @@ pub fn f1_score(pairs: &[(usize, usize)]) -> Result<f64, MetricError> {
         pred_pos += u64::from(p == 1);
     }
     let denom = (true_pos + pred_pos) as f64;
-    Ok(if denom == 0.0 { 0.0 } else { 2.0 * tp as f64 / denom })
+    Ok(if denom == 0.0 {
+        0.0
+    } else {
+        2.0 * tp as f64 / denom
+    })
 }
 
 /// scikit-learn's `matthews_corrcoef(golds, preds)` over (gold, pred) pairs

@@ -94,6 +94,9 @@ pub struct ModelSpec {
     pub context_length: Option<usize>,
     #[serde(default)]
     pub sources: Vec<Source>,
+    /// Safetensors folders: sha256 of individual files fetched from the Hub.
+    #[serde(default)]
+    pub sha256_files: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,17 +175,20 @@ impl Registry {
                     ),
                 ));
             }
-            if m.format == Format::Safetensors {
+            if m.format == Format::Safetensors && m.sha256.is_some() {
                 return Err(invalid(
                     name,
-                    "field `format`: safetensors models are not supported yet; convert to GGUF"
+                    "field `sha256`: a safetensors model is a folder; pin files with `sha256_files: {FILE: HEX}`"
                         .into(),
                 ));
             }
         }
         if let Some(d) = &self.default {
             if !self.models.contains_key(d) {
-                return Err(invalid(d, "field `default` names no model in `models`".into()));
+                return Err(invalid(
+                    d,
+                    "field `default` names no model in `models`".into(),
+                ));
             }
         }
         Ok(())
@@ -194,6 +200,64 @@ impl Registry {
             file: self.origin.clone(),
             known: self.models.keys().cloned().collect::<Vec<_>>().join(", "),
         })
+    }
+
+    /// Obtains `name`'s model: a GGUF file, or a safetensors folder (a `path`
+    /// source naming a folder is used in place; a `hub` source's files are
+    /// fetched side by side into `<cache>/models/<name>/<file>/`).
+    pub fn obtain(
+        &self,
+        name: &str,
+        home: &Path,
+        opts: &crate::fetch::FetchOptions,
+    ) -> Result<PathBuf, crate::fetch::FetchError> {
+        let m = self.models.get(name);
+        let Some(m) = m.filter(|m| m.format == Format::Safetensors) else {
+            let spec =
+                self.fetch_spec(name)
+                    .map_err(|e| crate::fetch::FetchError::InvalidSpec {
+                        name: name.to_string(),
+                        reason: e.to_string(),
+                    })?;
+            return crate::fetch::obtain(&spec, home, opts);
+        };
+        for s in &m.sources {
+            if let Source::Path(p) = s {
+                if p.is_dir() {
+                    return Ok(p.clone());
+                }
+            }
+        }
+        let dir_name = format!("{name}/{}", m.file);
+        let mut last = None;
+        for s in &m.sources {
+            let Source::Hub(h) = s else { continue };
+            let mut ok = true;
+            for f in &h.files {
+                let spec = FetchSpec {
+                    name: dir_name.clone(),
+                    file_name: f.clone(),
+                    sha256: m.sha256_files.get(f).cloned(),
+                    sources: vec![Source::Hub(crate::fetch::HubSource {
+                        repo: h.repo.clone(),
+                        revision: h.revision.clone(),
+                        files: vec![f.clone()],
+                    })],
+                };
+                if let Err(e) = crate::fetch::obtain(&spec, home, opts) {
+                    last = Some(e);
+                    ok = false;
+                    break;
+                }
+            }
+            if ok {
+                return Ok(home.join("models").join(&dir_name));
+            }
+        }
+        Err(last.unwrap_or_else(|| crate::fetch::FetchError::InvalidSpec {
+            name: name.to_string(),
+            reason: "a safetensors model needs a `path` source naming a folder or a `hub` source listing its files".into(),
+        }))
     }
 
     /// What the fetcher needs to obtain `name`'s file.
@@ -216,24 +280,37 @@ mod tests {
     fn builtin_registry_parses() {
         let r = Registry::builtin().expect("built-in models.yaml");
         assert_eq!(r.default.as_deref(), Some("smollm2-135m-instruct"));
-        for m in ["smollm2-135m-instruct", "gemma3-270m", "qwen2.5-coder-1.5b-instruct"] {
+        for m in [
+            "smollm2-135m-instruct",
+            "gemma3-270m",
+            "qwen2.5-coder-1.5b-instruct",
+        ] {
             assert!(r.get(m).is_ok(), "{m}");
         }
     }
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let e = Registry::parse("models:\n  a:\n    file: x.gguf\n    colour: red\n", "m.yaml")
-            .expect_err("unknown key");
+        let e = Registry::parse(
+            "models:\n  a:\n    file: x.gguf\n    colour: red\n",
+            "m.yaml",
+        )
+        .expect_err("unknown key");
         let s = e.to_string();
-        assert!(s.contains("m.yaml") && s.contains("line 4") && s.contains("colour"), "{s}");
+        assert!(
+            s.contains("m.yaml") && s.contains("line 4") && s.contains("colour"),
+            "{s}"
+        );
         assert_eq!(s.lines().count(), 1);
     }
 
     #[test]
     fn bad_sha_and_unknown_model() {
-        let e = Registry::parse("models:\n  a:\n    file: x.gguf\n    sha256: abc\n", "m.yaml")
-            .expect_err("sha");
+        let e = Registry::parse(
+            "models:\n  a:\n    file: x.gguf\n    sha256: abc\n",
+            "m.yaml",
+        )
+        .expect_err("sha");
         assert!(e.to_string().contains("sha256"));
         let r = Registry::parse("models:\n  a:\n    file: x.gguf\n", "m.yaml").expect("ok");
         let e = r.get("b").expect_err("unknown");

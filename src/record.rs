@@ -233,7 +233,10 @@ impl RunRecord {
             }
             m.insert("n".into(), c.n.into());
             m.insert("truncated".into(), c.truncated.into());
-            m.insert("status".into(), serde_json::to_value(c.status).unwrap_or(Value::Null));
+            m.insert(
+                "status".into(),
+                serde_json::to_value(c.status).unwrap_or(Value::Null),
+            );
             let entry = by_model
                 .entry(c.model.clone())
                 .or_insert_with(|| Value::Object(Map::new()));
@@ -260,12 +263,11 @@ impl RunRecord {
 
     /// Writes `results.json` and `results.csv` atomically (temp file + rename).
     pub fn write(&self, dir: &Path) -> Result<(), RecordError> {
-        let json = serde_json::to_string_pretty(&self.to_json()).map_err(|e| {
-            RecordError::Format {
+        let json =
+            serde_json::to_string_pretty(&self.to_json()).map_err(|e| RecordError::Format {
                 path: dir.join("results.json"),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         write_atomic(&dir.join("results.json"), json.as_bytes())?;
         write_atomic(&dir.join("results.csv"), self.csv().as_bytes())
     }
@@ -342,7 +344,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), RecordError> {
 
 /// `samples/<model>/<task>.jsonl` inside a run directory.
 pub fn samples_path(run_dir: &Path, model: &str, task: &str) -> PathBuf {
-    run_dir.join("samples").join(model).join(format!("{task}.jsonl"))
+    run_dir
+        .join("samples")
+        .join(model)
+        .join(format!("{task}.jsonl"))
 }
 
 #[cfg(test)]
@@ -388,7 +393,16 @@ mod tests {
     #[test]
     fn sample_line_has_reference_keys() {
         let v = serde_json::to_value(rec(0)).expect("json");
-        for k in ["doc_id", "gold", "context", "continuations", "loglikelihoods", "is_greedy", "pred", "acc"] {
+        for k in [
+            "doc_id",
+            "gold",
+            "context",
+            "continuations",
+            "loglikelihoods",
+            "is_greedy",
+            "pred",
+            "acc",
+        ] {
             assert!(v.get(k).is_some(), "{k}");
         }
     }

@@ -91,8 +91,7 @@ pub fn execute(
                 started_at: chrono::Local::now().to_rfc3339(),
                 finished_at: None,
                 wall_time_s: 0.0,
-                config: serde_json::to_value(&cfg)
-                    .map_err(|e| EvalError::Other(e.to_string()))?,
+                config: serde_json::to_value(&cfg).map_err(|e| EvalError::Other(e.to_string()))?,
                 environment: crate::environment::fingerprint(cfg.threads),
                 models: Default::default(),
                 cells: Vec::new(),
@@ -140,8 +139,7 @@ pub fn execute(
             if done(&record, &p.spec.name) {
                 continue;
             }
-            let cell = match run_cell(&mut loaded.scorer, model, p, &run_dir, cfg.bootstrap_iters)
-            {
+            let cell = match run_cell(&mut loaded.scorer, model, p, &run_dir, cfg.bootstrap_iters) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {model}/{}: {e}", p.spec.name);

@@ -185,12 +185,8 @@ fn gpt2_json(
     pre: &str,
     added: Vec<Value>,
 ) -> Result<Value, TokenizerError> {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
-    let split = |re: &str| {
-        json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
+    let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
     let (pre_tokenizer, ignore_merges) = match pre {
         "gpt-2" | "default" => (byte_level(true), false),
         "smollm" => (

@@ -35,8 +35,11 @@ pub enum ScoreError {
 
 /// Something that scores a context against its candidate continuations.
 pub trait Scorer {
-    fn score_doc(&mut self, context: &str, continuations: &[String])
-        -> Result<DocScore, ScoreError>;
+    fn score_doc(
+        &mut self,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<DocScore, ScoreError>;
     /// Longest token sequence the scorer feeds the model.
     fn max_length(&self) -> usize;
 }
@@ -51,7 +54,10 @@ pub fn encode_pair(
 ) -> Result<(Vec<u32>, Vec<u32>), TokenizerError> {
     let trimmed = context.trim_end();
     let (context, continuation) = if trimmed.len() < context.len() {
-        (trimmed, format!("{}{}", &context[trimmed.len()..], continuation))
+        (
+            trimmed,
+            format!("{}{}", &context[trimmed.len()..], continuation),
+        )
     } else {
         (context, continuation.to_string())
     };
@@ -125,7 +131,11 @@ impl CandleScorer {
 
     /// Scores one continuation from scratch on `ctx ++ cont`, left-truncated
     /// to the window as lm-eval does.
-    fn score_alone(&mut self, ctx: &[u32], cont: &[u32]) -> candle_core::Result<(ChoiceScore, usize)> {
+    fn score_alone(
+        &mut self,
+        ctx: &[u32],
+        cont: &[u32],
+    ) -> candle_core::Result<(ChoiceScore, usize)> {
         let mut all: Vec<u32> = ctx.iter().chain(cont).copied().collect();
         let keep = self.max_length + 1;
         if all.len() > keep {

@@ -42,7 +42,11 @@ impl SplitDocs {
             if line.trim().is_empty() {
                 continue;
             }
-            let location = DocLocation { file: file.to_string(), line: i + 1, is_line: true };
+            let location = DocLocation {
+                file: file.to_string(),
+                line: i + 1,
+                is_line: true,
+            };
             let value: Json = serde_json::from_str(line).map_err(|e| TaskError::Doc {
                 location: location.clone(),
                 field: "json".into(),
@@ -60,13 +64,25 @@ impl SplitDocs {
             docs.push(value);
             lines.push(i + 1);
         }
-        Ok(SplitDocs { split: split.to_string(), file: file.to_string(), docs, lines, is_line: true })
+        Ok(SplitDocs {
+            split: split.to_string(),
+            file: file.to_string(),
+            docs,
+            lines,
+            is_line: true,
+        })
     }
 
     /// Wraps rows from a row-based source (Parquet); row numbers are 1-based.
     pub fn from_rows(file: &str, split: &str, docs: Vec<Json>) -> Self {
         let lines = (1..=docs.len()).collect();
-        SplitDocs { split: split.to_string(), file: file.to_string(), docs, lines, is_line: false }
+        SplitDocs {
+            split: split.to_string(),
+            file: file.to_string(),
+            docs,
+            lines,
+            is_line: false,
+        }
     }
 
     /// Number of documents.
@@ -108,7 +124,10 @@ impl std::fmt::Debug for DataDir {
 impl DataDir {
     /// A data directory without Parquet support.
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        DataDir { root: root.into(), parquet: None }
+        DataDir {
+            root: root.into(),
+            parquet: None,
+        }
     }
 
     /// Adds a Parquet reader, used when a split has no `.jsonl` file.
@@ -132,7 +151,10 @@ impl DataDir {
         let jsonl = dir.join(format!("{split}.jsonl"));
         if jsonl.is_file() {
             let file = jsonl.display().to_string();
-            let text = std::fs::read_to_string(&jsonl).map_err(|source| TaskError::Io { path: file.clone(), source })?;
+            let text = std::fs::read_to_string(&jsonl).map_err(|source| TaskError::Io {
+                path: file.clone(),
+                source,
+            })?;
             return SplitDocs::from_jsonl_str(&file, split, &text);
         }
         let shards = parquet_shards(&dir, split);
@@ -142,7 +164,10 @@ impl DataDir {
                 return Err(TaskError::MissingSplit {
                     task: spec.name.clone(),
                     split: split.to_string(),
-                    tried: format!("{} (found Parquet shards {pattern}, but this build reads only JSON Lines)", jsonl.display()),
+                    tried: format!(
+                        "{} (found Parquet shards {pattern}, but this build reads only JSON Lines)",
+                        jsonl.display()
+                    ),
                     fix: format!("convert the shards to {}", jsonl.display()),
                 });
             };
@@ -180,7 +205,9 @@ impl DataDir {
 /// `<dir>/<split>-*.parquet`, sorted by name.
 fn parquet_shards(dir: &Path, split: &str) -> Vec<PathBuf> {
     let prefix = format!("{split}-");
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut shards: Vec<PathBuf> = entries
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -226,11 +253,18 @@ mod tests {
 
     #[test]
     fn jsonl_lines_and_errors() {
-        let docs = SplitDocs::from_jsonl_str("d/v.jsonl", "validation", "{\"a\":1}\n\n{\"a\":2}\r\n").expect("ok");
+        let docs =
+            SplitDocs::from_jsonl_str("d/v.jsonl", "validation", "{\"a\":1}\n\n{\"a\":2}\r\n")
+                .expect("ok");
         assert_eq!(docs.len(), 2);
         assert_eq!(docs.location(1).to_string(), "d/v.jsonl line 3");
-        let err = SplitDocs::from_jsonl_str("d/v.jsonl", "validation", "{\"a\":1}\n{oops\n").expect_err("bad");
-        assert!(err.to_string().starts_with("d/v.jsonl line 2: json: not valid JSON"), "{err}");
+        let err = SplitDocs::from_jsonl_str("d/v.jsonl", "validation", "{\"a\":1}\n{oops\n")
+            .expect_err("bad");
+        assert!(
+            err.to_string()
+                .starts_with("d/v.jsonl line 2: json: not valid JSON"),
+            "{err}"
+        );
         let err = SplitDocs::from_jsonl_str("d/v.jsonl", "validation", "[1]\n").expect_err("bad");
         assert!(err.to_string().contains("not a JSON object"), "{err}");
     }

@@ -113,7 +113,12 @@ impl fmt::Display for DocLocation {
 /// Collapses a message onto one line.
 pub(crate) fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for (i, part) in s.lines().map(str::trim).filter(|l| !l.is_empty()).enumerate() {
+    for (i, part) in s
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
         if i > 0 {
             out.push_str("; ");
         }

@@ -30,13 +30,21 @@ pub(crate) fn excludes_eval_doc(spec: &TaskSpec) -> bool {
 impl<'a> FewshotSampler<'a> {
     /// A sampler over `pool` seeded like lm-eval's `set_fewshot_seed(seed)`.
     pub(crate) fn new(pool: &'a [Json], kind: SamplerKind, seed: u64) -> Self {
-        FewshotSampler { pool, kind, rng: PyRandom::new(seed) }
+        FewshotSampler {
+            pool,
+            kind,
+            rng: PyRandom::new(seed),
+        }
     }
 
     /// The few-shot examples for one document, as indices into the pool.
     /// `eval_doc` is the evaluated document when it must be excluded.
     /// The error text says why `n` examples cannot be had.
-    pub(crate) fn sample(&mut self, n: usize, eval_doc: Option<&Json>) -> Result<Vec<usize>, String> {
+    pub(crate) fn sample(
+        &mut self,
+        n: usize,
+        eval_doc: Option<&Json>,
+    ) -> Result<Vec<usize>, String> {
         if n == 0 {
             return Ok(Vec::new());
         }
@@ -59,7 +67,10 @@ impl<'a> FewshotSampler<'a> {
                     return self.rng.sample_indices(len, n).ok_or_else(|| too_few(len));
                 };
                 // lm-eval draws n + 1 and drops copies of the evaluated document.
-                let drawn = self.rng.sample_indices(len, n + 1).ok_or_else(|| too_few(len.saturating_sub(1)))?;
+                let drawn = self
+                    .rng
+                    .sample_indices(len, n + 1)
+                    .ok_or_else(|| too_few(len.saturating_sub(1)))?;
                 let kept: Vec<usize> = drawn
                     .into_iter()
                     .filter(|&i| !py_eq(&self.pool[i], doc))
@@ -71,7 +82,10 @@ impl<'a> FewshotSampler<'a> {
                 // Several copies of the document were drawn: resample from the
                 // pool without any of them (lm-eval 0.4.13's fallback).
                 let rest: Vec<usize> = (0..len).filter(|&i| !py_eq(&self.pool[i], doc)).collect();
-                let picks = self.rng.sample_indices(rest.len(), n).ok_or_else(|| too_few(rest.len()))?;
+                let picks = self
+                    .rng
+                    .sample_indices(rest.len(), n)
+                    .ok_or_else(|| too_few(rest.len()))?;
                 Ok(picks.into_iter().map(|i| rest[i]).collect())
             }
         }
@@ -89,13 +103,17 @@ pub(crate) fn py_eq(a: &Json, b: &Json) -> bool {
     }
     match (a, b) {
         (Json::Number(x), Json::Number(y)) if x == y => true,
-        (Json::Number(x), Json::Number(y)) => match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
-            (Some(i), Some(j), _, _) => i == j,
-            (_, _, Some(i), Some(j)) => i == j,
-            _ => num(a) == num(b),
-        },
+        (Json::Number(x), Json::Number(y)) => {
+            match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+                (Some(i), Some(j), _, _) => i == j,
+                (_, _, Some(i), Some(j)) => i == j,
+                _ => num(a) == num(b),
+            }
+        }
         (Json::Number(_) | Json::Bool(_), Json::Number(_) | Json::Bool(_)) => num(a) == num(b),
-        (Json::Array(x), Json::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(p, q)| py_eq(p, q)),
+        (Json::Array(x), Json::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| py_eq(p, q))
+        }
         (Json::Object(x), Json::Object(y)) => {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| py_eq(v, w)))
         }

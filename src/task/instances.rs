@@ -47,7 +47,11 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { limit: None, num_fewshot: None, seed: DEFAULT_FEWSHOT_SEED }
+        BuildOptions {
+            limit: None,
+            num_fewshot: None,
+            seed: DEFAULT_FEWSHOT_SEED,
+        }
     }
 }
 
@@ -59,7 +63,11 @@ impl BuildOptions {
 }
 
 /// Builds one [`Instance`] per evaluated document (the first `opts.limit` ones).
-pub fn build_instances(spec: &TaskSpec, docs: &TaskDocs, opts: &BuildOptions) -> Result<Vec<Instance>, TaskError> {
+pub fn build_instances(
+    spec: &TaskSpec,
+    docs: &TaskDocs,
+    opts: &BuildOptions,
+) -> Result<Vec<Instance>, TaskError> {
     let templates = TaskTemplates::new(spec)?;
     let num_fewshot = opts.effective_fewshot(spec);
     let build_err = |message: String, fix: &str| TaskError::Build {
@@ -71,7 +79,10 @@ pub fn build_instances(spec: &TaskSpec, docs: &TaskDocs, opts: &BuildOptions) ->
         (_, 0) => None,
         (Some(pool), _) if pool.is_empty() => {
             return Err(build_err(
-                format!("few-shot split `{}` ({}) has no documents", pool.split, pool.file),
+                format!(
+                    "few-shot split `{}` ({}) has no documents",
+                    pool.split, pool.file
+                ),
                 "use --num-fewshot 0 or provide a non-empty few-shot split",
             ))
         }
@@ -85,10 +96,15 @@ pub fn build_instances(spec: &TaskSpec, docs: &TaskDocs, opts: &BuildOptions) ->
     };
     let mut sampler = pool.map(|p| FewshotSampler::new(&p.docs, spec.sampler, opts.seed));
     let exclude = excludes_eval_doc(spec);
-    let n_docs = opts.limit.map_or(docs.eval.len(), |l| l.min(docs.eval.len()));
+    let n_docs = opts
+        .limit
+        .map_or(docs.eval.len(), |l| l.min(docs.eval.len()));
     if n_docs == 0 && opts.limit != Some(0) {
         return Err(build_err(
-            format!("split `{}` ({}) has no documents", docs.eval.split, docs.eval.file),
+            format!(
+                "split `{}` ({}) has no documents",
+                docs.eval.split, docs.eval.file
+            ),
             "check the data file",
         ));
     }
@@ -100,7 +116,12 @@ pub fn build_instances(spec: &TaskSpec, docs: &TaskDocs, opts: &BuildOptions) ->
         if let (Some(sampler), Some(pool)) = (sampler.as_mut(), pool) {
             let picks = sampler
                 .sample(num_fewshot, exclude.then_some(doc))
-                .map_err(|m| build_err(format!("{m} (split `{}`)", pool.split), "lower --num-fewshot"))?;
+                .map_err(|m| {
+                    build_err(
+                        format!("{m} (split `{}`)", pool.split),
+                        "lower --num-fewshot",
+                    )
+                })?;
             for j in picks {
                 let fs_doc = &pool.docs[j];
                 let fs_loc = pool.location(j);
@@ -121,7 +142,13 @@ pub fn build_instances(spec: &TaskSpec, docs: &TaskDocs, opts: &BuildOptions) ->
             .iter()
             .map(|c| format!("{}{c}", spec.target_delimiter))
             .collect();
-        out.push(Instance { doc_id, context, choices, continuations, gold });
+        out.push(Instance {
+            doc_id,
+            context,
+            choices,
+            continuations,
+            gold,
+        });
     }
     Ok(out)
 }

@@ -23,4 +23,6 @@ pub use data::{DataDir, ParquetReader, SplitDocs, TaskDocs};
 pub use error::{DocLocation, TaskError};
 pub use instances::{build_instances, BuildOptions, Instance, DEFAULT_FEWSHOT_SEED};
 pub use registry::{builtin_registry, load_suite_dir, load_task_file, TaskRegistry};
-pub use spec::{parse_suite_yaml, ChoiceSpec, GroupSpec, SamplerKind, SuiteFile, TargetSpec, TaskSpec};
+pub use spec::{
+    parse_suite_yaml, ChoiceSpec, GroupSpec, SamplerKind, SuiteFile, TargetSpec, TaskSpec,
+};

@@ -24,7 +24,9 @@ pub struct PyRandom {
 
 impl std::fmt::Debug for PyRandom {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PyRandom").field("index", &self.index).finish()
+        f.debug_struct("PyRandom")
+            .field("index", &self.index)
+            .finish()
     }
 }
 
@@ -213,8 +215,8 @@ mod tests {
         assert_eq!(
             r.sample_indices(2251, 26),
             Some(vec![
-                1452, 969, 71, 126, 64, 1417, 1983, 1898, 608, 373, 749, 468, 59, 2060, 1993,
-                1023, 264, 2216, 1908, 280, 364, 2109, 188, 1104, 258, 1238
+                1452, 969, 71, 126, 64, 1417, 1983, 1898, 608, 373, 749, 468, 59, 2060, 1993, 1023,
+                264, 2216, 1908, 280, 364, 2109, 188, 1104, 258, 1238
             ])
         );
         assert_eq!(r.sample_indices(3, 4), None);

@@ -10,12 +10,21 @@ use super::spec::{parse_suite_yaml, GroupSpec, SuiteFile, TaskSpec};
 
 /// The suite files shipped with slmbench, embedded at build time.
 const BUILTIN_SUITES: &[(&str, &str)] = &[
-    ("suites/arc_challenge.yaml", include_str!("../../suites/arc_challenge.yaml")),
-    ("suites/arc_easy.yaml", include_str!("../../suites/arc_easy.yaml")),
+    (
+        "suites/arc_challenge.yaml",
+        include_str!("../../suites/arc_challenge.yaml"),
+    ),
+    (
+        "suites/arc_easy.yaml",
+        include_str!("../../suites/arc_easy.yaml"),
+    ),
     ("suites/cola.yaml", include_str!("../../suites/cola.yaml")),
     ("suites/copa.yaml", include_str!("../../suites/copa.yaml")),
     ("suites/glue.yaml", include_str!("../../suites/glue.yaml")),
-    ("suites/hellaswag.yaml", include_str!("../../suites/hellaswag.yaml")),
+    (
+        "suites/hellaswag.yaml",
+        include_str!("../../suites/hellaswag.yaml"),
+    ),
     ("suites/mrpc.yaml", include_str!("../../suites/mrpc.yaml")),
     ("suites/qnli.yaml", include_str!("../../suites/qnli.yaml")),
     ("suites/rte.yaml", include_str!("../../suites/rte.yaml")),
@@ -51,7 +60,10 @@ pub fn load_suite_dir(dir: &Path) -> Result<TaskRegistry, TaskError> {
 /// Reads one task file (not a group file).
 pub fn load_task_file(path: &Path) -> Result<TaskSpec, TaskError> {
     let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| TaskError::Io { path: file.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| TaskError::Io {
+        path: file.clone(),
+        source,
+    })?;
     match parse_suite_yaml(&file, &text)? {
         SuiteFile::Task(t) => Ok(*t),
         SuiteFile::Group(g) => Err(TaskError::Spec {
@@ -84,7 +96,12 @@ impl Layer {
         if let Some(earlier) = earlier {
             return Err(TaskError::Spec {
                 file: source,
-                key: if matches!(file, SuiteFile::Task(_)) { "task" } else { "group" }.into(),
+                key: if matches!(file, SuiteFile::Task(_)) {
+                    "task"
+                } else {
+                    "group"
+                }
+                .into(),
                 message: format!("`{name}` is also defined in {earlier}"),
                 fix: "rename one of them".into(),
             });
@@ -127,7 +144,10 @@ impl TaskRegistry {
         let mut layer = Layer::default();
         for path in files {
             let file = path.display().to_string();
-            let text = std::fs::read_to_string(&path).map_err(|source| TaskError::Io { path: file.clone(), source })?;
+            let text = std::fs::read_to_string(&path).map_err(|source| TaskError::Io {
+                path: file.clone(),
+                source,
+            })?;
             layer.add(parse_suite_yaml(&file, &text)?)?;
         }
         self.merge(layer);
@@ -160,7 +180,12 @@ impl TaskRegistry {
 
     /// Every name `resolve` accepts (tasks, groups, tags), sorted.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.tasks.keys().chain(self.groups.keys()).cloned().collect();
+        let mut names: Vec<String> = self
+            .tasks
+            .keys()
+            .chain(self.groups.keys())
+            .cloned()
+            .collect();
         names.extend(self.tasks.values().flat_map(|t| t.tags.iter().cloned()));
         names.sort();
         names.dedup();
@@ -199,7 +224,10 @@ impl TaskRegistry {
                 return Err(TaskError::Spec {
                     file: g.source.clone(),
                     key: "task".into(),
-                    message: format!("group `{name}` includes itself (via {})", stack.join(" -> ")),
+                    message: format!(
+                        "group `{name}` includes itself (via {})",
+                        stack.join(" -> ")
+                    ),
                     fix: "remove the cycle".into(),
                 });
             }
@@ -210,7 +238,11 @@ impl TaskRegistry {
             stack.pop();
             return Ok(());
         }
-        let tagged: Vec<&TaskSpec> = self.tasks.values().filter(|t| t.tags.iter().any(|x| x == name)).collect();
+        let tagged: Vec<&TaskSpec> = self
+            .tasks
+            .values()
+            .filter(|t| t.tags.iter().any(|x| x == name))
+            .collect();
         if !tagged.is_empty() {
             for t in tagged {
                 push(t, out);
@@ -225,13 +257,19 @@ impl TaskRegistry {
                 message: format!("group `{}` lists unknown task `{name}`", g.name),
                 fix: format!("use one of: {known}"),
             },
-            None => TaskError::UnknownName { name: name.to_string(), known },
+            None => TaskError::UnknownName {
+                name: name.to_string(),
+                known,
+            },
         })
     }
 }
 
 fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), TaskError> {
-    let io = |source| TaskError::Io { path: dir.display().to_string(), source };
+    let io = |source| TaskError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
         if path.is_dir() {

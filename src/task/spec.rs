@@ -213,7 +213,12 @@ struct RawFile {
 const PY_FUNC_FIX: &str =
     "Python functions are not supported; express it as a Jinja template (doc_to_text, doc_to_choice, doc_to_target)";
 
-fn spec_err(file: &str, key: &str, message: impl Into<String>, fix: impl Into<String>) -> TaskError {
+fn spec_err(
+    file: &str,
+    key: &str,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> TaskError {
     TaskError::Spec {
         file: file.to_string(),
         key: key.to_string(),
@@ -236,7 +241,9 @@ pub fn parse_suite_yaml(file: &str, text: &str) -> Result<SuiteFile, TaskError> 
             let group = raw.group.take();
             group_from_raw(file, group, tasks, &raw)
         }
-        Some(OneOrMany::One(name)) => task_from_raw(file, name, raw).map(|t| SuiteFile::Task(Box::new(t))),
+        Some(OneOrMany::One(name)) => {
+            task_from_raw(file, name, raw).map(|t| SuiteFile::Task(Box::new(t)))
+        }
         None => Err(spec_err(
             file,
             "task",
@@ -255,7 +262,12 @@ fn group_from_raw(
     let name = match group {
         Some(OneOrMany::One(name)) => name,
         Some(OneOrMany::Many(_)) => {
-            return Err(spec_err(file, "group", "a group file names one group", "write `group: <name>`"))
+            return Err(spec_err(
+                file,
+                "group",
+                "a group file names one group",
+                "write `group: <name>`",
+            ))
         }
         None => {
             return Err(spec_err(
@@ -285,7 +297,12 @@ fn group_from_raw(
         ));
     }
     if tasks.is_empty() {
-        return Err(spec_err(file, "task", "the group lists no tasks", "list its member tasks"));
+        return Err(spec_err(
+            file,
+            "task",
+            "the group lists no tasks",
+            "list its member tasks",
+        ));
     }
     Ok(SuiteFile::Group(GroupSpec {
         name,
@@ -326,9 +343,14 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
             ))
         }
     }
-    let dataset_path = raw
-        .dataset_path
-        .ok_or_else(|| spec_err(file, "dataset_path", "missing", "add `dataset_path: <owner>/<name>`"))?;
+    let dataset_path = raw.dataset_path.ok_or_else(|| {
+        spec_err(
+            file,
+            "dataset_path",
+            "missing",
+            "add `dataset_path: <owner>/<name>`",
+        )
+    })?;
     if raw.test_split.is_none() && raw.validation_split.is_none() {
         return Err(spec_err(
             file,
@@ -337,9 +359,14 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
             "set `validation_split` or `test_split`",
         ));
     }
-    let doc_to_text = raw
-        .doc_to_text
-        .ok_or_else(|| spec_err(file, "doc_to_text", "missing", "add a Jinja template for the prompt"))?;
+    let doc_to_text = raw.doc_to_text.ok_or_else(|| {
+        spec_err(
+            file,
+            "doc_to_text",
+            "missing",
+            "add a Jinja template for the prompt",
+        )
+    })?;
     let doc_to_choice = match raw.doc_to_choice {
         Some(RawChoice::List(items)) => ChoiceSpec::List(items),
         Some(RawChoice::Template(t)) => ChoiceSpec::Template(t),
@@ -372,7 +399,12 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
     };
     let doc_to_target = match raw.doc_to_target {
         Some(RawTarget::Index(i)) => TargetSpec::Index(usize::try_from(i).map_err(|_| {
-            spec_err(file, "doc_to_target", "index too large", "use a valid choice index")
+            spec_err(
+                file,
+                "doc_to_target",
+                "index too large",
+                "use a valid choice index",
+            )
         })?),
         Some(RawTarget::Template(t)) => TargetSpec::Template(t),
         None => {
@@ -398,7 +430,12 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
     };
     let metrics = parse_metrics(file, raw.metric_list)?;
     let mut tags = Vec::new();
-    for t in raw.tag.into_iter().chain(raw.group).flat_map(OneOrMany::into_vec) {
+    for t in raw
+        .tag
+        .into_iter()
+        .chain(raw.group)
+        .flat_map(OneOrMany::into_vec)
+    {
         if !tags.contains(&t) {
             tags.push(t);
         }
@@ -437,12 +474,22 @@ fn parse_metrics(file: &str, list: Option<Vec<RawMetric>>) -> Result<Vec<Metric>
         return Ok(vec![Metric::Acc, Metric::AccNorm]);
     };
     if list.is_empty() {
-        return Err(spec_err(file, "metric_list", "empty", "list at least one metric, e.g. `- metric: acc`"));
+        return Err(spec_err(
+            file,
+            "metric_list",
+            "empty",
+            "list at least one metric, e.g. `- metric: acc`",
+        ));
     }
     let mut out = Vec::with_capacity(list.len());
     for m in list {
         let metric: Metric = m.metric.parse().map_err(|e: crate::metrics::MetricError| {
-            spec_err(file, "metric_list.metric", e.to_string(), "use one of acc, acc_norm, f1, mcc")
+            spec_err(
+                file,
+                "metric_list.metric",
+                e.to_string(),
+                "use one of acc, acc_norm, f1, mcc",
+            )
         })?;
         if let Some(agg) = m.aggregation.as_deref() {
             if agg != metric.aggregation_name() {
@@ -450,7 +497,10 @@ fn parse_metrics(file: &str, list: Option<Vec<RawMetric>>) -> Result<Vec<Metric>
                     file,
                     "metric_list.aggregation",
                     format!("`{agg}` is not supported for {}", metric.name()),
-                    format!("use `aggregation: {}` or leave it out", metric.aggregation_name()),
+                    format!(
+                        "use `aggregation: {}` or leave it out",
+                        metric.aggregation_name()
+                    ),
                 ));
             }
         }
@@ -480,19 +530,29 @@ fn parse_metrics(file: &str, list: Option<Vec<RawMetric>>) -> Result<Vec<Metric>
 /// so such values are rejected before parsing.
 fn reject_python_tags(file: &str, text: &str) -> Result<(), TaskError> {
     for (i, line) in text.lines().enumerate() {
-        let Some(pos) = line.find("!function") else { continue };
+        let Some(pos) = line.find("!function") else {
+            continue;
+        };
         let before = &line[..pos];
         if before.contains('#') || before.contains('"') || before.contains('\'') {
             continue; // inside a comment or a quoted string
         }
-        let key = before.trim().trim_start_matches("- ").trim_end_matches(':').trim();
+        let key = before
+            .trim()
+            .trim_start_matches("- ")
+            .trim_end_matches(':')
+            .trim();
         return Err(TaskError::Yaml {
             file: file.to_string(),
             line: (i + 1) as u64,
             column: (pos + 1) as u64,
             message: format!(
                 "{}`!function` (a Python function) is not supported",
-                if key.is_empty() { String::new() } else { format!("{key}: ") }
+                if key.is_empty() {
+                    String::new()
+                } else {
+                    format!("{key}: ")
+                }
             ),
             fix: PY_FUNC_FIX.to_string(),
         });
@@ -542,11 +602,14 @@ fn yaml_error(file: &str, text: &str, e: &serde_saphyr::Error) -> TaskError {
 
 /// The mapping key written on a 1-based line, if any.
 fn key_on_line(text: &str, line: u64) -> Option<String> {
-    let l = text.lines().nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let l = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
     let l = l.trim_start().trim_start_matches("- ");
     let (key, _) = l.split_once(':')?;
     let key = key.trim();
-    (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')).then(|| key.to_string())
+    (!key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .then(|| key.to_string())
 }
 
 fn key_shape(key: &str) -> Option<&'static str> {
@@ -557,7 +620,9 @@ fn key_shape(key: &str) -> Option<&'static str> {
         "doc_to_target" => "a field name, a Jinja template string or an integer",
         "doc_to_text" | "description" | "target_delimiter" | "fewshot_delimiter" => "a string",
         "num_fewshot" => "a non-negative integer",
-        "metric_list" => "a list of `{metric: ..., aggregation: ..., higher_is_better: ...}` entries",
+        "metric_list" => {
+            "a list of `{metric: ..., aggregation: ..., higher_is_better: ...}` entries"
+        }
         "fewshot_config" => "a mapping with `sampler: default|first_n`",
         "should_decontaminate" | "higher_is_better" => "true or false",
         "dataset_path" | "dataset_name" | "training_split" | "validation_split" | "test_split"
@@ -587,38 +652,61 @@ mod tests {
     #[test]
     fn unknown_key_names_file_line_and_key() {
         let text = format!("{MINIMAL}bogus_key: 1\n");
-        let err = parse_suite_yaml("suites/x.yaml", &text).expect_err("must fail").to_string();
-        assert!(err.starts_with("suites/x.yaml line 8 column 1: unknown field `bogus_key`"), "{err}");
+        let err = parse_suite_yaml("suites/x.yaml", &text)
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.starts_with("suites/x.yaml line 8 column 1: unknown field `bogus_key`"),
+            "{err}"
+        );
         assert!(!err.contains('\n'), "{err}");
     }
 
     #[test]
     fn python_functions_rejected() {
-        let text = MINIMAL.replace("doc_to_text: \"{{q}}\"", "doc_to_text: !function utils.doc_to_text");
-        let err = parse_suite_yaml("x.yaml", &text).expect_err("must fail").to_string();
-        assert!(err.contains("x.yaml line 5") && err.contains("doc_to_text") && err.contains("Jinja"), "{err}");
+        let text = MINIMAL.replace(
+            "doc_to_text: \"{{q}}\"",
+            "doc_to_text: !function utils.doc_to_text",
+        );
+        let err = parse_suite_yaml("x.yaml", &text)
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.contains("x.yaml line 5") && err.contains("doc_to_text") && err.contains("Jinja"),
+            "{err}"
+        );
         let text = format!("{MINIMAL}process_docs: !function utils.process_docs\n");
-        let err = parse_suite_yaml("x.yaml", &text).expect_err("must fail").to_string();
+        let err = parse_suite_yaml("x.yaml", &text)
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("Python functions are not supported"), "{err}");
     }
 
     #[test]
     fn other_output_types_rejected() {
         let text = MINIMAL.replace("multiple_choice", "generate_until");
-        let err = parse_suite_yaml("x.yaml", &text).expect_err("must fail").to_string();
-        assert!(err.contains("output_type") && err.contains("generate_until"), "{err}");
+        let err = parse_suite_yaml("x.yaml", &text)
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.contains("output_type") && err.contains("generate_until"),
+            "{err}"
+        );
     }
 
     #[test]
     fn syntax_error_has_line() {
-        let err = parse_suite_yaml("x.yaml", "task: t\ndoc_to_text: \"abc\n").expect_err("must fail");
+        let err =
+            parse_suite_yaml("x.yaml", "task: t\ndoc_to_text: \"abc\n").expect_err("must fail");
         assert!(err.to_string().starts_with("x.yaml line 2 column"), "{err}");
     }
 
     #[test]
     fn group_file() {
         let g = parse_suite_yaml("g.yaml", "group: glue\ntask: [sst2, rte]\n").expect("parses");
-        assert!(matches!(g, SuiteFile::Group(GroupSpec { ref name, ref tasks, .. }) if name == "glue" && tasks.len() == 2));
+        assert!(
+            matches!(g, SuiteFile::Group(GroupSpec { ref name, ref tasks, .. }) if name == "glue" && tasks.len() == 2)
+        );
         let err = parse_suite_yaml("g.yaml", "task: [sst2, rte]\n").expect_err("no group name");
         assert!(err.to_string().contains("group"), "{err}");
     }
@@ -626,10 +714,17 @@ mod tests {
     #[test]
     fn bad_metric_and_template() {
         let text = format!("{MINIMAL}metric_list:\n  - metric: bleu\n");
-        let err = parse_suite_yaml("x.yaml", &text).expect_err("must fail").to_string();
+        let err = parse_suite_yaml("x.yaml", &text)
+            .expect_err("must fail")
+            .to_string();
         assert!(err.contains("bleu"), "{err}");
         let text = MINIMAL.replace("{{q}}", "{{q");
-        let err = parse_suite_yaml("x.yaml", &text).expect_err("must fail").to_string();
-        assert!(err.starts_with("x.yaml: doc_to_text: template syntax error"), "{err}");
+        let err = parse_suite_yaml("x.yaml", &text)
+            .expect_err("must fail")
+            .to_string();
+        assert!(
+            err.starts_with("x.yaml: doc_to_text: template syntax error"),
+            "{err}"
+        );
     }
 }

@@ -56,13 +56,15 @@ impl TaskTemplates {
             message: format!("template syntax error: {}", error_text(&e, Some(src))),
             fix: "fix the Jinja template".to_string(),
         };
-        let add = |env: &mut Environment<'static>, key: String, src: &str| -> Result<(), TaskError> {
-            if let Some(expr) = single_expression(src) {
-                env.compile_expression(expr).map_err(|e| syntax(&key, src, e))?;
-            }
-            env.add_template_owned(key.clone(), src.to_string())
-                .map_err(|e| syntax(&key, src, e))
-        };
+        let add =
+            |env: &mut Environment<'static>, key: String, src: &str| -> Result<(), TaskError> {
+                if let Some(expr) = single_expression(src) {
+                    env.compile_expression(expr)
+                        .map_err(|e| syntax(&key, src, e))?;
+                }
+                env.add_template_owned(key.clone(), src.to_string())
+                    .map_err(|e| syntax(&key, src, e))
+            };
         add(&mut env, "doc_to_text".into(), &spec.doc_to_text)?;
         add(&mut env, "description".into(), &spec.description)?;
         let choices = match &spec.doc_to_choice {
@@ -97,14 +99,26 @@ impl TaskTemplates {
         doc_err(loc, field, message, TEMPLATE_FIX)
     }
 
-    fn render(&self, name: &str, src: &str, ctx: &Value, loc: &DocLocation) -> Result<String, TaskError> {
+    fn render(
+        &self,
+        name: &str,
+        src: &str,
+        ctx: &Value,
+        loc: &DocLocation,
+    ) -> Result<String, TaskError> {
         self.env
             .get_template(name)
             .and_then(|t| t.render(ctx))
             .map_err(|e| self.fail(loc, name, Some(src), &e))
     }
 
-    fn eval(&self, field: &str, expr: &str, ctx: &Value, loc: &DocLocation) -> Result<Value, TaskError> {
+    fn eval(
+        &self,
+        field: &str,
+        expr: &str,
+        ctx: &Value,
+        loc: &DocLocation,
+    ) -> Result<Value, TaskError> {
         self.env
             .compile_expression(expr)
             .and_then(|e| e.eval(ctx))
@@ -112,7 +126,12 @@ impl TaskTemplates {
     }
 
     /// `description`, rendered against the evaluated document (empty when unset).
-    pub(crate) fn description(&self, doc: &Json, ctx: &Value, loc: &DocLocation) -> Result<String, TaskError> {
+    pub(crate) fn description(
+        &self,
+        doc: &Json,
+        ctx: &Value,
+        loc: &DocLocation,
+    ) -> Result<String, TaskError> {
         if self.description.is_empty() {
             return Ok(String::new());
         }
@@ -123,14 +142,23 @@ impl TaskTemplates {
     }
 
     /// `doc_to_text` for one document.
-    pub(crate) fn text(&self, doc: &Json, ctx: &Value, loc: &DocLocation) -> Result<String, TaskError> {
+    pub(crate) fn text(
+        &self,
+        doc: &Json,
+        ctx: &Value,
+        loc: &DocLocation,
+    ) -> Result<String, TaskError> {
         let text = match doc.get(&self.text) {
             Some(Json::String(s)) => s.clone(),
             Some(other) => {
                 return Err(doc_err(
                     loc,
                     "doc_to_text",
-                    format!("field `{}` is {}, not a string", self.text, json_kind(other)),
+                    format!(
+                        "field `{}` is {}, not a string",
+                        self.text,
+                        json_kind(other)
+                    ),
                     "point doc_to_text at a text field or write a template",
                 ))
             }
@@ -150,7 +178,12 @@ impl TaskTemplates {
     }
 
     /// `doc_to_choice` for one document.
-    pub(crate) fn choices(&self, doc: &Json, ctx: &Value, loc: &DocLocation) -> Result<Vec<String>, TaskError> {
+    pub(crate) fn choices(
+        &self,
+        doc: &Json,
+        ctx: &Value,
+        loc: &DocLocation,
+    ) -> Result<Vec<String>, TaskError> {
         let field = "doc_to_choice";
         let choices = match &self.choices {
             ChoicesT::List(sources) => sources
@@ -160,7 +193,9 @@ impl TaskTemplates {
                 .collect::<Result<Vec<_>, _>>()?,
             ChoicesT::One(src) => {
                 if let Some(v) = doc.get(src) {
-                    json_string_list(v).map_err(|m| doc_err(loc, field, format!("field `{src}`: {m}"), TEMPLATE_FIX))?
+                    json_string_list(v).map_err(|m| {
+                        doc_err(loc, field, format!("field `{src}`: {m}"), TEMPLATE_FIX)
+                    })?
                 } else if let Some(expr) = single_expression(src) {
                     let v = self.eval(field, expr, ctx, loc)?;
                     if let Some(s) = v.as_str() {
@@ -181,7 +216,13 @@ impl TaskTemplates {
     }
 
     /// The gold index (`doc_to_target`) for one document with its `choices`.
-    pub(crate) fn gold(&self, doc: &Json, ctx: &Value, choices: &[String], loc: &DocLocation) -> Result<usize, TaskError> {
+    pub(crate) fn gold(
+        &self,
+        doc: &Json,
+        ctx: &Value,
+        choices: &[String],
+        loc: &DocLocation,
+    ) -> Result<usize, TaskError> {
         let field = "doc_to_target";
         let target = match &self.target {
             TargetSpec::Index(i) => Target::Index(*i as i128),
@@ -196,7 +237,10 @@ impl TaskTemplates {
                             return Err(doc_err(
                                 loc,
                                 field,
-                                format!("field `{src}` is {}, not an integer or a string", json_kind(other)),
+                                format!(
+                                    "field `{src}` is {}, not an integer or a string",
+                                    json_kind(other)
+                                ),
                                 TEMPLATE_FIX,
                             ))
                         }
@@ -211,7 +255,11 @@ impl TaskTemplates {
                         return Err(doc_err(
                             loc,
                             field,
-                            format!("evaluated to {} `{}`, not an index or a choice", v.kind(), py_str(&v)),
+                            format!(
+                                "evaluated to {} `{}`, not an index or a choice",
+                                v.kind(),
+                                py_str(&v)
+                            ),
                             TEMPLATE_FIX,
                         ));
                     }
@@ -238,7 +286,10 @@ impl TaskTemplates {
                     return Err(doc_err(
                         loc,
                         field,
-                        format!("target `{s}` is neither an index nor one of the {} choices", choices.len()),
+                        format!(
+                            "target `{s}` is neither an index nor one of the {} choices",
+                            choices.len()
+                        ),
                         TEMPLATE_FIX,
                     ));
                 }
@@ -249,7 +300,10 @@ impl TaskTemplates {
             _ => Err(doc_err(
                 loc,
                 field,
-                format!("gold label {index} out of range for {} choices", choices.len()),
+                format!(
+                    "gold label {index} out of range for {} choices",
+                    choices.len()
+                ),
                 TEMPLATE_FIX,
             )),
         }
@@ -309,7 +363,11 @@ pub(crate) fn make_env() -> Environment<'static> {
     let cache: Arc<Mutex<HashMap<String, regex::Regex>>> = Arc::default();
     env.add_filter(
         "regex_replace",
-        move |value: &str, pattern: &str, repl: &str, count: Option<usize>| -> Result<String, Error> {
+        move |value: &str,
+              pattern: &str,
+              repl: &str,
+              count: Option<usize>|
+              -> Result<String, Error> {
             let re = {
                 let mut cache = cache
                     .lock()
@@ -318,7 +376,10 @@ pub(crate) fn make_env() -> Environment<'static> {
                     Some(re) => re.clone(),
                     None => {
                         let re = regex::Regex::new(pattern).map_err(|e| {
-                            Error::new(ErrorKind::InvalidOperation, format!("bad regex `{pattern}`: {}", one_line(&e.to_string())))
+                            Error::new(
+                                ErrorKind::InvalidOperation,
+                                format!("bad regex `{pattern}`: {}", one_line(&e.to_string())),
+                            )
                         })?;
                         cache.insert(pattern.to_string(), re.clone());
                         re
@@ -326,7 +387,9 @@ pub(crate) fn make_env() -> Environment<'static> {
                 }
             };
             let repl = python_repl_to_rust(repl);
-            Ok(re.replacen(value, count.unwrap_or(0), repl.as_str()).into_owned())
+            Ok(re
+                .replacen(value, count.unwrap_or(0), repl.as_str())
+                .into_owned())
         },
     );
     env
@@ -379,10 +442,16 @@ fn py_space(c: char) -> bool {
 /// Python methods on template values: `list.index` and `str.index` here, the
 /// argument-less `strip` family with Python's whitespace, and everything else
 /// from minijinja-contrib's `pycompat`.
-fn python_methods(state: &State, value: &Value, method: &str, args: &[Value]) -> Result<Value, Error> {
+fn python_methods(
+    state: &State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, Error> {
     match (value.kind(), method) {
         (ValueKind::Seq, "index") => {
-            let (what, start, end): (&Value, Option<i64>, Option<i64>) = minijinja::value::from_args(args)?;
+            let (what, start, end): (&Value, Option<i64>, Option<i64>) =
+                minijinja::value::from_args(args)?;
             let items: Vec<Value> = value.try_iter()?.collect();
             let len = items.len() as i64;
             let clamp = |i: i64| if i < 0 { (i + len).max(0) } else { i.min(len) } as usize;
@@ -395,7 +464,10 @@ fn python_methods(state: &State, value: &Value, method: &str, args: &[Value]) ->
                 .find(|(_, v)| *v == what)
                 .map(|(i, _)| Value::from(i))
                 .ok_or_else(|| {
-                    Error::new(ErrorKind::InvalidOperation, format!("list.index: {} is not in list", py_repr(what)))
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        format!("list.index: {} is not in list", py_repr(what)),
+                    )
                 })
         }
         (ValueKind::String, "index") => {
@@ -403,7 +475,12 @@ fn python_methods(state: &State, value: &Value, method: &str, args: &[Value]) ->
             let s = value.as_str().unwrap_or_default();
             s.find(sub)
                 .map(|b| Value::from(s[..b].chars().count()))
-                .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "str.index: substring not found"))
+                .ok_or_else(|| {
+                    Error::new(
+                        ErrorKind::InvalidOperation,
+                        "str.index: substring not found",
+                    )
+                })
         }
         (ValueKind::String, "strip" | "lstrip" | "rstrip") if args.is_empty() => {
             let s = value.as_str().unwrap_or_default();
@@ -501,7 +578,11 @@ fn py_float(f: f64) -> String {
 }
 
 fn write_repr_str(s: &str, out: &mut String) {
-    let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
     out.push(quote);
     for c in s.chars() {
         match c {
@@ -559,20 +640,33 @@ fn json_string_list(v: &Json) -> Result<Vec<String>, String> {
 
 fn value_string_list(v: &Value) -> Result<Vec<String>, String> {
     if !matches!(v.kind(), ValueKind::Seq | ValueKind::Iterable) {
-        return Err(format!("evaluated to {} `{}`, not a list of strings", v.kind(), py_str(v)));
+        return Err(format!(
+            "evaluated to {} `{}`, not a list of strings",
+            v.kind(),
+            py_str(v)
+        ));
     }
     let iter = v.try_iter().map_err(|e| one_line(&e.to_string()))?;
     iter.enumerate()
         .map(|(i, item)| match item.as_str() {
             Some(s) => Ok(s.to_string()),
-            None => Err(format!("choice {i} is {} `{}`, not a string", item.kind(), py_str(&item))),
+            None => Err(format!(
+                "choice {i} is {} `{}`, not a string",
+                item.kind(),
+                py_str(&item)
+            )),
         })
         .collect()
 }
 
 /// Parses a Python (or JSON) list literal of strings, as `ast.literal_eval` would.
 pub(crate) fn parse_python_list(s: &str) -> Result<Vec<String>, String> {
-    let bad = |what: &str| format!("rendered `{}` is not a list of strings: {what}", one_line(s));
+    let bad = |what: &str| {
+        format!(
+            "rendered `{}` is not a list of strings: {what}",
+            one_line(s)
+        )
+    };
     let mut chars = s.trim().chars().peekable();
     if chars.next() != Some('[') {
         return Err(bad("it does not start with `[`"));
@@ -584,8 +678,14 @@ pub(crate) fn parse_python_list(s: &str) -> Result<Vec<String>, String> {
         }
         match chars.next() {
             Some(']') => break,
-            Some(q @ ('\'' | '"')) => items.push(parse_py_string(&mut chars, q).map_err(|m| bad(&m))?),
-            Some(c) => return Err(bad(&format!("unexpected `{c}` (items must be quoted strings)"))),
+            Some(q @ ('\'' | '"')) => {
+                items.push(parse_py_string(&mut chars, q).map_err(|m| bad(&m))?)
+            }
+            Some(c) => {
+                return Err(bad(&format!(
+                    "unexpected `{c}` (items must be quoted strings)"
+                )))
+            }
             None => return Err(bad("missing `]`")),
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
@@ -604,12 +704,16 @@ pub(crate) fn parse_python_list(s: &str) -> Result<Vec<String>, String> {
     Ok(items)
 }
 
-fn parse_py_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, quote: char) -> Result<String, String> {
+fn parse_py_string(
+    chars: &mut std::iter::Peekable<std::str::Chars<'_>>,
+    quote: char,
+) -> Result<String, String> {
     let mut out = String::new();
-    let hex = |chars: &mut std::iter::Peekable<std::str::Chars<'_>>, n: usize| -> Result<u32, String> {
-        let digits: String = chars.by_ref().take(n).collect();
-        u32::from_str_radix(&digits, 16).map_err(|_| format!("bad escape `{digits}`"))
-    };
+    let hex =
+        |chars: &mut std::iter::Peekable<std::str::Chars<'_>>, n: usize| -> Result<u32, String> {
+            let digits: String = chars.by_ref().take(n).collect();
+            u32::from_str_radix(&digits, 16).map_err(|_| format!("bad escape `{digits}`"))
+        };
     loop {
         match chars.next() {
             None => return Err("unterminated string".into()),
@@ -641,10 +745,14 @@ fn parse_py_string(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, quote: 
                             chars.next();
                             chars.next();
                             let low = hex(chars, 4)?;
-                            code = 0x10000 + ((code - 0xd800) << 10) + (low.wrapping_sub(0xdc00) & 0x3ff);
+                            code = 0x10000
+                                + ((code - 0xd800) << 10)
+                                + (low.wrapping_sub(0xdc00) & 0x3ff);
                         }
                     }
-                    out.push(char::from_u32(code).ok_or_else(|| format!("bad code point {code:#x}"))?);
+                    out.push(
+                        char::from_u32(code).ok_or_else(|| format!("bad code point {code:#x}"))?,
+                    );
                 }
                 Some(other) => {
                     out.push('\\');
@@ -667,8 +775,14 @@ mod tests {
 
     #[test]
     fn python_list_literals() {
-        assert_eq!(parse_python_list("['a', \"b's\", 'c\\'d']"), Ok(vec!["a".into(), "b's".into(), "c'd".into()]));
-        assert_eq!(parse_python_list("[\"\\u00e9\", 'x',]"), Ok(vec!["é".into(), "x".into()]));
+        assert_eq!(
+            parse_python_list("['a', \"b's\", 'c\\'d']"),
+            Ok(vec!["a".into(), "b's".into(), "c'd".into()])
+        );
+        assert_eq!(
+            parse_python_list("[\"\\u00e9\", 'x',]"),
+            Ok(vec!["é".into(), "x".into()])
+        );
         assert_eq!(parse_python_list("[]"), Ok(vec![]));
         assert!(parse_python_list("['a' 'b']").is_err());
         assert!(parse_python_list("[1, 2]").is_err());
@@ -678,8 +792,14 @@ mod tests {
     fn python_methods_and_printing() {
         let doc = serde_json::json!({"l": ["A", "B", "C"], "k": "C", "s": "  Hi There.  ", "b": true, "n": null});
         assert_eq!(render("{{ l.index(k) }}", doc.clone()).expect("ok"), "2");
-        assert_eq!(render("{{ s.strip()[:-1] }}|{{ s.lower().strip() }}", doc.clone()).expect("ok"), "Hi There|hi there.");
-        assert_eq!(render("{{ l }} {{ b }} {{ n }}", doc.clone()).expect("ok"), "['A', 'B', 'C'] True None");
+        assert_eq!(
+            render("{{ s.strip()[:-1] }}|{{ s.lower().strip() }}", doc.clone()).expect("ok"),
+            "Hi There|hi there."
+        );
+        assert_eq!(
+            render("{{ l }} {{ b }} {{ n }}", doc.clone()).expect("ok"),
+            "['A', 'B', 'C'] True None"
+        );
         assert!(render("{{ l.index('Z') }}", doc.clone()).is_err());
         assert!(render("{{ missing }}", doc).is_err());
     }
@@ -690,7 +810,10 @@ mod tests {
         let out = render("{{ t|replace(' [title]', '. ')|regex_replace('\\\\[.*?\\\\]', '')|replace('  ', ' ') }}", doc);
         assert_eq!(out.expect("ok"), "a. b c d");
         let doc = serde_json::json!({"t": "ab"});
-        assert_eq!(render("{{ t|regex_replace('(a)(b)', '\\\\2\\\\1$') }}", doc).expect("ok"), "ba$");
+        assert_eq!(
+            render("{{ t|regex_replace('(a)(b)', '\\\\2\\\\1$') }}", doc).expect("ok"),
+            "ba$"
+        );
     }
 
     #[test]

@@ -70,9 +70,18 @@ impl Attention {
     fn forward(&self, x: &Tensor, rope: &mut Rope, cache: &mut KvCache) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let pos = cache.len();
-        let q = self.q.forward(x)?.reshape((b, t, self.n_head, self.head_dim))?;
-        let k = self.k.forward(x)?.reshape((b, t, self.n_kv_head, self.head_dim))?;
-        let v = self.v.forward(x)?.reshape((b, t, self.n_kv_head, self.head_dim))?;
+        let q = self
+            .q
+            .forward(x)?
+            .reshape((b, t, self.n_head, self.head_dim))?;
+        let k = self
+            .k
+            .forward(x)?
+            .reshape((b, t, self.n_kv_head, self.head_dim))?;
+        let v = self
+            .v
+            .forward(x)?
+            .reshape((b, t, self.n_kv_head, self.head_dim))?;
         let q = self.q_norm.forward(&q)?.transpose(1, 2)?;
         let k = self.k_norm.forward(&k)?.transpose(1, 2)?;
         let v = v.transpose(1, 2)?.contiguous()?;
@@ -81,7 +90,13 @@ impl Attention {
         let (k, v) = cache.append(k, v)?;
         let mask = attention_mask(t, pos, self.window)?;
         // llama.cpp: 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim) for all but 27B.
-        let y = attention(&q, &k, &v, mask.as_ref(), 1.0 / (self.head_dim as f64).sqrt())?;
+        let y = attention(
+            &q,
+            &k,
+            &v,
+            mask.as_ref(),
+            1.0 / (self.head_dim as f64).sqrt(),
+        )?;
         self.o.forward(&y)
     }
 }
@@ -213,7 +228,9 @@ impl CausalLm for Model {
     }
 
     fn truncate_cache(&mut self, len: usize) -> Result<()> {
-        self.layers.iter_mut().try_for_each(|l| l.cache.truncate(len))
+        self.layers
+            .iter_mut()
+            .try_for_each(|l| l.cache.truncate(len))
     }
 
     fn info(&self) -> &ModelInfo {

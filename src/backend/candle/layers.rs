@@ -101,13 +101,13 @@ impl Loader<'_> {
         name: &str,
     ) -> std::result::Result<Embedding, GgufError> {
         match self.mode {
-            WeightMode::F32 => Ok(Embedding::Dense(q.dequantize(&Device::Cpu).map_err(|e| {
-                GgufError::Tensor {
+            WeightMode::F32 => Ok(Embedding::Dense(q.dequantize(&Device::Cpu).map_err(
+                |e| GgufError::Tensor {
                     path: self.gguf.path.clone(),
                     name: name.to_string(),
                     reason: e.to_string(),
-                }
-            })?)),
+                },
+            )?)),
             WeightMode::Quantized | WeightMode::Auto => Ok(Embedding::Quantized(q)),
         }
     }

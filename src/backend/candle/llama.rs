@@ -195,7 +195,9 @@ impl CausalLm for Model {
     }
 
     fn truncate_cache(&mut self, len: usize) -> Result<()> {
-        self.layers.iter_mut().try_for_each(|l| l.cache.truncate(len))
+        self.layers
+            .iter_mut()
+            .try_for_each(|l| l.cache.truncate(len))
     }
 
     fn info(&self) -> &ModelInfo {

