@@ -213,10 +213,12 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             let reg = task_registry(&suite)?;
             for name in reg.names() {
                 if let Some(t) = reg.task(&name) {
+                    let data = match &t.dataset_name {
+                        Some(n) => format!("{}/{n}", t.dataset_path),
+                        None => t.dataset_path.clone(),
+                    };
                     println!(
-                        "{name}\t{}/{}:{}\t{}",
-                        t.dataset_path,
-                        t.dataset_name.as_deref().unwrap_or(""),
+                        "{name}\t{data}:{}\t{}",
                         t.eval_split(),
                         t.metrics
                             .iter()

@@ -170,6 +170,9 @@ pub fn score_sample(
     })
 }
 
+/// An aggregation over (gold, pred) pairs.
+type PairMetric = fn(&[(usize, usize)]) -> Result<f64, MetricError>;
+
 /// Options for [`aggregate`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AggregateOptions {
@@ -225,7 +228,7 @@ pub fn aggregate(
         }
         Metric::F1 | Metric::Mcc => {
             let pairs: Vec<(usize, usize)> = samples.iter().map(|s| (s.gold, s.pred)).collect();
-            let f: fn(&[(usize, usize)]) -> Result<f64, MetricError> = if metric == Metric::F1 {
+            let f: PairMetric = if metric == Metric::F1 {
                 f1_score
             } else {
                 |p| Ok(matthews_corrcoef(p))

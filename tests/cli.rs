@@ -220,7 +220,7 @@ fn unknown_pre_tokenizer_is_an_error() {
     let s = Sandbox::new();
     let path = s.path().join("tok.gguf");
     let toks = Value::Array(vec![Value::String("a".into()), Value::String("b".into())]);
-    let meta = vec![
+    let meta = [
         ("general.architecture", Value::String("llama".into())),
         ("tokenizer.ggml.model", Value::String("gpt2".into())),
         ("tokenizer.ggml.pre", Value::String("mystery".into())),

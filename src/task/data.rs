@@ -74,7 +74,7 @@ impl SplitDocs {
     }
 
     /// Wraps rows from a row-based source (Parquet); row numbers are 1-based.
-    pub fn from_rows(file: &str, split: &str, docs: Vec<Json>) -> Self {
+    pub(crate) fn from_rows(file: &str, split: &str, docs: Vec<Json>) -> Self {
         let lines = (1..=docs.len()).collect();
         SplitDocs {
             split: split.to_string(),

@@ -14,15 +14,17 @@ mod data;
 mod error;
 mod fewshot;
 mod instances;
+mod parse;
+mod pyjinja;
 pub(crate) mod pyrandom;
 mod registry;
 mod spec;
 mod template;
+mod yaml_diag;
 
 pub use data::{DataDir, ParquetReader, SplitDocs, TaskDocs};
 pub use error::{DocLocation, TaskError};
 pub use instances::{build_instances, BuildOptions, Instance, DEFAULT_FEWSHOT_SEED};
+pub use parse::parse_suite_yaml;
 pub use registry::{builtin_registry, load_suite_dir, load_task_file, TaskRegistry};
-pub use spec::{
-    parse_suite_yaml, ChoiceSpec, GroupSpec, SamplerKind, SuiteFile, TargetSpec, TaskSpec,
-};
+pub use spec::{ChoiceSpec, GroupSpec, SamplerKind, SuiteFile, TargetSpec, TaskSpec};

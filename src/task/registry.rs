@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::error::TaskError;
-use super::spec::{parse_suite_yaml, GroupSpec, SuiteFile, TaskSpec};
+use super::parse::parse_suite_yaml;
+use super::spec::{GroupSpec, SuiteFile, TaskSpec};
 
 /// The suite files shipped with slmbench, embedded at build time.
 const BUILTIN_SUITES: &[(&str, &str)] = &[
@@ -20,6 +21,10 @@ const BUILTIN_SUITES: &[(&str, &str)] = &[
     ),
     ("suites/cola.yaml", include_str!("../../suites/cola.yaml")),
     ("suites/copa.yaml", include_str!("../../suites/copa.yaml")),
+    (
+        "suites/default.yaml",
+        include_str!("../../suites/default.yaml"),
+    ),
     ("suites/glue.yaml", include_str!("../../suites/glue.yaml")),
     (
         "suites/hellaswag.yaml",
