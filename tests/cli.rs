@@ -203,6 +203,16 @@ fn non_gguf_and_truncated_model_files() {
     let out = s.run(&["run", "--out", "r"]);
     assert_error(&out, &["bad"]);
     assert!(s.path().join("r/results.json").exists());
+
+    // A real GGUF cut short: the header parses, the tensor data is missing.
+    let real = std::fs::read(common::model_path("smollm2-135m-instruct")).expect("model");
+    let cut = s.path().join("cut.gguf");
+    std::fs::write(&cut, &real[..4 << 20]).expect("write");
+    path_model(&s, &cut, None);
+    assert_error(
+        &s.run(&["tokenize", "--model", "bad", "hi"]),
+        &["bad.gguf", "truncated"],
+    );
 }
 
 #[test]
