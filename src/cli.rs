@@ -91,7 +91,8 @@ pub struct RunArgs {
     /// Few-shot examples per prompt (overrides the tasks' num_fewshot)
     #[arg(long)]
     pub num_fewshot: Option<usize>,
-    /// Weights: f32 (dequantize at load) or quantized (the file's types)
+    /// Weights: f32 (dequantize at load), quantized (the file's types; default) or
+    /// quantized-strict (every matmul through the quantized kernels)
     #[arg(long)]
     pub dtype: Option<Dtype>,
     /// Compute threads (default: all logical cores)

@@ -134,6 +134,7 @@ pub fn load_model(
     let dtype = dtype_override.unwrap_or(spec.dtype);
     let mode = match dtype {
         Dtype::Quantized => WeightMode::Auto,
+        Dtype::QuantizedStrict => WeightMode::Quantized,
         Dtype::F32 => WeightMode::F32,
     };
     let weight_types = gguf

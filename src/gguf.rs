@@ -152,42 +152,33 @@ impl GgufFile {
         self.has(key).then(|| self.f32(key).ok()).flatten()
     }
 
-    pub fn strings(&self, key: &str) -> Result<Vec<String>, GgufError> {
+    /// An array value, each element converted by `f`.
+    fn array<T>(
+        &self,
+        key: &str,
+        f: impl Fn(&Value) -> candle_core::Result<T>,
+    ) -> Result<Vec<T>, GgufError> {
         let arr = self
             .value(key)?
             .to_vec()
             .map_err(|e| self.key_err(key, e.to_string()))?;
         arr.iter()
-            .map(|v| {
-                v.to_string()
-                    .cloned()
-                    .map_err(|e| self.key_err(key, e.to_string()))
-            })
+            .map(|v| f(v).map_err(|e| self.key_err(key, e.to_string())))
             .collect()
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Vec<String>, GgufError> {
+        self.array(key, |v| v.to_string().cloned())
     }
 
     pub fn f32s(&self, key: &str) -> Result<Vec<f32>, GgufError> {
-        let arr = self
-            .value(key)?
-            .to_vec()
-            .map_err(|e| self.key_err(key, e.to_string()))?;
-        arr.iter()
-            .map(|v| v.to_f32().map_err(|e| self.key_err(key, e.to_string())))
-            .collect()
+        self.array(key, Value::to_f32)
     }
 
     pub fn i32s(&self, key: &str) -> Result<Vec<i32>, GgufError> {
-        let arr = self
-            .value(key)?
-            .to_vec()
-            .map_err(|e| self.key_err(key, e.to_string()))?;
-        arr.iter()
-            .map(|v| {
-                v.to_i32()
-                    .or_else(|_| v.to_u32().map(|x| x as i32))
-                    .map_err(|e| self.key_err(key, e.to_string()))
-            })
-            .collect()
+        self.array(key, |v| {
+            v.to_i32().or_else(|_| v.to_u32().map(|x| x as i32))
+        })
     }
 
     /// `general.architecture`, e.g. `llama`, `qwen2`, `gemma3`.

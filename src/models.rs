@@ -48,9 +48,16 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    /// The file's own (quantized) types.
+    /// The file's own (quantized) types; per tensor, candle's quantized
+    /// kernel where it is SIMD-accelerated, else the dequantized weights
+    /// through the f32 GEMM (see `backend::candle::layers::WeightMode::Auto`).
     #[default]
     Quantized,
+    /// Every matmul through the quantized kernels (activations quantized to
+    /// 8 bits inside the dot product, as llama.cpp does); slower for
+    /// Q4_1/Q5_0/Q5_1, whose candle kernels are scalar.
+    #[serde(rename = "quantized-strict")]
+    QuantizedStrict,
     /// Dequantize every tensor to f32 at load.
     F32,
 }
@@ -60,8 +67,11 @@ impl std::str::FromStr for Dtype {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "quantized" | "q" | "native" => Ok(Dtype::Quantized),
+            "quantized-strict" => Ok(Dtype::QuantizedStrict),
             "f32" | "float32" => Ok(Dtype::F32),
-            _ => Err(format!("unknown dtype `{s}` (use f32 or quantized)")),
+            _ => Err(format!(
+                "unknown dtype `{s}` (use f32, quantized or quantized-strict)"
+            )),
         }
     }
 }
@@ -70,6 +80,7 @@ impl std::fmt::Display for Dtype {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Dtype::Quantized => "quantized",
+            Dtype::QuantizedStrict => "quantized-strict",
             Dtype::F32 => "f32",
         })
     }

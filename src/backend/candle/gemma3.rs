@@ -7,7 +7,10 @@
 
 use candle_core::{Result, Tensor};
 
-use super::layers::{attention, attention_mask, Embedding, KvCache, Linear, Loader, RmsNorm, Rope};
+use super::layers::{
+    attention, attention_mask, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm,
+    Rope,
+};
 use super::{CausalLm, LoadError, ModelInfo};
 
 /// llama.cpp's fixed values for Gemma 3 (not stored in GGUF).
@@ -101,25 +104,12 @@ impl Attention {
     }
 }
 
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = self.gate.forward(x)?.gelu()?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
-    }
-}
-
 struct DecoderLayer {
     attn_norm: RmsNorm,
     attn: Attention,
     post_attn_norm: RmsNorm,
     ffn_norm: RmsNorm,
-    mlp: Mlp,
+    mlp: GatedMlp,
     post_ffn_norm: RmsNorm,
     cache: KvCache,
 }
@@ -169,11 +159,7 @@ impl Model {
                 },
                 post_attn_norm: norm(loader, "post_attention_norm")?,
                 ffn_norm: norm(loader, "ffn_norm")?,
-                mlp: Mlp {
-                    gate: loader.linear(&p("ffn_gate"))?,
-                    up: loader.linear(&p("ffn_up"))?,
-                    down: loader.linear(&p("ffn_down"))?,
-                },
+                mlp: GatedMlp::load(loader, i, Activation::GeluTanh)?,
                 post_ffn_norm: norm(loader, "post_ffw_norm")?,
                 cache: KvCache::default(),
             });

@@ -157,6 +157,48 @@ impl Linear {
     }
 }
 
+/// Activation of a gated MLP.
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    Silu,
+    /// GELU, tanh approximation (`gelu_pytorch_tanh`).
+    GeluTanh,
+}
+
+/// `down(act(gate(x)) * up(x))`, the MLP of llama-family and Gemma blocks.
+pub struct GatedMlp {
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    act: Activation,
+}
+
+impl GatedMlp {
+    /// Loads `blk.{layer}.ffn_{gate,up,down}.weight`.
+    pub fn load(
+        loader: &mut Loader<'_>,
+        layer: usize,
+        act: Activation,
+    ) -> std::result::Result<Self, GgufError> {
+        let mut l = |s: &str| loader.linear(&format!("blk.{layer}.{s}.weight"));
+        Ok(Self {
+            gate: l("ffn_gate")?,
+            up: l("ffn_up")?,
+            down: l("ffn_down")?,
+            act,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let g = self.gate.forward(x)?;
+        let g = match self.act {
+            Activation::Silu => candle_nn::ops::silu(&g)?,
+            Activation::GeluTanh => g.gelu()?,
+        };
+        self.down.forward(&(g * self.up.forward(x)?)?)
+    }
+}
+
 /// Token embedding table; rows are dequantized on lookup when quantized.
 pub enum Embedding {
     Quantized(Arc<QTensor>),

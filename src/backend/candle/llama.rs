@@ -6,7 +6,10 @@
 
 use candle_core::{Result, Tensor};
 
-use super::layers::{attention, attention_mask, Embedding, KvCache, Linear, Loader, RmsNorm, Rope};
+use super::layers::{
+    attention, attention_mask, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm,
+    Rope,
+};
 use super::{CausalLm, LoadError, ModelInfo};
 
 /// Hyper-parameters read from GGUF metadata under the architecture's prefix.
@@ -88,24 +91,11 @@ impl Attention {
     }
 }
 
-struct Mlp {
-    gate: Linear,
-    up: Linear,
-    down: Linear,
-}
-
-impl Mlp {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let g = candle_nn::ops::silu(&self.gate.forward(x)?)?;
-        self.down.forward(&(g * self.up.forward(x)?)?)
-    }
-}
-
 struct DecoderLayer {
     attn_norm: RmsNorm,
     attn: Attention,
     ffn_norm: RmsNorm,
-    mlp: Mlp,
+    mlp: GatedMlp,
     cache: KvCache,
 }
 
@@ -145,11 +135,7 @@ impl Model {
                     head_dim: cfg.head_dim,
                 },
                 ffn_norm: RmsNorm::new(loader.vector(&p("ffn_norm"))?, cfg.rms_eps),
-                mlp: Mlp {
-                    gate: loader.linear(&p("ffn_gate"))?,
-                    up: loader.linear(&p("ffn_up"))?,
-                    down: loader.linear(&p("ffn_down"))?,
-                },
+                mlp: GatedMlp::load(loader, i, Activation::Silu)?,
                 cache: KvCache::default(),
             });
         }
