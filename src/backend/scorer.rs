@@ -85,6 +85,9 @@ pub struct CandleScorer {
     max_length: usize,
     /// Context tokens forwarded per chunk (bounds attention memory).
     chunk: usize,
+    /// Score all choices of a document in one forward (branches off the
+    /// shared context) instead of one forward per choice.
+    pub batch_choices: bool,
 }
 
 impl CandleScorer {
@@ -94,6 +97,7 @@ impl CandleScorer {
             tokenizer,
             max_length,
             chunk: 512,
+            batch_choices: true,
         }
     }
 
@@ -200,22 +204,42 @@ impl Scorer for CandleScorer {
         let prefix = ctx.len().saturating_sub(1);
         self.forward_chunked(&ctx[..prefix])?;
         forwarded += prefix;
-        for (c, cont) in &pairs {
-            if cont.is_empty() {
-                choices.push(empty_score());
-                continue;
+        let inputs: Vec<Vec<u32>> = pairs
+            .iter()
+            .map(|(c, cont)| {
+                let mut inp = c[prefix..].to_vec();
+                inp.extend_from_slice(&cont[..cont.len().saturating_sub(1)]);
+                inp
+            })
+            .collect();
+        let branch_tokens: usize = inputs.iter().map(Vec::len).sum();
+        if self.batch_choices
+            && pairs.iter().all(|(_, k)| !k.is_empty())
+            && branch_tokens <= self.chunk
+        {
+            // All choices in one forward, as branches off the shared context.
+            let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+            let logits = self.model.forward_branches(&refs)?;
+            forwarded += branch_tokens;
+            let mut row = 0;
+            for ((_, cont), inp) in pairs.iter().zip(&inputs) {
+                choices.push(Self::gather(&logits.narrow(0, row, inp.len())?, cont)?);
+                row += inp.len();
             }
-            let mut inp = Vec::with_capacity(cont.len());
-            inp.extend_from_slice(&c[prefix..]);
-            inp.extend_from_slice(&cont[..cont.len() - 1]);
-            let n_out = cont.len();
-            let logits = self.model.forward(&inp, n_out)?;
-            forwarded += inp.len();
-            self.model.truncate_cache(prefix)?;
-            choices.push(match logits {
-                Some(l) => Self::gather(&l, cont)?,
-                None => empty_score(),
-            });
+        } else {
+            for ((_, cont), inp) in pairs.iter().zip(&inputs) {
+                if cont.is_empty() {
+                    choices.push(empty_score());
+                    continue;
+                }
+                let logits = self.model.forward(inp, cont.len())?;
+                forwarded += inp.len();
+                self.model.truncate_cache(prefix)?;
+                choices.push(match logits {
+                    Some(l) => Self::gather(&l, cont)?,
+                    None => empty_score(),
+                });
+            }
         }
         self.model.truncate_cache(0)?;
         Ok(DocScore {

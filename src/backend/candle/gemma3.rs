@@ -8,8 +8,7 @@
 use candle_core::{Result, Tensor};
 
 use super::layers::{
-    attention, attention_mask, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm,
-    Rope,
+    attention, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm, Rope, Span,
 };
 use super::{CausalLm, LoadError, ModelInfo};
 
@@ -70,9 +69,15 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, rope: &mut Rope, cache: &mut KvCache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &mut Rope,
+        cache: &mut KvCache,
+        span: &Span,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let pos = cache.len();
         let q = self
             .q
             .forward(x)?
@@ -88,18 +93,11 @@ impl Attention {
         let q = self.q_norm.forward(&q)?.transpose(1, 2)?;
         let k = self.k_norm.forward(&k)?.transpose(1, 2)?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let q = rope.apply(&q, pos)?;
-        let k = rope.apply(&k, pos)?;
+        let q = rope.apply(&q, span)?;
+        let k = rope.apply(&k, span)?;
         let (k, v) = cache.append(k, v)?;
-        let mask = attention_mask(t, pos, self.window)?;
         // llama.cpp: 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim) for all but 27B.
-        let y = attention(
-            &q,
-            &k,
-            &v,
-            mask.as_ref(),
-            1.0 / (self.head_dim as f64).sqrt(),
-        )?;
+        let y = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
         self.o.forward(&y)
     }
 }
@@ -186,17 +184,25 @@ impl Model {
 }
 
 impl CausalLm for Model {
-    fn forward(&mut self, tokens: &[u32], n_out: usize) -> Result<Option<Tensor>> {
+    fn forward_span(
+        &mut self,
+        tokens: &[u32],
+        span: &Span,
+        n_out: usize,
+    ) -> Result<Option<Tensor>> {
         // transformers casts the scale to the activation dtype (f32) first.
         let mut x = (self.embed.forward(tokens)? * (self.embed_scale as f32) as f64)?;
+        let global_mask = span.mask(None)?;
+        let window = self.layers.iter().find_map(|l| l.attn.window);
+        let local_mask = span.mask(window)?;
         for layer in self.layers.iter_mut() {
-            let rope = if layer.attn.window.is_some() {
-                &mut self.rope_local
+            let (rope, mask) = if layer.attn.window.is_some() {
+                (&mut self.rope_local, local_mask.as_ref())
             } else {
-                &mut self.rope_global
+                (&mut self.rope_global, global_mask.as_ref())
             };
             let h = layer.attn_norm.forward(&x)?;
-            let h = layer.attn.forward(&h, rope, &mut layer.cache)?;
+            let h = layer.attn.forward(&h, rope, &mut layer.cache, span, mask)?;
             x = (x + layer.post_attn_norm.forward(&h)?)?;
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + layer.post_ffn_norm.forward(&h)?)?;

@@ -282,12 +282,20 @@ impl Rope {
         Ok(())
     }
 
-    /// Rotates `x` of shape `[b, heads, t, head_dim]` for positions `start..start+t`.
-    pub fn apply(&mut self, x: &Tensor, start: usize) -> Result<Tensor> {
+    /// Rotates `x` of shape `[b, heads, t, head_dim]` at the span's positions.
+    pub fn apply(&mut self, x: &Tensor, span: &Span) -> Result<Tensor> {
         let t = x.dim(2)?;
-        self.ensure(start + t)?;
-        let cos = self.cos.narrow(0, start, t)?;
-        let sin = self.sin.narrow(0, start, t)?;
+        self.ensure(span.max_position() + 1)?;
+        let (cos, sin) = match &span.gather {
+            None => (
+                self.cos.narrow(0, span.past, t)?,
+                self.sin.narrow(0, span.past, t)?,
+            ),
+            Some(ids) => (
+                self.cos.index_select(ids, 0)?,
+                self.sin.index_select(ids, 0)?,
+            ),
+        };
         let x = x.contiguous()?;
         if self.interleaved {
             candle_nn::rotary_emb::rope_i(&x, &cos, &sin)
@@ -343,25 +351,90 @@ impl KvCache {
     }
 }
 
-/// Additive attention mask `[t, past+t]`: causal, optionally limited to a
-/// sliding window of `window` positions (a query sees keys `q - window < k <= q`).
-pub fn attention_mask(t: usize, past: usize, window: Option<usize>) -> Result<Option<Tensor>> {
-    let total = past + t;
-    let needs_window = window.is_some_and(|w| total > w);
-    if t == 1 && !needs_window {
-        return Ok(None);
-    }
-    let mut m = vec![0f32; t * total];
-    for i in 0..t {
-        let q = past + i;
-        for k in 0..total {
-            let masked = k > q || window.is_some_and(|w| q >= w + k);
-            if masked {
-                m[i * total + k] = f32::NEG_INFINITY;
-            }
+/// Where the tokens of one forward sit: after `past` cached positions, as one
+/// causal run, or as several independent branches off the cache (each token
+/// sees the cache and the earlier tokens of its own branch) — how all the
+/// choices of a document are scored in one forward.
+pub struct Span {
+    pub past: usize,
+    positions: Vec<usize>,
+    branch: Vec<u32>,
+    /// Position ids for the RoPE tables when they are not one contiguous run.
+    gather: Option<Tensor>,
+}
+
+impl Span {
+    /// `t` tokens right after `past` cached positions.
+    pub fn causal(past: usize, t: usize) -> Self {
+        Self {
+            past,
+            positions: (past..past + t).collect(),
+            branch: vec![0; t],
+            gather: None,
         }
     }
-    Tensor::from_vec(m, (t, total), &Device::Cpu).map(Some)
+
+    /// Branches of the given lengths, each starting at position `past`.
+    pub fn branches(past: usize, lens: &[usize]) -> Result<Self> {
+        let mut positions = Vec::new();
+        let mut branch = Vec::new();
+        for (b, &n) in lens.iter().enumerate() {
+            positions.extend(past..past + n);
+            branch.extend(std::iter::repeat_n(b as u32, n));
+        }
+        let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let n = ids.len();
+        Ok(Self {
+            past,
+            positions,
+            branch,
+            gather: Some(Tensor::from_vec(ids, n, &Device::Cpu)?),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    fn max_position(&self) -> usize {
+        self.positions.iter().copied().max().unwrap_or(self.past)
+    }
+
+    /// Additive mask `[t, past+t]`: causal within a branch, nothing across
+    /// branches, optionally limited to a sliding window of `window`
+    /// positions (a query at `q` sees keys at `q - window < k <= q`).
+    pub fn mask(&self, window: Option<usize>) -> Result<Option<Tensor>> {
+        let t = self.len();
+        let total = self.past + t;
+        let single = self.gather.is_none();
+        let needs_window = window.is_some_and(|w| self.max_position() + 1 > w);
+        if t == 1 && single && !needs_window {
+            return Ok(None);
+        }
+        let far = |q: usize, k: usize| window.is_some_and(|w| q >= w + k);
+        let mut m = vec![0f32; t * total];
+        for i in 0..t {
+            let q = self.positions[i];
+            let row = &mut m[i * total..(i + 1) * total];
+            for (k, cell) in row.iter_mut().enumerate().take(self.past) {
+                if far(q, k) {
+                    *cell = f32::NEG_INFINITY;
+                }
+            }
+            for j in 0..t {
+                let kp = self.positions[j];
+                let visible = self.branch[j] == self.branch[i] && kp <= q && !far(q, kp);
+                if !visible {
+                    row[self.past + j] = f32::NEG_INFINITY;
+                }
+            }
+        }
+        Tensor::from_vec(m, (t, total), &Device::Cpu).map(Some)
+    }
 }
 
 /// Scaled dot-product attention with grouped KV heads.
@@ -405,4 +478,53 @@ pub fn last_positions(x: &Tensor, n: usize) -> Result<Tensor> {
 /// `log_softmax` over the vocabulary, rows `[n, vocab]`.
 pub fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
     candle_nn::ops::log_softmax(logits, D::Minus1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn visible(m: &Tensor) -> Vec<Vec<bool>> {
+        m.to_vec2::<f32>()
+            .expect("mask")
+            .into_iter()
+            .map(|r| r.into_iter().map(|x| x == 0.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn causal_mask_and_single_token_shortcut() {
+        assert!(Span::causal(5, 1).mask(None).expect("mask").is_none());
+        let m = Span::causal(1, 2).mask(None).expect("mask").expect("some");
+        assert_eq!(
+            visible(&m),
+            vec![vec![true, true, false], vec![true, true, true]]
+        );
+    }
+
+    #[test]
+    fn branches_see_the_prefix_and_only_themselves() {
+        // Prefix of 2, branches of 2 and 1 tokens, both starting at position 2.
+        let span = Span::branches(2, &[2, 1]).expect("span");
+        let m = span.mask(None).expect("mask").expect("some");
+        assert_eq!(
+            visible(&m),
+            vec![
+                vec![true, true, true, false, false],
+                vec![true, true, true, true, false],
+                vec![true, true, false, false, true],
+            ]
+        );
+        assert_eq!(span.positions, vec![2, 3, 2]);
+    }
+
+    #[test]
+    fn sliding_window_hides_far_keys() {
+        // Window 2: position 3 sees positions 2 and 3 only.
+        let m = Span::causal(3, 1)
+            .mask(Some(2))
+            .expect("mask")
+            .expect("some");
+        assert_eq!(visible(&m), vec![vec![false, false, true, true]]);
+    }
 }

@@ -7,8 +7,7 @@
 use candle_core::{Result, Tensor};
 
 use super::layers::{
-    attention, attention_mask, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm,
-    Rope,
+    attention, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm, Rope, Span,
 };
 use super::{CausalLm, LoadError, ModelInfo};
 
@@ -67,26 +66,25 @@ struct Attention {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, rope: &mut Rope, cache: &mut KvCache) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        rope: &mut Rope,
+        cache: &mut KvCache,
+        span: &Span,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
-        let pos = cache.len();
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)
         };
         let q = heads(self.q.forward(x)?, self.n_head)?;
         let k = heads(self.k.forward(x)?, self.n_kv_head)?;
         let v = heads(self.v.forward(x)?, self.n_kv_head)?;
-        let q = rope.apply(&q, pos)?;
-        let k = rope.apply(&k, pos)?;
+        let q = rope.apply(&q, span)?;
+        let k = rope.apply(&k, span)?;
         let (k, v) = cache.append(k, v.contiguous()?)?;
-        let mask = attention_mask(t, pos, None)?;
-        let y = attention(
-            &q,
-            &k,
-            &v,
-            mask.as_ref(),
-            1.0 / (self.head_dim as f64).sqrt(),
-        )?;
+        let y = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
         self.o.forward(&y)
     }
 }
@@ -159,11 +157,20 @@ impl Model {
 }
 
 impl CausalLm for Model {
-    fn forward(&mut self, tokens: &[u32], n_out: usize) -> Result<Option<Tensor>> {
+    fn forward_span(
+        &mut self,
+        tokens: &[u32],
+        span: &Span,
+        n_out: usize,
+    ) -> Result<Option<Tensor>> {
         let mut x = self.embed.forward(tokens)?;
+        let mask = span.mask(None)?;
         for layer in self.layers.iter_mut() {
             let h = layer.attn_norm.forward(&x)?;
-            let h = layer.attn.forward(&h, &mut self.rope, &mut layer.cache)?;
+            let h =
+                layer
+                    .attn
+                    .forward(&h, &mut self.rope, &mut layer.cache, span, mask.as_ref())?;
             x = (x + h)?;
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + h)?;

@@ -14,7 +14,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::gguf::{GgufError, GgufFile};
-use layers::{Loader, WeightMode};
+use layers::{Loader, Span, WeightMode};
 
 /// Errors raised while loading a model.
 #[derive(Debug, thiserror::Error)]
@@ -41,9 +41,34 @@ pub struct ModelInfo {
 
 /// A causal LM with a KV cache that can be cut back to a shared prefix.
 pub trait CausalLm: Send {
-    /// Runs `tokens` after the cached positions, appending them to the cache,
-    /// and returns the logits `[n_out, vocab]` of the last `n_out` of them.
-    fn forward(&mut self, tokens: &[u32], n_out: usize) -> candle_core::Result<Option<Tensor>>;
+    /// Runs `tokens` placed as `span` says after the cached positions,
+    /// appending them to the cache, and returns the logits `[n_out, vocab]`
+    /// of the last `n_out` of them.
+    fn forward_span(
+        &mut self,
+        tokens: &[u32],
+        span: &Span,
+        n_out: usize,
+    ) -> candle_core::Result<Option<Tensor>>;
+
+    /// Runs `tokens` right after the cached positions (see [`Self::forward_span`]).
+    fn forward(&mut self, tokens: &[u32], n_out: usize) -> candle_core::Result<Option<Tensor>> {
+        let span = Span::causal(self.cache_len(), tokens.len());
+        self.forward_span(tokens, &span, n_out)
+    }
+
+    /// Runs several continuations of the cached prefix in one forward (each
+    /// sees the cache and its own earlier tokens) and returns the logits of
+    /// every token, branches concatenated; the cache is left as it was.
+    fn forward_branches(&mut self, branches: &[&[u32]]) -> candle_core::Result<Tensor> {
+        let past = self.cache_len();
+        let lens: Vec<usize> = branches.iter().map(|b| b.len()).collect();
+        let tokens: Vec<u32> = branches.iter().flat_map(|b| b.iter().copied()).collect();
+        let span = Span::branches(past, &lens)?;
+        let out = self.forward_span(&tokens, &span, tokens.len());
+        self.truncate_cache(past)?;
+        out?.ok_or_else(|| candle_core::Error::Msg("no tokens to score".into()))
+    }
     /// Number of cached positions.
     fn cache_len(&self) -> usize;
     /// Drops cached positions from `len` on.
