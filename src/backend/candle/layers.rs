@@ -469,6 +469,40 @@ pub fn attention(
         .reshape((1, t, heads * d))
 }
 
+/// The token embedding and the output head (tied to the embedding when the
+/// file has no `output.weight`), plus the vocabulary size.
+pub fn embedding_and_head(
+    loader: &mut Loader<'_>,
+) -> std::result::Result<(Embedding, Linear, usize), GgufError> {
+    let embd = loader.qtensor("token_embd.weight")?;
+    let vocab = embd.shape().dims()[0];
+    let head = if loader.gguf.has_tensor("output.weight") {
+        loader.linear("output.weight")?
+    } else {
+        let w = loader.matrix_from("token_embd.weight", embd.clone())?;
+        Linear::new(w, None).map_err(|e| GgufError::Tensor {
+            path: loader.gguf.path.clone(),
+            name: "token_embd.weight".into(),
+            reason: e.to_string(),
+        })?
+    };
+    Ok((loader.embedding(embd, "token_embd.weight")?, head, vocab))
+}
+
+/// Logits `[n_out, vocab]` of the last `n_out` positions of `x` (`None` for 0).
+pub fn output_logits(
+    x: &Tensor,
+    n_out: usize,
+    norm: &RmsNorm,
+    head: &Linear,
+) -> Result<Option<Tensor>> {
+    if n_out == 0 {
+        return Ok(None);
+    }
+    let x = norm.forward(&last_positions(x, n_out)?)?;
+    head.forward(&x).map(Some)
+}
+
 /// Selects the last `n` positions of `[1, t, h]` as `[n, h]`.
 pub fn last_positions(x: &Tensor, n: usize) -> Result<Tensor> {
     let t = x.dim(1)?;

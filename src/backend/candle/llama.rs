@@ -110,14 +110,7 @@ pub struct Model {
 impl Model {
     pub fn load(loader: &mut Loader<'_>, arch: &str) -> std::result::Result<Self, LoadError> {
         let cfg = Config::from_gguf(loader, arch)?;
-        let embd = loader.qtensor("token_embd.weight")?;
-        let vocab = embd.shape().dims()[0];
-        let lm_head = if loader.gguf.has_tensor("output.weight") {
-            loader.linear("output.weight")?
-        } else {
-            Linear::new(loader.matrix_from("token_embd.weight", embd.clone())?, None)?
-        };
-        let embed = loader.embedding(embd, "token_embd.weight")?;
+        let (embed, lm_head, vocab) = super::layers::embedding_and_head(loader)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
@@ -175,12 +168,7 @@ impl CausalLm for Model {
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + h)?;
         }
-        if n_out == 0 {
-            return Ok(None);
-        }
-        let x = super::layers::last_positions(&x, n_out)?;
-        let x = self.norm.forward(&x)?;
-        self.lm_head.forward(&x).map(Some)
+        super::layers::output_logits(&x, n_out, &self.norm, &self.lm_head)
     }
 
     fn cache_len(&self) -> usize {
