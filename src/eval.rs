@@ -18,8 +18,8 @@ use crate::gguf::GgufFile;
 use crate::metrics::{aggregate, score_sample, AggregateOptions, Metric, SampleScore};
 use crate::models::{Dtype, Format, ModelSpec, Registry};
 use crate::record::{
-    read_samples, samples_path, CellResult, CellStatus, MetricValue, ModelRecord, RunRecord,
-    SampleRecord, SampleWriter,
+    read_samples, samples_path, CellResult, CellStatus, LatencyStats, MetricValue, ModelRecord,
+    RunRecord, SampleRecord, SampleWriter,
 };
 use crate::task::{build_instances, BuildOptions, DataDir, Instance, TaskDocs, TaskSpec};
 use crate::tokenizer::TextTokenizer;
@@ -256,12 +256,15 @@ pub fn run_cell(
         .collect();
     let pb = progress_bar(todo.len() as u64, &format!("{model}/{}", task.spec.name));
     let mut forwarded = 0;
+    let mut latencies = Vec::with_capacity(todo.len());
+    let scoring = Instant::now();
     for inst in todo {
         let t = Instant::now();
         let doc = scorer
             .score_doc(&inst.context, &inst.continuations)
             .map_err(|e| EvalError::Other(format!("doc {}: {e}", inst.doc_id)))?;
         let latency_ms = t.elapsed().as_secs_f64() * 1e3;
+        latencies.push(latency_ms);
         let lls: Vec<f64> = doc.choices.iter().map(|c| c.loglikelihood).collect();
         let chars: Vec<usize> = inst.choices.iter().map(|c| c.chars().count()).collect();
         let s = score_sample(&lls, &chars, inst.gold)
@@ -286,6 +289,7 @@ pub fn run_cell(
         pb.inc(1);
     }
     pb.finish_and_clear();
+    let scoring_s = scoring.elapsed().as_secs_f64();
     let samples: Vec<SampleScore> = scores.values().copied().collect();
     let opts = AggregateOptions { bootstrap_iters };
     let mut metrics = Vec::new();
@@ -308,10 +312,15 @@ pub fn run_cell(
         truncated,
         wall_time_s: t0.elapsed().as_secs_f64(),
         tokens_forwarded: forwarded,
+        tokens_per_s: (forwarded > 0 && scoring_s > 0.0).then(|| forwarded as f64 / scoring_s),
+        latency: LatencyStats::from_ms(&latencies, WARMUP_DOCS),
         resumed_samples: resumed,
         error: None,
     })
 }
+
+/// Documents at the start of each cell left out of latency statistics.
+pub const WARMUP_DOCS: usize = 1;
 
 /// A failed cell, recorded so the run can go on.
 pub fn failed_cell(model: &str, task: &PreparedTask, err: &str) -> CellResult {
@@ -325,6 +334,8 @@ pub fn failed_cell(model: &str, task: &PreparedTask, err: &str) -> CellResult {
         truncated: 0,
         wall_time_s: 0.0,
         tokens_forwarded: 0,
+        tokens_per_s: None,
+        latency: None,
         resumed_samples: 0,
         error: Some(err.to_string()),
     }
@@ -344,13 +355,14 @@ pub fn upsert_cell(record: &mut RunRecord, cell: CellResult) {
 
 /// The printed summary: one row per model × task × metric.
 pub fn summary_table(record: &RunRecord) -> String {
-    let mut rows: Vec<[String; 6]> = vec![[
+    let mut rows: Vec<[String; 7]> = vec![[
         "model".into(),
         "task".into(),
         "metric".into(),
         "value ± stderr".into(),
         "n".into(),
         "time (s)".into(),
+        "p50 ms/doc".into(),
     ]];
     for c in &record.cells {
         if c.status == CellStatus::Failed {
@@ -360,6 +372,7 @@ pub fn summary_table(record: &RunRecord) -> String {
                 "FAILED".into(),
                 c.error.clone().unwrap_or_default(),
                 "0".into(),
+                String::new(),
                 String::new(),
             ]);
             continue;
@@ -376,10 +389,13 @@ pub fn summary_table(record: &RunRecord) -> String {
                 v,
                 c.n.to_string(),
                 format!("{:.1}", c.wall_time_s),
+                c.latency
+                    .as_ref()
+                    .map_or("n/a".into(), |l| format!("{:.0}", l.p50_ms)),
             ]);
         }
     }
-    let widths: Vec<usize> = (0..6)
+    let widths: Vec<usize> = (0..7)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut s = String::new();

@@ -158,9 +158,61 @@ pub struct CellResult {
     pub truncated: usize,
     pub wall_time_s: f64,
     pub tokens_forwarded: usize,
+    /// Tokens forwarded per second of scoring in this invocation.
+    #[serde(default)]
+    pub tokens_per_s: Option<f64>,
+    /// Per-document scoring latency in this invocation (warm-up excluded).
+    #[serde(default)]
+    pub latency: Option<LatencyStats>,
     /// Samples scored in an earlier, resumed invocation.
     pub resumed_samples: usize,
     pub error: Option<String>,
+}
+
+/// Summary of per-document latencies.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LatencyStats {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    /// Sample standard deviation; `None` for a single document.
+    pub sd_ms: Option<f64>,
+    pub n: usize,
+    /// Leading documents left out as warm-up.
+    pub warmup_excluded: usize,
+}
+
+impl LatencyStats {
+    /// Percentiles by linear interpolation between order statistics (numpy's
+    /// default); the first `warmup` latencies are left out. `None` when
+    /// nothing is left.
+    pub fn from_ms(latencies: &[f64], warmup: usize) -> Option<Self> {
+        let warmup = warmup.min(latencies.len().saturating_sub(1));
+        let mut xs: Vec<f64> = latencies[warmup..].to_vec();
+        if xs.is_empty() {
+            return None;
+        }
+        xs.sort_by(f64::total_cmp);
+        let n = xs.len();
+        let q = |p: f64| {
+            let h = p * (n - 1) as f64;
+            let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+            xs[lo] + (h - lo as f64) * (xs[hi] - xs[lo])
+        };
+        let mean = xs.iter().sum::<f64>() / n as f64;
+        let sd = (n > 1)
+            .then(|| (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
+        Some(Self {
+            p50_ms: q(0.5),
+            p90_ms: q(0.9),
+            p99_ms: q(0.99),
+            mean_ms: mean,
+            sd_ms: sd,
+            n,
+            warmup_excluded: warmup,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -284,7 +336,7 @@ impl RunRecord {
     /// One row per model × task × metric.
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "model,task,metric,value,stderr,n,num_fewshot,truncated,status,wall_time_s,tokens_forwarded\n",
+            "model,task,metric,value,stderr,n,num_fewshot,truncated,status,wall_time_s,tokens_forwarded,tokens_per_s,latency_p50_ms,latency_p90_ms,latency_p99_ms\n",
         );
         for c in &self.cells {
             let rows: Vec<(String, String, String)> = if c.metrics.is_empty() {
@@ -302,8 +354,10 @@ impl RunRecord {
                     .collect()
             };
             for (name, value, stderr) in rows {
+                let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
+                let lat = c.latency.as_ref();
                 s.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{:.3},{}\n",
+                    "{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{}\n",
                     csv_field(&c.model),
                     csv_field(&c.task),
                     name,
@@ -317,7 +371,11 @@ impl RunRecord {
                         .and_then(|v| v.as_str().map(String::from))
                         .unwrap_or_default(),
                     c.wall_time_s,
-                    c.tokens_forwarded
+                    c.tokens_forwarded,
+                    opt(c.tokens_per_s),
+                    opt(lat.map(|l| l.p50_ms)),
+                    opt(lat.map(|l| l.p90_ms)),
+                    opt(lat.map(|l| l.p99_ms)),
                 ));
             }
         }
@@ -388,6 +446,21 @@ mod tests {
         let mut w = SampleWriter::open(&p).expect("open");
         w.append(&rec(2)).expect("append");
         assert_eq!(read_samples(&p).expect("read").len(), 3);
+    }
+
+    #[test]
+    fn latency_percentiles_interpolate_like_numpy() {
+        let xs: Vec<f64> = (1..=11).map(f64::from).collect();
+        // The first value (warm-up) is left out: 2..=11.
+        let l = LatencyStats::from_ms(&xs, 1).expect("stats");
+        assert_eq!(l.n, 10);
+        assert!((l.p50_ms - 6.5).abs() < 1e-12);
+        assert!((l.p90_ms - 10.1).abs() < 1e-12);
+        assert!((l.mean_ms - 6.5).abs() < 1e-12);
+        assert!((l.sd_ms.expect("sd") - 3.0276503540974917).abs() < 1e-12);
+        let one = LatencyStats::from_ms(&[4.0], 1).expect("one");
+        assert_eq!((one.n, one.sd_ms, one.warmup_excluded), (1, None, 0));
+        assert!(LatencyStats::from_ms(&[], 1).is_none());
     }
 
     #[test]
