@@ -7,7 +7,7 @@
 //! ```text
 //! <home>/models/<name>/<file_name>          the file (or, for a `path` source, a symlink to it)
 //! <home>/models/<name>/<file_name>.sha256   sidecar: size, mtime and digest, so the file is not re-hashed every run
-//! <home>/models/<name>/<file_name>.partial  written while fetching, renamed into place once verified
+//! <home>/models/<name>/<file_name>.partial-<pid>-<n>  written while fetching, renamed into place once verified
 //! <home>/hub/                               hf-hub's own cache (Hub sources)
 //! <home>/tmp/                               short-lived pip download directories
 //! ```
@@ -79,7 +79,18 @@ pub fn cached_path(spec: &FetchSpec, home: &Path) -> PathBuf {
     home.join("models").join(&spec.name).join(&spec.file_name)
 }
 
-/// Path with `suffix` appended to the file name (`x.gguf` → `x.gguf.partial`).
+/// `<pid>-<n>`, distinct for every call in this process.
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Path with `suffix` appended to the file name (`x.gguf` → `x.gguf.partial-1-0`).
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();
     s.push(suffix);
@@ -125,7 +136,9 @@ pub fn obtain(spec: &FetchSpec, home: &Path, opts: &FetchOptions) -> Result<Path
     }
     let dir = dest.parent().unwrap_or(home);
     fs::create_dir_all(dir).map_err(io_err(format!("cannot create {}", dir.display())))?;
-    let partial = with_suffix(&dest, ".partial");
+    // Unique per process and call: two fetches of one model (parallel tests,
+    // two runs) must not write or rename each other's partial file.
+    let partial = with_suffix(&dest, &format!(".partial-{}", unique_suffix()));
     let mut failures = Vec::new();
     let mut mismatch: Option<(&Source, String)> = None; // (origin, actual digest)
     let n = spec.sources.len();
@@ -536,7 +549,7 @@ fn hash_path(path: &Path, progress: bool) -> io::Result<String> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let name = name.strip_suffix(".partial").unwrap_or(&name);
+    let name = name.split(".partial").next().unwrap_or(&name);
     let bar = bytes_bar(progress, len, format!("sha256 {name}"));
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];

