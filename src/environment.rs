@@ -18,14 +18,19 @@ pub fn fingerprint(threads: usize) -> Environment {
         sysinfo::System::long_os_version().unwrap_or_else(|| std::env::consts::OS.into()),
         sysinfo::System::kernel_version().unwrap_or_else(|| "?".into())
     );
+    let build_profile: String = env!("SLMBENCH_BUILD_PROFILE").into();
+    let measurement_warning = (build_profile == "debug")
+        .then(|| "debug build: timings are not representative; build with --release".to_string());
     Environment {
         slmbench_version: env!("CARGO_PKG_VERSION").into(),
         git_hash: env!("SLMBENCH_GIT_HASH").into(),
-        build_profile: env!("SLMBENCH_BUILD_PROFILE").into(),
+        build_profile,
         cpu,
         cores_logical: sys.cpus().len(),
         threads,
         os,
         total_memory_bytes: Some(sys.total_memory()).filter(|&m| m > 0),
+        isa_flags: crate::measure::isa_flags(),
+        measurement_warning,
     }
 }

@@ -129,6 +129,7 @@ pub fn load_model(
 ) -> Result<LoadedModel, EvalError> {
     let spec = registry.get(name)?;
     let path = registry.obtain(name, &fetch::default_home(), fetch_opts)?;
+    let rss0 = crate::measure::rss_bytes();
     let t0 = Instant::now();
     let (mut gguf, tokenizer) = open_model(spec, &path)?;
     let dtype = dtype_override.unwrap_or(spec.dtype);
@@ -160,6 +161,9 @@ pub fn load_model(
         vocab: info.vocab,
         context_length: max_len,
         load_time_s: t0.elapsed().as_secs_f64(),
+        load_rss_delta_bytes: crate::measure::rss_bytes()
+            .zip(rss0)
+            .map(|(a, b)| a.saturating_sub(b)),
         weight_types,
     };
     Ok(LoadedModel {
@@ -229,6 +233,7 @@ pub fn run_cell(
     bootstrap_iters: usize,
 ) -> Result<CellResult, EvalError> {
     let t0 = Instant::now();
+    let rss_scope = crate::measure::start_peak_window();
     let path = samples_path(run_dir, model, &task.spec.name);
     let done = read_samples(&path)?;
     let wanted: BTreeSet<usize> = task.instances.iter().map(|i| i.doc_id).collect();
@@ -314,6 +319,7 @@ pub fn run_cell(
         tokens_forwarded: forwarded,
         tokens_per_s: (forwarded > 0 && scoring_s > 0.0).then(|| forwarded as f64 / scoring_s),
         latency: LatencyStats::from_ms(&latencies, WARMUP_DOCS),
+        peak_rss: crate::measure::peak_rss(rss_scope),
         resumed_samples: resumed,
         error: None,
     })
@@ -336,6 +342,7 @@ pub fn failed_cell(model: &str, task: &PreparedTask, err: &str) -> CellResult {
         tokens_forwarded: 0,
         tokens_per_s: None,
         latency: None,
+        peak_rss: None,
         resumed_samples: 0,
         error: Some(err.to_string()),
     }

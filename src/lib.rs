@@ -10,6 +10,7 @@ pub mod environment;
 pub mod eval;
 pub mod fetch;
 pub mod gguf;
+pub mod measure;
 pub mod metrics;
 pub mod models;
 pub mod parquet;

@@ -164,6 +164,9 @@ pub struct CellResult {
     /// Per-document scoring latency in this invocation (warm-up excluded).
     #[serde(default)]
     pub latency: Option<LatencyStats>,
+    /// Peak resident memory while the cell ran (kernel high-water mark).
+    #[serde(default)]
+    pub peak_rss: Option<crate::measure::PeakRss>,
     /// Samples scored in an earlier, resumed invocation.
     pub resumed_samples: usize,
     pub error: Option<String>,
@@ -235,6 +238,9 @@ pub struct ModelRecord {
     pub vocab: usize,
     pub context_length: usize,
     pub load_time_s: f64,
+    /// Resident memory added by loading the model.
+    #[serde(default)]
+    pub load_rss_delta_bytes: Option<u64>,
     /// GGML type → (tensor count, bytes).
     pub weight_types: BTreeMap<String, (usize, u64)>,
 }
@@ -250,6 +256,12 @@ pub struct Environment {
     pub threads: usize,
     pub os: String,
     pub total_memory_bytes: Option<u64>,
+    /// Instruction-set features detected at run time (avx2, fma, avx512f, …).
+    #[serde(default)]
+    pub isa_flags: Vec<String>,
+    /// Set when timings are not representative (e.g. a debug build).
+    #[serde(default)]
+    pub measurement_warning: Option<String>,
 }
 
 /// Everything `results.json` holds.
@@ -336,7 +348,7 @@ impl RunRecord {
     /// One row per model × task × metric.
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "model,task,metric,value,stderr,n,num_fewshot,truncated,status,wall_time_s,tokens_forwarded,tokens_per_s,latency_p50_ms,latency_p90_ms,latency_p99_ms\n",
+            "model,task,metric,value,stderr,n,num_fewshot,truncated,status,wall_time_s,tokens_forwarded,tokens_per_s,latency_p50_ms,latency_p90_ms,latency_p99_ms,peak_rss_bytes\n",
         );
         for c in &self.cells {
             let rows: Vec<(String, String, String)> = if c.metrics.is_empty() {
@@ -357,7 +369,7 @@ impl RunRecord {
                 let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
                 let lat = c.latency.as_ref();
                 s.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{}\n",
+                    "{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{}\n",
                     csv_field(&c.model),
                     csv_field(&c.task),
                     name,
@@ -376,6 +388,7 @@ impl RunRecord {
                     opt(lat.map(|l| l.p50_ms)),
                     opt(lat.map(|l| l.p90_ms)),
                     opt(lat.map(|l| l.p99_ms)),
+                    c.peak_rss.map(|p| p.bytes.to_string()).unwrap_or_default(),
                 ));
             }
         }
