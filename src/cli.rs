@@ -52,6 +52,8 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Prompt-processing and generation throughput, llama-bench style
+    Bench(BenchArgs),
     /// Print a model's token ids for TEXT as JSON
     Tokenize {
         #[arg(long)]
@@ -60,6 +62,45 @@ pub enum Command {
         models: Option<PathBuf>,
         text: String,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// Prompt sizes (pp tests), comma-separated; 0 skips
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    pub prompts: Vec<usize>,
+    /// Generation lengths (tg tests), comma-separated; 0 skips
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    pub gens: Vec<usize>,
+    /// Thread counts, comma-separated (default: all logical cores)
+    #[arg(short = 't', long = "threads", value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Timed repetitions per test (after one warm-up run)
+    #[arg(short = 'r', long = "repetitions", default_value_t = 5)]
+    pub reps: usize,
+    /// Output format
+    #[arg(short = 'o', long = "output", value_enum, default_value = "table")]
+    pub output: crate::bench::BenchFormat,
+    /// Weights: f32, quantized (default) or quantized-strict
+    #[arg(long)]
+    pub dtype: Option<Dtype>,
+    /// Internal: run one thread count and print JSON rows
+    #[arg(long, hide = true)]
+    pub worker: bool,
 }
 
 #[derive(ValueEnum, Clone, Debug)]
@@ -252,6 +293,7 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Validate { files } => validate(&files),
+        Command::Bench(a) => bench(&a),
         Command::Tokenize {
             model,
             models,
@@ -269,6 +311,83 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+/// `bench`: one child process per thread count, rows merged and rendered.
+fn bench(a: &BenchArgs) -> Result<i32> {
+    if a.threads.contains(&0) {
+        bail!("--threads 0: give at least 1 thread");
+    }
+    if a.reps == 0 {
+        bail!("-r 0: give at least 1 repetition");
+    }
+    let threads = if a.threads.is_empty() {
+        vec![default_threads()]
+    } else {
+        a.threads.clone()
+    };
+    let join = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    if a.worker {
+        let t = threads[0];
+        set_threads(t);
+        let reg = model_registry(a.models.as_deref())?;
+        let spec = reg.get(&a.model)?.clone();
+        let path = reg.obtain(
+            &a.model,
+            &crate::fetch::default_home(),
+            &FetchOptions::from_env(),
+        )?;
+        let (mut g, _) = crate::eval::open_model(&spec, &path)?;
+        let quant_type = g
+            .weight_types()
+            .into_iter()
+            .filter(|(t, _, _)| !matches!(t.as_str(), "F32" | "F16" | "BF16"))
+            .max_by_key(|(_, _, bytes)| *bytes)
+            .map_or_else(|| "F32".to_string(), |(t, _, _)| t);
+        let dtype = a.dtype.unwrap_or(spec.dtype);
+        let mode = crate::eval::weight_mode(dtype);
+        let mut model = crate::backend::candle::load(&mut g, mode)?;
+        let ctx = crate::bench::RowContext {
+            model: a.model.clone(),
+            model_file: path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            architecture: model.info().architecture.clone(),
+            quant_type,
+            dtype: dtype.to_string(),
+            threads: t,
+        };
+        let rows = crate::bench::run_tests(model.as_mut(), &ctx, &a.prompts, &a.gens, a.reps)?;
+        println!("{}", serde_json::to_string(&rows)?);
+        return Ok(0);
+    }
+    let exe = std::env::current_exe().context("cannot find the slmbench executable")?;
+    let mut rows = Vec::new();
+    for t in threads {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["bench", "--worker", "--model", &a.model])
+            .args(["-p", &join(&a.prompts), "-n", &join(&a.gens)])
+            .args(["-t", &t.to_string(), "-r", &a.reps.to_string()]);
+        if let Some(m) = &a.models {
+            cmd.arg("--models").arg(m);
+        }
+        if let Some(d) = a.dtype {
+            cmd.args(["--dtype", &d.to_string()]);
+        }
+        let out = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .context("cannot start the bench worker")?;
+        if !out.status.success() {
+            bail!("bench with {t} threads failed (see the error above)");
+        }
+        let mut part: Vec<crate::bench::BenchRow> =
+            serde_json::from_slice(&out.stdout).context("bench worker printed no rows")?;
+        rows.append(&mut part);
+    }
+    print!("{}", crate::bench::render(&rows, a.output));
+    Ok(0)
 }
 
 /// `validate`: models registries and task/group files, each checked alone.

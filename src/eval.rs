@@ -133,11 +133,7 @@ pub fn load_model(
     let t0 = Instant::now();
     let (mut gguf, tokenizer) = open_model(spec, &path)?;
     let dtype = dtype_override.unwrap_or(spec.dtype);
-    let mode = match dtype {
-        Dtype::Quantized => WeightMode::Auto,
-        Dtype::QuantizedStrict => WeightMode::Quantized,
-        Dtype::F32 => WeightMode::F32,
-    };
+    let mode = weight_mode(dtype);
     let weight_types = gguf
         .weight_types()
         .into_iter()
@@ -170,6 +166,15 @@ pub fn load_model(
         scorer: CandleScorer::new(model, tokenizer, max_len),
         record,
     })
+}
+
+/// The matmul strategy a `dtype` stands for.
+pub fn weight_mode(dtype: Dtype) -> WeightMode {
+    match dtype {
+        Dtype::Quantized => WeightMode::Auto,
+        Dtype::QuantizedStrict => WeightMode::Quantized,
+        Dtype::F32 => WeightMode::F32,
+    }
 }
 
 /// Opens a model file (GGUF) or folder (safetensors) and its tokenizer.

@@ -5,6 +5,7 @@
 //! `backend`) → `record` (files). See ARCHITECTURE.md.
 
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod environment;
 pub mod eval;

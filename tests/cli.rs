@@ -332,3 +332,40 @@ fn default_run_writes_results_and_samples() {
         results["results"]["smollm2-135m-instruct"]["smoke_sst2"]["acc,none"]
     );
 }
+
+#[test]
+fn bench_prints_rows_in_every_format() {
+    common::model_path("smollm2-135m-instruct");
+    let run = |fmt: &str| {
+        let out = common::bin()
+            .args(["bench", "--model", "smollm2-135m-instruct"])
+            .args(["-p", "16", "-n", "4", "-t", "1", "-r", "2", "-o", fmt])
+            .output()
+            .expect("bench");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    };
+    let rows: serde_json::Value = serde_json::from_str(&run("json")).expect("json rows");
+    let rows = rows.as_array().expect("array");
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["test"], "pp16");
+    assert_eq!(rows[1]["test"], "tg4");
+    assert_eq!(rows[0]["quant_type"], "Q4_1");
+    assert_eq!(rows[0]["threads"], 1);
+    assert!(rows[0]["tokens_per_s_mean"].as_f64().expect("t/s") > 0.0);
+    assert!(rows[0]["ttft_ms_mean"].as_f64().is_some());
+    assert!(rows[1]["ttft_ms_mean"].is_null());
+    let csv = run("csv");
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    let cols = lines[0].split(',').count();
+    assert!(lines[0].starts_with("model,model_file,architecture,quant_type"));
+    // The CPU column is quoted; no other field holds a comma.
+    assert_eq!(lines[1].split(',').count(), cols, "{}", lines[1]);
+    assert!(run("table").contains("| tg4 |"));
+}
