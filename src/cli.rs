@@ -109,7 +109,7 @@ pub enum ListWhat {
     Tasks,
 }
 
-#[derive(Args, Debug, Default)]
+#[derive(Args, Debug)]
 pub struct RunArgs {
     /// Models registry (default: ./models.yaml, else the built-in one)
     #[arg(long)]
@@ -151,6 +151,12 @@ pub struct RunArgs {
     /// Bootstrap iterations for the f1/mcc standard errors
     #[arg(long, default_value_t = 1000)]
     pub bootstrap_iters: usize,
+    /// Per-core power (W) for the energy estimate used when RAPL is unreadable
+    #[arg(long, default_value_t = crate::energy::DEFAULT_CPU_WATTS_PER_CORE)]
+    pub cpu_watts: f64,
+    /// Grid carbon intensity (g CO2e per kWh)
+    #[arg(long, default_value_t = crate::energy::DEFAULT_GRID_G_PER_KWH)]
+    pub grid_intensity: f64,
 }
 
 /// Sets the compute thread count for candle, gemm and rayon.
@@ -180,6 +186,12 @@ fn run_config(a: &RunArgs) -> Result<RunConfig> {
         Some(n) => n,
         None => default_threads(),
     };
+    if !(a.cpu_watts.is_finite() && a.cpu_watts > 0.0) {
+        bail!(
+            "--cpu-watts {}: give a positive power in watts",
+            a.cpu_watts
+        );
+    }
     if a.limit == Some(0) {
         bail!("--limit 0 scores nothing: give at least 1 (or omit it for all documents)");
     }
@@ -202,12 +214,20 @@ fn run_config(a: &RunArgs) -> Result<RunConfig> {
         threads,
         seed: a.seed,
         bootstrap_iters: a.bootstrap_iters,
+        cpu_watts: a.cpu_watts,
+        grid_g_per_kwh: a.grid_intensity,
     })
 }
 
 /// Runs the CLI; the returned code is the process exit code.
 pub fn main_with(cli: Cli) -> Result<i32> {
-    let command = cli.command.unwrap_or(Command::Run(RunArgs::default()));
+    // No subcommand means `run` with its defaults (as clap fills them).
+    let command = match cli.command {
+        Some(c) => c,
+        None => Cli::try_parse_from(["slmbench", "run"])?
+            .command
+            .context("no command")?,
+    };
     match command {
         Command::Run(a) => {
             let mut cfg = run_config(&a)?;

@@ -18,8 +18,8 @@ use crate::gguf::GgufFile;
 use crate::metrics::{aggregate, score_sample, AggregateOptions, Metric, SampleScore};
 use crate::models::{Dtype, Format, ModelSpec, Registry};
 use crate::record::{
-    read_samples, samples_path, CellResult, CellStatus, LatencyStats, MetricValue, ModelRecord,
-    RunRecord, SampleRecord, SampleWriter,
+    read_samples, samples_path, CellEnergy, CellResult, CellStatus, LatencyStats, MetricValue,
+    ModelRecord, RunRecord, SampleRecord, SampleWriter,
 };
 use crate::task::{build_instances, BuildOptions, DataDir, Instance, TaskDocs, TaskSpec};
 use crate::tokenizer::TextTokenizer;
@@ -41,6 +41,27 @@ pub struct RunConfig {
     pub threads: usize,
     pub seed: u64,
     pub bootstrap_iters: usize,
+    /// Per-core power for the CPU-time energy estimate (W).
+    #[serde(default = "default_cpu_watts")]
+    pub cpu_watts: f64,
+    /// Grid carbon intensity for CO2e (g/kWh).
+    #[serde(default = "default_grid")]
+    pub grid_g_per_kwh: f64,
+}
+
+fn default_cpu_watts() -> f64 {
+    crate::energy::DEFAULT_CPU_WATTS_PER_CORE
+}
+
+fn default_grid() -> f64 {
+    crate::energy::DEFAULT_GRID_G_PER_KWH
+}
+
+/// Measurement settings of a cell.
+#[derive(Debug, Clone, Copy)]
+pub struct MeasureOptions {
+    pub cpu_watts: f64,
+    pub grid_g_per_kwh: f64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -236,6 +257,7 @@ pub fn run_cell(
     task: &PreparedTask,
     run_dir: &Path,
     bootstrap_iters: usize,
+    measure: MeasureOptions,
 ) -> Result<CellResult, EvalError> {
     let t0 = Instant::now();
     let rss_scope = crate::measure::start_peak_window();
@@ -267,6 +289,9 @@ pub fn run_cell(
     let pb = progress_bar(todo.len() as u64, &format!("{model}/{}", task.spec.name));
     let mut forwarded = 0;
     let mut latencies = Vec::with_capacity(todo.len());
+    let n_todo = todo.len();
+    let meter =
+        crate::energy::EnergyMeter::start(Path::new("/sys/class/powercap"), measure.cpu_watts);
     let scoring = Instant::now();
     for inst in todo {
         let t = Instant::now();
@@ -300,6 +325,18 @@ pub fn run_cell(
     }
     pb.finish_and_clear();
     let scoring_s = scoring.elapsed().as_secs_f64();
+    let energy = (n_todo > 0)
+        .then(|| meter.finish())
+        .flatten()
+        .map(|r| CellEnergy {
+            method: r.method,
+            note: r.note,
+            energy_j: r.joules,
+            energy_per_doc_j: Some(r.joules / n_todo as f64),
+            energy_per_1k_tokens_j: (forwarded > 0).then(|| r.joules * 1000.0 / forwarded as f64),
+            co2e_g: crate::energy::grams_co2e(r.joules, measure.grid_g_per_kwh),
+            grid_g_per_kwh: measure.grid_g_per_kwh,
+        });
     let samples: Vec<SampleScore> = scores.values().copied().collect();
     let opts = AggregateOptions { bootstrap_iters };
     let mut metrics = Vec::new();
@@ -325,6 +362,7 @@ pub fn run_cell(
         tokens_per_s: (forwarded > 0 && scoring_s > 0.0).then(|| forwarded as f64 / scoring_s),
         latency: LatencyStats::from_ms(&latencies, WARMUP_DOCS),
         peak_rss: crate::measure::peak_rss(rss_scope),
+        energy,
         resumed_samples: resumed,
         error: None,
     })
@@ -348,6 +386,7 @@ pub fn failed_cell(model: &str, task: &PreparedTask, err: &str) -> CellResult {
         tokens_per_s: None,
         latency: None,
         peak_rss: None,
+        energy: None,
         resumed_samples: 0,
         error: Some(err.to_string()),
     }

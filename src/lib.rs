@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod energy;
 pub mod environment;
 pub mod eval;
 pub mod fetch;

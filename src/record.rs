@@ -167,9 +167,25 @@ pub struct CellResult {
     /// Peak resident memory while the cell ran (kernel high-water mark).
     #[serde(default)]
     pub peak_rss: Option<crate::measure::PeakRss>,
+    /// Energy of the cell's scoring, with its method.
+    #[serde(default)]
+    pub energy: Option<CellEnergy>,
     /// Samples scored in an earlier, resumed invocation.
     pub resumed_samples: usize,
     pub error: Option<String>,
+}
+
+/// Energy of a cell: total, per document, per 1k tokens, and CO2e.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CellEnergy {
+    pub method: crate::energy::EnergyMethod,
+    /// How it was measured or estimated, in words.
+    pub note: String,
+    pub energy_j: f64,
+    pub energy_per_doc_j: Option<f64>,
+    pub energy_per_1k_tokens_j: Option<f64>,
+    pub co2e_g: f64,
+    pub grid_g_per_kwh: f64,
 }
 
 /// Summary of per-document latencies.
@@ -348,7 +364,7 @@ impl RunRecord {
     /// One row per model × task × metric.
     pub fn csv(&self) -> String {
         let mut s = String::from(
-            "model,task,metric,value,stderr,n,num_fewshot,truncated,status,wall_time_s,tokens_forwarded,tokens_per_s,latency_p50_ms,latency_p90_ms,latency_p99_ms,peak_rss_bytes\n",
+            "model,task,metric,value,stderr,n,num_fewshot,truncated,status,wall_time_s,tokens_forwarded,tokens_per_s,latency_p50_ms,latency_p90_ms,latency_p99_ms,peak_rss_bytes,energy_j,energy_method\n",
         );
         for c in &self.cells {
             let rows: Vec<(String, String, String)> = if c.metrics.is_empty() {
@@ -369,7 +385,7 @@ impl RunRecord {
                 let opt = |v: Option<f64>| v.map(|x| format!("{x:.3}")).unwrap_or_default();
                 let lat = c.latency.as_ref();
                 s.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{}\n",
+                    "{},{},{},{},{},{},{},{},{},{:.3},{},{},{},{},{},{},{},{}\n",
                     csv_field(&c.model),
                     csv_field(&c.task),
                     name,
@@ -389,6 +405,12 @@ impl RunRecord {
                     opt(lat.map(|l| l.p90_ms)),
                     opt(lat.map(|l| l.p99_ms)),
                     c.peak_rss.map(|p| p.bytes.to_string()).unwrap_or_default(),
+                    opt(c.energy.as_ref().map(|e| e.energy_j)),
+                    c.energy
+                        .as_ref()
+                        .and_then(|e| serde_json::to_value(e.method).ok())
+                        .and_then(|v| v.as_str().map(String::from))
+                        .unwrap_or_default(),
                 ));
             }
         }

@@ -139,7 +139,18 @@ pub fn execute(
             if done(&record, &p.spec.name) {
                 continue;
             }
-            let cell = match run_cell(&mut loaded.scorer, model, p, &run_dir, cfg.bootstrap_iters) {
+            let measure = crate::eval::MeasureOptions {
+                cpu_watts: cfg.cpu_watts,
+                grid_g_per_kwh: cfg.grid_g_per_kwh,
+            };
+            let cell = match run_cell(
+                &mut loaded.scorer,
+                model,
+                p,
+                &run_dir,
+                cfg.bootstrap_iters,
+                measure,
+            ) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {model}/{}: {e}", p.spec.name);
