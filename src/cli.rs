@@ -358,12 +358,13 @@ fn bench(a: &BenchArgs) -> Result<i32> {
             &FetchOptions::from_env(),
         )?;
         let (mut g, _) = crate::eval::open_model(&spec, &path)?;
-        let quant_type = g
-            .weight_types()
-            .into_iter()
-            .filter(|(t, _, _)| !matches!(t.as_str(), "F32" | "F16" | "BF16"))
-            .max_by_key(|(_, _, bytes)| *bytes)
-            .map_or_else(|| "F32".to_string(), |(t, _, _)| t);
+        let quant_type = crate::gguf::file_type_name(&g).unwrap_or_else(|| {
+            g.weight_types()
+                .into_iter()
+                .filter(|(t, _, _)| !matches!(t.as_str(), "F32" | "F16" | "BF16"))
+                .max_by_key(|(_, _, bytes)| *bytes)
+                .map_or_else(|| "F32".to_string(), |(t, _, _)| t)
+        });
         let dtype = a.dtype.unwrap_or(spec.dtype);
         let mode = crate::eval::weight_mode(dtype);
         let mut model = crate::backend::candle::load(&mut g, mode)?;

@@ -238,6 +238,31 @@ impl GgufFile {
     }
 }
 
+/// llama.cpp's name for `general.file_type` (e.g. `Q4_K_M`), as llama-bench shows it.
+pub fn file_type_name(g: &GgufFile) -> Option<String> {
+    let name = match g.opt_u32("general.file_type")? {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return None,
+    };
+    Some(name.to_string())
+}
+
 /// A truncated download passes header parsing; catch it before loading tensors.
 fn check_tensor_extent(path: &Path, content: &Content, file_len: u64) -> Result<(), GgufError> {
     let mut end = 0u64;
