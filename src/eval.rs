@@ -288,6 +288,7 @@ pub fn run_cell(
         .collect();
     let pb = progress_bar(todo.len() as u64, &format!("{model}/{}", task.spec.name));
     let mut forwarded = 0;
+    let mut peak_cached = 0;
     let mut latencies = Vec::with_capacity(todo.len());
     let n_todo = todo.len();
     let meter =
@@ -320,6 +321,7 @@ pub fn run_cell(
         })?;
         truncated += usize::from(doc.truncated);
         forwarded += doc.tokens_forwarded;
+        peak_cached = peak_cached.max(doc.peak_cached_tokens);
         scores.insert(inst.doc_id, s);
         pb.inc(1);
     }
@@ -362,6 +364,10 @@ pub fn run_cell(
         tokens_per_s: (forwarded > 0 && scoring_s > 0.0).then(|| forwarded as f64 / scoring_s),
         latency: LatencyStats::from_ms(&latencies, WARMUP_DOCS),
         peak_rss: crate::measure::peak_rss(rss_scope),
+        kv_cache_peak_bytes: scorer
+            .kv_bytes_per_token()
+            .filter(|_| peak_cached > 0)
+            .map(|b| (b * peak_cached) as u64),
         energy,
         resumed_samples: resumed,
         error: None,
@@ -386,6 +392,7 @@ pub fn failed_cell(model: &str, task: &PreparedTask, err: &str) -> CellResult {
         tokens_per_s: None,
         latency: None,
         peak_rss: None,
+        kv_cache_peak_bytes: None,
         energy: None,
         resumed_samples: 0,
         error: Some(err.to_string()),

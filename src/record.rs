@@ -167,6 +167,9 @@ pub struct CellResult {
     /// Peak resident memory while the cell ran (kernel high-water mark).
     #[serde(default)]
     pub peak_rss: Option<crate::measure::PeakRss>,
+    /// KV-cache bytes at the longest sequence scored (f32 keys and values).
+    #[serde(default)]
+    pub kv_cache_peak_bytes: Option<u64>,
     /// Energy of the cell's scoring, with its method.
     #[serde(default)]
     pub energy: Option<CellEnergy>,

@@ -285,6 +285,17 @@ fn default_run_writes_results_and_samples() {
         "{copa}"
     );
     assert_eq!(copa["n"], 12);
+    // Measurements: present where measurable, with their method.
+    let cell = &results["cells"][0];
+    let kv = cell["kv_cache_peak_bytes"].as_u64().expect("kv bytes");
+    // SmolLM2: 30 layers × 3 KV heads × 64 dims × (K+V) × 4 bytes per cached token.
+    assert!(kv > 0 && kv % (30 * 3 * 64 * 2 * 4) == 0, "{kv}");
+    assert!(cell["latency"]["p50_ms"].as_f64().expect("p50") > 0.0);
+    assert!(cell["tokens_per_s"].as_f64().expect("t/s") > 0.0);
+    assert!(cell["energy"]["energy_j"].as_f64().expect("energy") > 0.0);
+    let method = cell["energy"]["method"].as_str().expect("method");
+    assert!(method == "rapl" || method == "estimate");
+    assert!(results["environment"]["isa_flags"].is_array());
     assert!(r.join("results.csv").exists());
     let samples = common::read_jsonl(&r.join("samples/smollm2-135m-instruct/smoke_arc.jsonl"));
     assert_eq!(samples.len(), 12);

@@ -23,6 +23,8 @@ pub struct DocScore {
     pub truncated: bool,
     /// Tokens run through the model for this document.
     pub tokens_forwarded: usize,
+    /// Most positions held in the KV cache at once for this document.
+    pub peak_cached_tokens: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,10 @@ pub trait Scorer {
     ) -> Result<DocScore, ScoreError>;
     /// Longest token sequence the scorer feeds the model.
     fn max_length(&self) -> usize;
+    /// KV-cache bytes one cached position takes, when known.
+    fn kv_bytes_per_token(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Token ids for one (context, continuation) pair, as lm-eval builds them:
@@ -186,15 +192,18 @@ impl Scorer for CandleScorer {
         let mut choices = Vec::with_capacity(pairs.len());
         let mut forwarded = 0;
         if longest > self.max_length + 1 {
+            let mut peak = 0;
             for (ctx, cont) in &pairs {
                 let (s, n) = self.score_alone(ctx, cont)?;
                 forwarded += n;
+                peak = peak.max(n);
                 choices.push(s);
             }
             return Ok(DocScore {
                 choices,
                 truncated: true,
                 tokens_forwarded: forwarded,
+                peak_cached_tokens: peak,
             });
         }
         // The context (identical for every choice) is forwarded once; each
@@ -213,10 +222,16 @@ impl Scorer for CandleScorer {
             })
             .collect();
         let branch_tokens: usize = inputs.iter().map(Vec::len).sum();
-        if self.batch_choices
+        let batched = self.batch_choices
             && pairs.iter().all(|(_, k)| !k.is_empty())
-            && branch_tokens <= self.chunk
-        {
+            && branch_tokens <= self.chunk;
+        let peak = prefix
+            + if batched {
+                branch_tokens
+            } else {
+                inputs.iter().map(Vec::len).max().unwrap_or(0)
+            };
+        if batched {
             // All choices in one forward, as branches off the shared context.
             let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
             let logits = self.model.forward_branches(&refs)?;
@@ -246,10 +261,15 @@ impl Scorer for CandleScorer {
             choices,
             truncated: false,
             tokens_forwarded: forwarded,
+            peak_cached_tokens: peak,
         })
     }
 
     fn max_length(&self) -> usize {
         self.max_length
+    }
+
+    fn kv_bytes_per_token(&self) -> Option<usize> {
+        Some(self.model.info().kv_bytes_per_token)
     }
 }
