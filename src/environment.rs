@@ -25,6 +25,8 @@ pub fn fingerprint(threads: usize) -> Environment {
         slmbench_version: env!("CARGO_PKG_VERSION").into(),
         git_hash: env!("SLMBENCH_GIT_HASH").into(),
         build_profile,
+        rustc: env!("SLMBENCH_RUSTC_VERSION").into(),
+        crate_versions: env!("SLMBENCH_CRATE_VERSIONS").into(),
         cpu,
         cores_logical: sys.cpus().len(),
         threads,

@@ -275,6 +275,12 @@ pub struct Environment {
     pub threads: usize,
     pub os: String,
     pub total_memory_bytes: Option<u64>,
+    /// `rustc --version` of the build.
+    #[serde(default)]
+    pub rustc: String,
+    /// Versions of the crates that shape the numbers (candle, tokenizers, …).
+    #[serde(default)]
+    pub crate_versions: String,
     /// Instruction-set features detected at run time (avx2, fma, avx512f, …).
     #[serde(default)]
     pub isa_flags: Vec<String>,
