@@ -133,48 +133,27 @@ fn missing_data_dir_and_split() {
     );
 }
 
+fn run_t1(s: &Sandbox) -> Output {
+    s.run(&[
+        "run",
+        "--suite",
+        "suite",
+        "--tasks",
+        "t1",
+        "--data-dir",
+        "data",
+    ])
+}
+
 #[test]
 fn bad_jsonl_lines_name_file_and_line() {
     let s = Sandbox::new();
     tiny_task(&s, "{\"question\": \"q\", \"label\": 0}\nnot json\n");
-    assert_error(
-        &s.run(&[
-            "run",
-            "--suite",
-            "suite",
-            "--tasks",
-            "t1",
-            "--data-dir",
-            "data",
-        ]),
-        &["validation.jsonl", "line 2"],
-    );
+    assert_error(&run_t1(&s), &["validation.jsonl", "line 2"]);
     tiny_task(&s, "{\"question\": \"q\", \"label\": 0}\n{\"label\": 1}\n");
-    assert_error(
-        &s.run(&[
-            "run",
-            "--suite",
-            "suite",
-            "--tasks",
-            "t1",
-            "--data-dir",
-            "data",
-        ]),
-        &["validation.jsonl", "line 2", "doc_to_text"],
-    );
+    assert_error(&run_t1(&s), &["validation.jsonl", "line 2", "doc_to_text"]);
     tiny_task(&s, "{\"question\": \"q\", \"label\": 7}\n");
-    assert_error(
-        &s.run(&[
-            "run",
-            "--suite",
-            "suite",
-            "--tasks",
-            "t1",
-            "--data-dir",
-            "data",
-        ]),
-        &["line 1", "7"],
-    );
+    assert_error(&run_t1(&s), &["line 1", "7"]);
 }
 
 fn path_model(s: &Sandbox, file: &Path, sha: Option<&str>) {

@@ -8,7 +8,8 @@
 use candle_core::{Result, Tensor};
 
 use super::layers::{
-    attention, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm, Rope, Span,
+    rope_cache_attend, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm, Rope,
+    Span,
 };
 use super::{CausalLm, LoadError, ModelInfo};
 
@@ -92,12 +93,9 @@ impl Attention {
             .reshape((b, t, self.n_kv_head, self.head_dim))?;
         let q = self.q_norm.forward(&q)?.transpose(1, 2)?;
         let k = self.k_norm.forward(&k)?.transpose(1, 2)?;
-        let v = v.transpose(1, 2)?.contiguous()?;
-        let q = rope.apply(&q, span)?;
-        let k = rope.apply(&k, span)?;
-        let (k, v) = cache.append(k, v)?;
+        let v = v.transpose(1, 2)?;
         // llama.cpp: 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim) for all but 27B.
-        let y = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
+        let y = rope_cache_attend(&q, &k, &v, rope, cache, span, mask)?;
         self.o.forward(&y)
     }
 }

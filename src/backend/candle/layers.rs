@@ -437,6 +437,25 @@ impl Span {
     }
 }
 
+/// The part of self-attention after the projections: RoPE on `q`/`k`
+/// (`[1, heads, t, d]`), append `k`/`v` to the cache, attend with
+/// `1/sqrt(d)` scaling. Returns `[1, t, heads*d]` for the output projection.
+pub fn rope_cache_attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rope: &mut Rope,
+    cache: &mut KvCache,
+    span: &Span,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let head_dim = q.dim(3)?;
+    let q = rope.apply(q, span)?;
+    let k = rope.apply(k, span)?;
+    let (k, v) = cache.append(k, v.contiguous()?)?;
+    attention(&q, &k, &v, mask, 1.0 / (head_dim as f64).sqrt())
+}
+
 /// Scaled dot-product attention with grouped KV heads.
 /// `q: [1, heads, t, d]`, `k, v: [1, kv_heads, s, d]`; returns `[1, t, heads*d]`.
 pub fn attention(

@@ -7,7 +7,8 @@
 use candle_core::{Result, Tensor};
 
 use super::layers::{
-    attention, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm, Rope, Span,
+    rope_cache_attend, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm, Rope,
+    Span,
 };
 use super::{CausalLm, LoadError, ModelInfo};
 
@@ -81,10 +82,7 @@ impl Attention {
         let q = heads(self.q.forward(x)?, self.n_head)?;
         let k = heads(self.k.forward(x)?, self.n_kv_head)?;
         let v = heads(self.v.forward(x)?, self.n_kv_head)?;
-        let q = rope.apply(&q, span)?;
-        let k = rope.apply(&k, span)?;
-        let (k, v) = cache.append(k, v.contiguous()?)?;
-        let y = attention(&q, &k, &v, mask, 1.0 / (self.head_dim as f64).sqrt())?;
+        let y = rope_cache_attend(&q, &k, &v, rope, cache, span, mask)?;
         self.o.forward(&y)
     }
 }
