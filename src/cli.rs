@@ -54,6 +54,10 @@ pub enum Command {
     },
     /// Prompt-processing and generation throughput, llama-bench style
     Bench(BenchArgs),
+    /// Merge run directories into tables, charts and an HTML report
+    Report(ReportArgs),
+    /// Judge CURRENT against BASELINE: exit 0 = no regression, 1 = regression, 2 = error
+    Compare(CompareArgs),
     /// Print a model's token ids for TEXT as JSON
     Tokenize {
         #[arg(long)]
@@ -101,6 +105,52 @@ pub struct BenchArgs {
     /// Internal: run one thread count and print JSON rows
     #[arg(long, hide = true)]
     pub worker: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Run directories (shards of one sweep merge into one table)
+    #[arg(required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Output folder
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct CompareArgs {
+    /// The stored baseline run directory
+    pub baseline: PathBuf,
+    /// The run to judge
+    pub current: PathBuf,
+    /// Policy YAML (keys: max_score_drop_points, alpha, max_latency_ratio,
+    /// max_memory_ratio, max_energy_ratio); flags below override it
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// A score drop above this many points (and significant) is a regression [default: 1]
+    #[arg(long)]
+    pub max_score_drop: Option<f64>,
+    /// Significance level of the paired test [default: 0.05]
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    /// p50 latency ratio above which a cell regressed [default: 1.10]; 0 turns it off
+    #[arg(long)]
+    pub max_latency_ratio: Option<f64>,
+    /// Peak-memory ratio above which a cell regressed [default: 1.10]; 0 turns it off
+    #[arg(long)]
+    pub max_memory_ratio: Option<f64>,
+    /// Energy-per-document ratio above which a cell regressed [default: off]
+    #[arg(long)]
+    pub max_energy_ratio: Option<f64>,
+    /// Compare baseline model A with current model B (repeatable)
+    #[arg(long = "pair", value_name = "A=B")]
+    pub pairs: Vec<String>,
+    /// Write the Markdown summary here (it is always printed)
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// Write JUnit XML here
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Debug)]
@@ -157,6 +207,10 @@ pub struct RunArgs {
     /// Grid carbon intensity (g CO2e per kWh)
     #[arg(long, default_value_t = crate::energy::DEFAULT_GRID_G_PER_KWH)]
     pub grid_intensity: f64,
+    /// Run only shard I of N of the model × task cells (e.g. 1/2); `report`
+    /// merges the shards' directories
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<crate::eval::Shard>,
 }
 
 /// Sets the compute thread count for candle, gemm and rayon.
@@ -216,6 +270,7 @@ fn run_config(a: &RunArgs) -> Result<RunConfig> {
         bootstrap_iters: a.bootstrap_iters,
         cpu_watts: a.cpu_watts,
         grid_g_per_kwh: a.grid_intensity,
+        shard: a.shard,
     })
 }
 
@@ -313,6 +368,8 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Validate { files } => validate(&files),
+        Command::Report(a) => report(&a),
+        Command::Compare(a) => compare(&a),
         Command::Bench(a) => bench(&a),
         Command::Tokenize {
             model,
@@ -409,6 +466,83 @@ fn bench(a: &BenchArgs) -> Result<i32> {
     }
     print!("{}", crate::bench::render(&rows, a.output));
     Ok(0)
+}
+
+/// `report`: merge runs, write every table, chart and the HTML page.
+fn report(a: &ReportArgs) -> Result<i32> {
+    let runs = a
+        .runs
+        .iter()
+        .map(|d| crate::report::Run::load(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let files = crate::report::write_report(&runs, &a.out)?;
+    for f in &files.files {
+        println!("{}", f.display());
+    }
+    Ok(0)
+}
+
+/// `compare`: exit 0 = no regression, 1 = regression (2 = error, from main).
+fn compare(a: &CompareArgs) -> Result<i32> {
+    use crate::report::compare::{self as cmp, Policy};
+    let mut policy = match &a.policy {
+        Some(p) => Policy::load(p)?,
+        None => Policy::default(),
+    };
+    let off = |r: f64| (r > 0.0).then_some(r);
+    if let Some(d) = a.max_score_drop {
+        policy.max_score_drop_points = d;
+    }
+    if let Some(x) = a.alpha {
+        policy.alpha = x;
+    }
+    if let Some(r) = a.max_latency_ratio {
+        policy.max_latency_ratio = off(r);
+    }
+    if let Some(r) = a.max_memory_ratio {
+        policy.max_memory_ratio = off(r);
+    }
+    if let Some(r) = a.max_energy_ratio {
+        policy.max_energy_ratio = off(r);
+    }
+    policy
+        .validate()
+        .map_err(|m| anyhow::anyhow!("compare policy: {m}"))?;
+    let pairs = a
+        .pairs
+        .iter()
+        .map(|p| match p.split_once('=') {
+            Some((b, c)) if !b.is_empty() && !c.is_empty() => Ok((b.to_string(), c.to_string())),
+            _ => bail!("--pair {p}: write BASELINE_MODEL=CURRENT_MODEL"),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let base = crate::report::Run::load(&a.baseline)?;
+    let cur = crate::report::Run::load(&a.current)?;
+    let result = cmp::compare(&base, &cur, &policy, &pairs)?;
+    let md = cmp::markdown(&result);
+    print!("{md}");
+    if let Some(p) = &a.markdown {
+        crate::record::write_atomic(p, md.as_bytes())?;
+    }
+    if let Some(p) = &a.junit {
+        crate::record::write_atomic(p, cmp::junit(&result).as_bytes())?;
+    }
+    let regs = result.regressions();
+    for r in &regs {
+        let failed: Vec<String> = r
+            .checks
+            .iter()
+            .filter(|k| k.verdict == cmp::Verdict::Fail)
+            .map(|k| format!("{}: {}", k.name, k.detail))
+            .collect();
+        eprintln!(
+            "regressed: {}/{}: {}",
+            r.current_model,
+            r.task,
+            failed.join("; ")
+        );
+    }
+    Ok(if regs.is_empty() { 0 } else { 1 })
 }
 
 /// `validate`: models registries and task/group files, each checked alone.

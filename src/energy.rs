@@ -43,6 +43,8 @@ pub enum EnergyMethod {
     Rapl,
     /// Estimated from process CPU time × watts per core.
     Estimate,
+    /// Measured by NVIDIA's NVML total-energy counter (GPU; see `gpu_energy`).
+    Nvml,
 }
 
 /// Energy used between [`EnergyMeter::start`] and [`EnergyMeter::finish`].

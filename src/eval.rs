@@ -47,6 +47,38 @@ pub struct RunConfig {
     /// Grid carbon intensity for CO2e (g/kWh).
     #[serde(default = "default_grid")]
     pub grid_g_per_kwh: f64,
+    /// Only this shard of the model × task cells.
+    #[serde(default)]
+    pub shard: Option<Shard>,
+}
+
+/// Shard `index` (1-based) of `count`: cell k of the model-major list of
+/// model × task cells belongs to shard `k % count + 1`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shard {
+    pub index: usize,
+    pub count: usize,
+}
+
+impl Shard {
+    /// Whether the k-th cell (model-major order) is this shard's.
+    pub fn owns(&self, k: usize) -> bool {
+        k % self.count + 1 == self.index
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}`: write I/N with 1 ≤ I ≤ N, e.g. 1/2");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let index: usize = i.trim().parse().map_err(|_| bad())?;
+        let count: usize = n.trim().parse().map_err(|_| bad())?;
+        if index == 0 || count == 0 || index > count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
 }
 
 fn default_cpu_watts() -> f64 {
@@ -182,6 +214,7 @@ pub fn load_model(
             .zip(rss0)
             .map(|(a, b)| a.saturating_sub(b)),
         weight_types,
+        n_params: Some(gguf.param_count()),
     };
     Ok(LoadedModel {
         scorer: CandleScorer::new(model, tokenizer, max_len),
@@ -293,6 +326,7 @@ pub fn run_cell(
     let n_todo = todo.len();
     let meter =
         crate::energy::EnergyMeter::start(Path::new("/sys/class/powercap"), measure.cpu_watts);
+    let gpu_meter = crate::gpu_energy::GpuEnergyMeter::start();
     let scoring = Instant::now();
     for inst in todo {
         let t = Instant::now();
@@ -338,6 +372,10 @@ pub fn run_cell(
             energy_per_1k_tokens_j: (forwarded > 0).then(|| r.joules * 1000.0 / forwarded as f64),
             co2e_g: crate::energy::grams_co2e(r.joules, measure.grid_g_per_kwh),
             grid_g_per_kwh: measure.grid_g_per_kwh,
+            gpu: gpu_meter.finish().map(|g| crate::record::GpuEnergy {
+                energy_j: g.joules,
+                note: g.note,
+            }),
         });
     let samples: Vec<SampleScore> = scores.values().copied().collect();
     let opts = AggregateOptions { bootstrap_iters };

@@ -210,6 +210,18 @@ impl GgufFile {
         })
     }
 
+    /// Number of weights: elements summed over every tensor.
+    pub fn param_count(&self) -> u64 {
+        match &self.backing {
+            Backing::Gguf { content, .. } => content
+                .tensor_infos
+                .values()
+                .map(|i| i.shape.elem_count() as u64)
+                .sum(),
+            Backing::Tensors(t) => t.tensors.values().map(|x| x.elem_count() as u64).sum(),
+        }
+    }
+
     /// Counts of tensors and bytes per GGML type, e.g. for provenance.
     pub fn weight_types(&self) -> Vec<(String, usize, u64)> {
         let mut map: std::collections::BTreeMap<String, (usize, u64)> = Default::default();

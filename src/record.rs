@@ -189,6 +189,16 @@ pub struct CellEnergy {
     pub energy_per_1k_tokens_j: Option<f64>,
     pub co2e_g: f64,
     pub grid_g_per_kwh: f64,
+    /// GPU energy over the same interval (NVML), when measured; not in `energy_j`.
+    #[serde(default)]
+    pub gpu: Option<GpuEnergy>,
+}
+
+/// Energy of the GPUs during a cell, from NVML.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GpuEnergy {
+    pub energy_j: f64,
+    pub note: String,
 }
 
 /// Summary of per-document latencies.
@@ -262,6 +272,9 @@ pub struct ModelRecord {
     pub load_rss_delta_bytes: Option<u64>,
     /// GGML type → (tensor count, bytes).
     pub weight_types: BTreeMap<String, (usize, u64)>,
+    /// Number of weights (elements of every tensor in the file).
+    #[serde(default)]
+    pub n_params: Option<u64>,
 }
 
 /// Where and how the run happened.

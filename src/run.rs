@@ -109,22 +109,31 @@ pub fn execute(
     record.write(&run_dir)?;
     eprintln!("run directory: {}", run_dir.display());
 
-    for model in &cfg.models {
-        let done = |record: &RunRecord, task: &str| {
-            record
-                .cells
-                .iter()
-                .any(|c| &c.model == model && c.task == task && c.status == CellStatus::Ok)
+    for (mi, model) in cfg.models.iter().enumerate() {
+        // Cells of other shards count as done here.
+        let mine = |ti: usize| cfg.shard.is_none_or(|s| s.owns(mi * prepared.len() + ti));
+        let done = |record: &RunRecord, ti: usize, task: &str| {
+            !mine(ti)
+                || record
+                    .cells
+                    .iter()
+                    .any(|c| &c.model == model && c.task == task && c.status == CellStatus::Ok)
         };
-        if prepared.iter().all(|p| done(&record, &p.spec.name)) {
+        if prepared
+            .iter()
+            .enumerate()
+            .all(|(ti, p)| done(&record, ti, &p.spec.name))
+        {
             continue;
         }
         let mut loaded = match load_model(&models, model, cfg.dtype, fetch_opts) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: {model}: {e}");
-                for p in &prepared {
-                    upsert_cell(&mut record, failed_cell(model, p, &e.to_string()));
+                for (ti, p) in prepared.iter().enumerate() {
+                    if mine(ti) {
+                        upsert_cell(&mut record, failed_cell(model, p, &e.to_string()));
+                    }
                 }
                 record.write(&run_dir)?;
                 continue;
@@ -135,8 +144,8 @@ pub fn execute(
             loaded.record.architecture, loaded.record.dtype, loaded.record.load_time_s
         );
         record.models.insert(model.clone(), loaded.record.clone());
-        for p in &prepared {
-            if done(&record, &p.spec.name) {
+        for (ti, p) in prepared.iter().enumerate() {
+            if done(&record, ti, &p.spec.name) {
                 continue;
             }
             let measure = crate::eval::MeasureOptions {

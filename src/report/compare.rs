@@ -1,0 +1,555 @@
+//! `slmbench compare BASELINE CURRENT`: for each model × task, the change of
+//! the primary metric with a paired test on per-sample correctness (exact
+//! McNemar) and a 95% interval, and the latency, memory and energy ratios,
+//! judged by a [`Policy`]. Renders a Markdown summary and JUnit XML.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::html::esc;
+use super::stats::{mcnemar_exact, paired_diff, unpaired_diff, z_test_p, PairedDiff};
+use super::{primary_metric, sample_correct, ReportError, Run};
+use crate::record::{CellResult, CellStatus};
+
+/// What counts as a regression. Ratios are current / baseline; `None`
+/// switches a check off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// A score drop larger than this many points (1 point = 0.01) …
+    #[serde(default = "default_drop")]
+    pub max_score_drop_points: f64,
+    /// … and significant at this level, is a regression.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// p50 latency per document.
+    #[serde(default = "default_ratio")]
+    pub max_latency_ratio: Option<f64>,
+    /// Peak RSS.
+    #[serde(default = "default_ratio")]
+    pub max_memory_ratio: Option<f64>,
+    /// Energy per document.
+    #[serde(default)]
+    pub max_energy_ratio: Option<f64>,
+}
+
+fn default_drop() -> f64 {
+    1.0
+}
+fn default_alpha() -> f64 {
+    0.05
+}
+fn default_ratio() -> Option<f64> {
+    Some(1.10)
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            max_score_drop_points: default_drop(),
+            alpha: default_alpha(),
+            max_latency_ratio: default_ratio(),
+            max_memory_ratio: default_ratio(),
+            max_energy_ratio: None,
+        }
+    }
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Self, ReportError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ReportError::Input(format!("{file}: cannot read: {e}")))?;
+        let p: Policy = serde_saphyr::from_str(&text)
+            .map_err(|e| ReportError::Input(crate::models::yaml_error_line(&file, &e)))?;
+        p.validate()
+            .map_err(|m| ReportError::Input(format!("{file}: {m}")))?;
+        Ok(p)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_score_drop_points.is_nan() || self.max_score_drop_points < 0.0 {
+            return Err(format!(
+                "max_score_drop_points {}: give a number of points ≥ 0",
+                self.max_score_drop_points
+            ));
+        }
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(format!(
+                "alpha {}: give a level in (0, 1), e.g. 0.05",
+                self.alpha
+            ));
+        }
+        for (name, r) in [
+            ("max_latency_ratio", self.max_latency_ratio),
+            ("max_memory_ratio", self.max_memory_ratio),
+            ("max_energy_ratio", self.max_energy_ratio),
+        ] {
+            if let Some(r) = r {
+                if !(r > 0.0 && r.is_finite()) {
+                    return Err(format!("{name} {r}: give a positive ratio, e.g. 1.10"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Skip,
+}
+
+/// One judged check of one model × task.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    /// `score`, `latency`, `memory`, `energy` or `present`.
+    pub name: String,
+    pub verdict: Verdict,
+    pub detail: String,
+}
+
+/// The comparison of one baseline cell with its current counterpart.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CellComparison {
+    pub baseline_model: String,
+    pub current_model: String,
+    pub task: String,
+    pub metric: String,
+    pub baseline_value: Option<f64>,
+    pub current_value: Option<f64>,
+    /// current − baseline, with its 95% interval.
+    pub diff: Option<PairedDiff>,
+    /// Per-sample pairing on doc_id was possible.
+    pub paired: bool,
+    /// Documents right before and wrong now / wrong before and right now.
+    pub discordant: Option<(u64, u64)>,
+    pub p_value: Option<f64>,
+    pub latency_ratio: Option<f64>,
+    pub memory_ratio: Option<f64>,
+    pub energy_ratio: Option<f64>,
+    pub checks: Vec<Check>,
+}
+
+impl CellComparison {
+    pub fn regressed(&self) -> bool {
+        self.checks.iter().any(|c| c.verdict == Verdict::Fail)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Comparison {
+    pub baseline_run: String,
+    pub current_run: String,
+    pub policy: Policy,
+    pub cells: Vec<CellComparison>,
+    /// Cells present only in the current run (not judged).
+    pub new_cells: Vec<(String, String)>,
+}
+
+impl Comparison {
+    pub fn regressions(&self) -> Vec<&CellComparison> {
+        self.cells.iter().filter(|c| c.regressed()).collect()
+    }
+}
+
+fn ratio(cur: Option<f64>, base: Option<f64>) -> Option<f64> {
+    match (cur, base) {
+        (Some(c), Some(b)) if b > 0.0 => Some(c / b),
+        _ => None,
+    }
+}
+
+fn ratio_check(name: &str, r: Option<f64>, max: Option<f64>) -> Check {
+    let (verdict, detail) = match (r, max) {
+        (_, None) => (Verdict::Skip, "check off".to_string()),
+        (None, Some(_)) => (Verdict::Skip, "not measured in both runs".to_string()),
+        (Some(r), Some(m)) if r > m => (Verdict::Fail, format!("ratio {r:.3} > {m:.3}")),
+        (Some(r), Some(m)) => (Verdict::Pass, format!("ratio {r:.3} ≤ {m:.3}")),
+    };
+    Check {
+        name: name.into(),
+        verdict,
+        detail,
+    }
+}
+
+/// Per-sample correctness by doc_id.
+fn correctness(
+    run: &Run,
+    cell: &CellResult,
+    metric: &str,
+) -> Result<BTreeMap<usize, f64>, ReportError> {
+    Ok(run
+        .samples(&cell.model, &cell.task)?
+        .iter()
+        .map(|s| (s.doc_id, sample_correct(s, metric)))
+        .collect())
+}
+
+fn compare_cell(
+    base: &Run,
+    b: &CellResult,
+    cur: &Run,
+    c: Option<&CellResult>,
+    policy: &Policy,
+) -> Result<CellComparison, ReportError> {
+    let metric = primary_metric(b)
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let mut out = CellComparison {
+        baseline_model: b.model.clone(),
+        current_model: c.map_or_else(|| b.model.clone(), |c| c.model.clone()),
+        task: b.task.clone(),
+        metric: metric.clone(),
+        baseline_value: primary_metric(b).map(|m| m.value),
+        current_value: None,
+        diff: None,
+        paired: false,
+        discordant: None,
+        p_value: None,
+        latency_ratio: None,
+        memory_ratio: None,
+        energy_ratio: None,
+        checks: Vec::new(),
+    };
+    let Some(c) = c.filter(|c| c.status == CellStatus::Ok) else {
+        out.checks.push(Check {
+            name: "present".into(),
+            verdict: Verdict::Fail,
+            detail: match c {
+                None => "missing from the current run".into(),
+                Some(c) => format!(
+                    "failed in the current run: {}",
+                    c.error.as_deref().unwrap_or("no error recorded")
+                ),
+            },
+        });
+        return Ok(out);
+    };
+    let cm = c.metrics.iter().find(|m| m.name == metric);
+    out.current_value = cm.map(|m| m.value);
+    let bm = primary_metric(b);
+    let bs = correctness(base, b, &metric)?;
+    let cs = correctness(cur, c, &metric)?;
+    let common: Vec<usize> = bs.keys().filter(|k| cs.contains_key(k)).copied().collect();
+    if !common.is_empty() {
+        let bv: Vec<f64> = common.iter().map(|k| bs[k]).collect();
+        let cv: Vec<f64> = common.iter().map(|k| cs[k]).collect();
+        let worse = bv
+            .iter()
+            .zip(&cv)
+            .filter(|(x, y)| **x > 0.5 && **y < 0.5)
+            .count() as u64;
+        let better = bv
+            .iter()
+            .zip(&cv)
+            .filter(|(x, y)| **x < 0.5 && **y > 0.5)
+            .count() as u64;
+        out.paired = true;
+        out.diff = paired_diff(&bv, &cv);
+        out.discordant = Some((worse, better));
+        out.p_value = Some(mcnemar_exact(worse, better));
+    } else if let (Some(bm), Some(cm)) = (bm, cm) {
+        let d = unpaired_diff(
+            bm.value,
+            bm.stderr.unwrap_or(0.0),
+            cm.value,
+            cm.stderr.unwrap_or(0.0),
+            c.n,
+        );
+        out.p_value = Some(z_test_p(d.mean, d.stderr));
+        out.diff = Some(d);
+    }
+    out.checks.push(match (out.diff, out.p_value) {
+        (Some(d), Some(p)) => {
+            let drop_points = -d.mean * 100.0;
+            let test = if out.paired { "McNemar" } else { "z, unpaired" };
+            let detail = format!(
+                "{metric} {:+.2} points (95% CI {:+.2} to {:+.2}), p = {p:.3} ({test}), n = {}",
+                d.mean * 100.0,
+                d.ci_low * 100.0,
+                d.ci_high * 100.0,
+                d.n
+            );
+            let fail = drop_points > policy.max_score_drop_points && p < policy.alpha;
+            Check {
+                name: "score".into(),
+                verdict: if fail { Verdict::Fail } else { Verdict::Pass },
+                detail,
+            }
+        }
+        _ => Check {
+            name: "score".into(),
+            verdict: Verdict::Skip,
+            detail: format!("no `{metric}` in the current cell"),
+        },
+    });
+    out.latency_ratio = ratio(
+        c.latency.as_ref().map(|l| l.p50_ms),
+        b.latency.as_ref().map(|l| l.p50_ms),
+    );
+    out.memory_ratio = ratio(
+        c.peak_rss.map(|p| p.bytes as f64),
+        b.peak_rss.map(|p| p.bytes as f64),
+    );
+    out.energy_ratio = ratio(
+        c.energy.as_ref().and_then(|e| e.energy_per_doc_j),
+        b.energy.as_ref().and_then(|e| e.energy_per_doc_j),
+    );
+    out.checks.push(ratio_check(
+        "latency",
+        out.latency_ratio,
+        policy.max_latency_ratio,
+    ));
+    out.checks.push(ratio_check(
+        "memory",
+        out.memory_ratio,
+        policy.max_memory_ratio,
+    ));
+    out.checks.push(ratio_check(
+        "energy",
+        out.energy_ratio,
+        policy.max_energy_ratio,
+    ));
+    Ok(out)
+}
+
+/// Compares every successful baseline cell with the current run. Models are
+/// matched by name, through `pairs` (baseline → current), or — when each run
+/// holds exactly one model — with each other.
+pub fn compare(
+    base: &Run,
+    cur: &Run,
+    policy: &Policy,
+    pairs: &[(String, String)],
+) -> Result<Comparison, ReportError> {
+    let model_names = |r: &Run| {
+        r.record
+            .cells
+            .iter()
+            .map(|c| c.model.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (bm, cm) = (model_names(base), model_names(cur));
+    let mut map: BTreeMap<String, String> = pairs.iter().cloned().collect();
+    for (b, c) in &map {
+        if !bm.contains(b) {
+            return Err(ReportError::Input(format!(
+                "--pair {b}={c}: the baseline run has no model `{b}` (it has: {})",
+                bm.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        if !cm.contains(c) {
+            return Err(ReportError::Input(format!(
+                "--pair {b}={c}: the current run has no model `{c}` (it has: {})",
+                cm.iter().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    if map.is_empty() && bm.intersection(&cm).next().is_none() && bm.len() == 1 && cm.len() == 1 {
+        if let (Some(b), Some(c)) = (bm.first(), cm.first()) {
+            map.insert(b.clone(), c.clone());
+        }
+    }
+    let target = |m: &str| map.get(m).cloned().unwrap_or_else(|| m.to_string());
+    let mut cells = Vec::new();
+    for b in base
+        .record
+        .cells
+        .iter()
+        .filter(|c| c.status == CellStatus::Ok)
+    {
+        let want = target(&b.model);
+        let c = cur
+            .record
+            .cells
+            .iter()
+            .find(|c| c.model == want && c.task == b.task);
+        cells.push(compare_cell(base, b, cur, c, policy)?);
+    }
+    let judged: std::collections::BTreeSet<(String, String)> = cells
+        .iter()
+        .map(|c| (c.current_model.clone(), c.task.clone()))
+        .collect();
+    let new_cells = cur
+        .record
+        .cells
+        .iter()
+        .map(|c| (c.model.clone(), c.task.clone()))
+        .filter(|k| !judged.contains(k))
+        .collect();
+    if cells.is_empty() {
+        return Err(ReportError::Input(format!(
+            "{}: the baseline has no successful cells to compare",
+            base.dir.display()
+        )));
+    }
+    Ok(Comparison {
+        baseline_run: base.record.run_id.clone(),
+        current_run: cur.record.run_id.clone(),
+        policy: policy.clone(),
+        cells,
+        new_cells,
+    })
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |x| format!("{:.1}", x * 100.0))
+}
+
+fn ratio_text(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |x| format!("{x:.2}×"))
+}
+
+fn model_pair(c: &CellComparison) -> String {
+    if c.baseline_model == c.current_model {
+        c.current_model.clone()
+    } else {
+        format!("{} → {}", c.baseline_model, c.current_model)
+    }
+}
+
+/// The Markdown summary (for a CI job summary).
+pub fn markdown(cmp: &Comparison) -> String {
+    let regs = cmp.regressions();
+    let mut s = format!(
+        "## slmbench compare: {}\n\nBaseline `{}`, current `{}`. Policy: a score drop > {} points with p < {}; p50 latency ratio > {}; peak memory ratio > {}; energy ratio > {}.\n\n",
+        if regs.is_empty() {
+            "no regression".to_string()
+        } else {
+            format!("{} regressed cell(s)", regs.len())
+        },
+        cmp.baseline_run,
+        cmp.current_run,
+        cmp.policy.max_score_drop_points,
+        cmp.policy.alpha,
+        cmp.policy.max_latency_ratio.map_or("off".into(), |r| format!("{r:.2}")),
+        cmp.policy.max_memory_ratio.map_or("off".into(), |r| format!("{r:.2}")),
+        cmp.policy.max_energy_ratio.map_or("off".into(), |r| format!("{r:.2}")),
+    );
+    s.push_str("| model | task | metric | baseline | current | Δ points (95% CI) | p | latency | memory | energy | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for c in &cmp.cells {
+        let delta = c.diff.map_or_else(
+            || "n/a".into(),
+            |d| {
+                format!(
+                    "{:+.1} ({:+.1} to {:+.1})",
+                    d.mean * 100.0,
+                    d.ci_low * 100.0,
+                    d.ci_high * 100.0
+                )
+            },
+        );
+        let failed: Vec<&str> = c
+            .checks
+            .iter()
+            .filter(|k| k.verdict == Verdict::Fail)
+            .map(|k| k.name.as_str())
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            model_pair(c),
+            c.task,
+            c.metric,
+            pct(c.baseline_value),
+            pct(c.current_value),
+            delta,
+            c.p_value.map_or("n/a".into(), |p| format!("{p:.3}")),
+            ratio_text(c.latency_ratio),
+            ratio_text(c.memory_ratio),
+            ratio_text(c.energy_ratio),
+            if failed.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("**REGRESSED** ({})", failed.join(", "))
+            }
+        );
+    }
+    if !cmp.new_cells.is_empty() {
+        let names: Vec<String> = cmp
+            .new_cells
+            .iter()
+            .map(|(m, t)| format!("{m}/{t}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\nOnly in the current run (not judged): {}.",
+            names.join(", ")
+        );
+    }
+    s.push_str("\nScores in points (%). p: exact McNemar test on per-document correctness (paired on doc_id); z test on the standard errors when samples are missing.\n");
+    s
+}
+
+/// JUnit XML: one testsuite per current model, one testcase per model ×
+/// task × check.
+pub fn junit(cmp: &Comparison) -> String {
+    let mut suites: BTreeMap<String, Vec<(&CellComparison, &Check)>> = BTreeMap::new();
+    for c in &cmp.cells {
+        for k in &c.checks {
+            suites.entry(model_pair(c)).or_default().push((c, k));
+        }
+    }
+    let count = |v: &[(&CellComparison, &Check)], want: Verdict| {
+        v.iter().filter(|(_, k)| k.verdict == want).count()
+    };
+    let all: Vec<(&CellComparison, &Check)> = suites.values().flatten().copied().collect();
+    let mut s = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"slmbench compare\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">\n",
+        all.len(),
+        count(&all, Verdict::Fail),
+        count(&all, Verdict::Skip)
+    );
+    for (model, cases) in &suites {
+        let _ = writeln!(
+            s,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+            esc(model),
+            cases.len(),
+            count(cases, Verdict::Fail),
+            count(cases, Verdict::Skip)
+        );
+        for (c, k) in cases {
+            let _ = write!(
+                s,
+                "    <testcase classname=\"slmbench.{}\" name=\"{} {}\"",
+                esc(&c.current_model),
+                esc(&c.task),
+                esc(&k.name)
+            );
+            match k.verdict {
+                Verdict::Pass => {
+                    let _ = writeln!(s, "><system-out>{}</system-out></testcase>", esc(&k.detail));
+                }
+                Verdict::Skip => {
+                    let _ = writeln!(s, "><skipped message=\"{}\"/></testcase>", esc(&k.detail));
+                }
+                Verdict::Fail => {
+                    let _ = writeln!(
+                        s,
+                        "><failure message=\"{}\" type=\"regression\">{}</failure></testcase>",
+                        esc(&k.detail),
+                        esc(&format!(
+                            "{} {} {}: {}",
+                            model_pair(c),
+                            c.task,
+                            k.name,
+                            k.detail
+                        ))
+                    );
+                }
+            }
+        }
+        s.push_str("  </testsuite>\n");
+    }
+    s.push_str("</testsuites>\n");
+    s
+}

@@ -1,0 +1,340 @@
+//! Reports: what people look at after a run. Reads run directories
+//! (`results.json` + `samples/`) and renders tables (CSV, Parquet, JSON,
+//! Markdown), charts (PNG, SVG), a self-contained HTML page, and
+//! regression verdicts (`compare`).
+//!
+//! Invariant: this module renders records only; it never sees a model, a
+//! tensor or a tokenizer.
+
+pub mod charts;
+pub mod compare;
+pub mod html;
+pub mod stats;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::record::{read_samples, samples_path, CellResult, CellStatus, RunRecord, SampleRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    Record(#[from] crate::record::RecordError),
+    #[error("{path}: {message}")]
+    Write { path: PathBuf, message: String },
+    #[error("{0}")]
+    Input(String),
+}
+
+pub(crate) fn write_err(path: &Path) -> impl Fn(String) -> ReportError + '_ {
+    move |message| ReportError::Write {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// A run directory read back.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub dir: PathBuf,
+    pub record: RunRecord,
+}
+
+impl Run {
+    pub fn load(dir: &Path) -> Result<Self, ReportError> {
+        if !dir.join("results.json").is_file() {
+            return Err(ReportError::Input(format!(
+                "{}: no results.json here; pass a run directory written by `slmbench run`",
+                dir.display()
+            )));
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            record: RunRecord::read(dir)?,
+        })
+    }
+
+    /// Per-sample records of a cell (empty when the run kept none).
+    pub fn samples(&self, model: &str, task: &str) -> Result<Vec<SampleRecord>, ReportError> {
+        Ok(read_samples(&samples_path(&self.dir, model, task))?)
+    }
+}
+
+/// The metric a cell is judged and charted by: `acc` when the task has it,
+/// else the task's first metric (e.g. `mcc` for CoLA).
+pub fn primary_metric(cell: &CellResult) -> Option<&crate::record::MetricValue> {
+    cell.metrics
+        .iter()
+        .find(|m| m.name == "acc")
+        .or_else(|| cell.metrics.first())
+}
+
+/// Whether a sample counts as correct under the cell's primary metric.
+pub fn sample_correct(s: &SampleRecord, metric: &str) -> f64 {
+    match s.metrics.get(metric).and_then(|v| v.as_f64()) {
+        Some(v) => v,
+        None => f64::from(u8::from(s.pred == s.gold)),
+    }
+}
+
+/// One row of the long table: a run × model × task × metric.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Row {
+    pub run_id: String,
+    /// Display name of the model: its name, or `name [run_id]` when two
+    /// runs hold the same model × task.
+    pub model: String,
+    /// How the weights were computed with (the run's dtype).
+    pub variant: String,
+    pub task: String,
+    pub metric: String,
+    pub value: Option<f64>,
+    pub stderr: Option<f64>,
+    pub n: usize,
+    pub num_fewshot: usize,
+    pub status: String,
+    pub wall_time_s: f64,
+    pub tokens_per_s: Option<f64>,
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p90_ms: Option<f64>,
+    pub latency_mean_ms: Option<f64>,
+    pub peak_rss_bytes: Option<u64>,
+    pub energy_j: Option<f64>,
+    pub energy_per_doc_j: Option<f64>,
+    pub energy_method: Option<String>,
+    pub file_bytes: Option<u64>,
+    pub n_params: Option<u64>,
+}
+
+/// Labels per (run index, model): the plain name unless the same model ×
+/// task appears in more than one run (then `name [run_id]`). Shards of one
+/// sweep hold disjoint cells and so merge under the plain name.
+pub fn model_labels(runs: &[Run]) -> BTreeMap<(usize, String), String> {
+    let mut seen: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for run in runs {
+        for c in &run.record.cells {
+            *seen.entry((c.model.clone(), c.task.clone())).or_default() += 1;
+        }
+    }
+    let clash: std::collections::BTreeSet<&String> = seen
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|((m, _), _)| m)
+        .collect();
+    let mut out = BTreeMap::new();
+    for (i, run) in runs.iter().enumerate() {
+        for c in &run.record.cells {
+            let label = if clash.contains(&c.model) {
+                format!("{} [{}]", c.model, run.record.run_id)
+            } else {
+                c.model.clone()
+            };
+            out.insert((i, c.model.clone()), label);
+        }
+    }
+    out
+}
+
+fn status_name(s: CellStatus) -> String {
+    match s {
+        CellStatus::Ok => "ok",
+        CellStatus::Failed => "failed",
+    }
+    .into()
+}
+
+/// The long table of one or more runs, sorted by model, task, metric.
+pub fn long_rows(runs: &[Run]) -> Vec<Row> {
+    let labels = model_labels(runs);
+    let mut rows = Vec::new();
+    for (i, run) in runs.iter().enumerate() {
+        let rec = &run.record;
+        for c in &rec.cells {
+            let model_rec = rec.models.get(&c.model);
+            let base = Row {
+                run_id: rec.run_id.clone(),
+                model: labels
+                    .get(&(i, c.model.clone()))
+                    .cloned()
+                    .unwrap_or_else(|| c.model.clone()),
+                variant: model_rec.map(|m| m.dtype.clone()).unwrap_or_default(),
+                task: c.task.clone(),
+                metric: String::new(),
+                value: None,
+                stderr: None,
+                n: c.n,
+                num_fewshot: c.num_fewshot,
+                status: status_name(c.status),
+                wall_time_s: c.wall_time_s,
+                tokens_per_s: c.tokens_per_s,
+                latency_p50_ms: c.latency.as_ref().map(|l| l.p50_ms),
+                latency_p90_ms: c.latency.as_ref().map(|l| l.p90_ms),
+                latency_mean_ms: c.latency.as_ref().map(|l| l.mean_ms),
+                peak_rss_bytes: c.peak_rss.map(|p| p.bytes),
+                energy_j: c.energy.as_ref().map(|e| e.energy_j),
+                energy_per_doc_j: c.energy.as_ref().and_then(|e| e.energy_per_doc_j),
+                energy_method: c
+                    .energy
+                    .as_ref()
+                    .and_then(|e| serde_json::to_value(e.method).ok())
+                    .and_then(|v| v.as_str().map(String::from)),
+                file_bytes: model_rec.map(|m| m.file_bytes),
+                n_params: model_rec.and_then(|m| m.n_params),
+            };
+            if c.metrics.is_empty() {
+                rows.push(base);
+                continue;
+            }
+            for m in &c.metrics {
+                rows.push(Row {
+                    metric: m.name.clone(),
+                    value: Some(m.value),
+                    stderr: m.stderr,
+                    ..base.clone()
+                });
+            }
+        }
+    }
+    rows.sort_by(|a, b| {
+        (&a.model, &a.task, &a.metric, &a.run_id).cmp(&(&b.model, &b.task, &b.metric, &b.run_id))
+    });
+    rows
+}
+
+/// One model (or variant) summarized over its tasks, for charts and the
+/// summary table.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ModelPoint {
+    pub label: String,
+    /// Mean over tasks of the primary metric.
+    pub score: f64,
+    /// `sqrt(sum se_i^2) / k`: the tasks are independent samples.
+    pub score_se: Option<f64>,
+    pub tasks: usize,
+    /// Document-weighted mean of the per-document latency (ms).
+    pub latency_ms: Option<f64>,
+    /// Largest peak RSS over the model's cells.
+    pub peak_rss_bytes: Option<u64>,
+    /// Energy per document over all cells (J).
+    pub energy_per_doc_j: Option<f64>,
+    pub energy_method: Option<String>,
+    pub file_bytes: Option<u64>,
+    pub n_params: Option<u64>,
+}
+
+/// Per-model points over the successful cells of `runs`.
+pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
+    let labels = model_labels(runs);
+    #[derive(Default)]
+    struct Acc {
+        scores: Vec<(f64, Option<f64>)>,
+        lat_sum: f64,
+        lat_n: usize,
+        peak: Option<u64>,
+        energy: f64,
+        energy_docs: usize,
+        energy_method: Option<String>,
+        file_bytes: Option<u64>,
+        n_params: Option<u64>,
+    }
+    let mut by: BTreeMap<String, Acc> = BTreeMap::new();
+    for (i, run) in runs.iter().enumerate() {
+        for c in run
+            .record
+            .cells
+            .iter()
+            .filter(|c| c.status == CellStatus::Ok)
+        {
+            let label = labels
+                .get(&(i, c.model.clone()))
+                .cloned()
+                .unwrap_or_else(|| c.model.clone());
+            let a = by.entry(label).or_default();
+            if let Some(m) = primary_metric(c) {
+                a.scores.push((m.value, m.stderr));
+            }
+            if let Some(l) = &c.latency {
+                a.lat_sum += l.mean_ms * l.n as f64;
+                a.lat_n += l.n;
+            }
+            if let Some(p) = c.peak_rss {
+                a.peak = Some(a.peak.map_or(p.bytes, |x| x.max(p.bytes)));
+            }
+            if let Some(e) = &c.energy {
+                a.energy += e.energy_j;
+                a.energy_docs += c.n.saturating_sub(c.resumed_samples);
+                a.energy_method = serde_json::to_value(e.method)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from));
+            }
+            if let Some(m) = run.record.models.get(&c.model) {
+                a.file_bytes = Some(m.file_bytes);
+                a.n_params = m.n_params;
+            }
+        }
+    }
+    by.into_iter()
+        .filter(|(_, a)| !a.scores.is_empty())
+        .map(|(label, a)| {
+            let k = a.scores.len();
+            let score = a.scores.iter().map(|s| s.0).sum::<f64>() / k as f64;
+            let score_se = a
+                .scores
+                .iter()
+                .map(|s| s.1.map(|e| e * e))
+                .sum::<Option<f64>>()
+                .map(|v| v.sqrt() / k as f64);
+            ModelPoint {
+                label,
+                score,
+                score_se,
+                tasks: k,
+                latency_ms: (a.lat_n > 0).then(|| a.lat_sum / a.lat_n as f64),
+                peak_rss_bytes: a.peak,
+                energy_per_doc_j: (a.energy_docs > 0).then(|| a.energy / a.energy_docs as f64),
+                energy_method: a.energy_method,
+                file_bytes: a.file_bytes,
+                n_params: a.n_params,
+            }
+        })
+        .collect()
+}
+
+/// What `slmbench report` writes.
+#[derive(Debug, Clone, Default)]
+pub struct ReportFiles {
+    pub files: Vec<PathBuf>,
+}
+
+/// Merges `runs` and writes every table, chart and the HTML page into `out`.
+pub fn write_report(runs: &[Run], out: &Path) -> Result<ReportFiles, ReportError> {
+    std::fs::create_dir_all(out).map_err(|e| write_err(out)(e.to_string()))?;
+    let rows = long_rows(runs);
+    let points = model_points(runs);
+    let mut files = Vec::new();
+    let mut put = |name: &str, bytes: &[u8]| -> Result<(), ReportError> {
+        let p = out.join(name);
+        crate::record::write_atomic(&p, bytes)?;
+        files.push(p);
+        Ok(())
+    };
+    let mut df = table::dataframe(&rows)?;
+    put("results_long.csv", &table::csv_bytes(&mut df)?)?;
+    put("results_long.json", &table::json_bytes(&mut df)?)?;
+    put("results_long.parquet", &table::parquet_bytes(&mut df)?)?;
+    put(
+        "summary.md",
+        table::markdown_summary(&rows, &points).as_bytes(),
+    )?;
+    let charts = charts::all_charts(runs, &points)?;
+    for c in &charts {
+        put(&format!("{}.svg", c.name), c.svg.as_bytes())?;
+        put(&format!("{}.png", c.name), &c.png)?;
+    }
+    put(
+        "report.html",
+        html::render(runs, &rows, &points, &charts)?.as_bytes(),
+    )?;
+    Ok(ReportFiles { files })
+}

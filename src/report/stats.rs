@@ -1,0 +1,174 @@
+//! Paired statistics for comparing two runs on the same documents: the exact
+//! McNemar test on per-sample correctness and a confidence interval for the
+//! mean paired difference. Pure functions; no I/O, no polars, no candle.
+
+/// Two-sided exact McNemar p-value from the discordant counts: `b` documents
+/// right in the baseline and wrong now, `c` wrong before and right now.
+/// Under H0 the `b + c` discordant pairs split Binomial(b + c, 1/2).
+pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
+    let n = b + c;
+    if n == 0 {
+        return 1.0;
+    }
+    let k = b.min(c);
+    // P(X <= k) for X ~ Bin(n, 1/2), summed in log space to stay finite for large n.
+    let ln_half_n = -(n as f64) * std::f64::consts::LN_2;
+    let mut ln_choose = 0.0f64; // ln C(n, 0)
+    let mut terms = Vec::with_capacity(k as usize + 1);
+    for i in 0..=k {
+        if i > 0 {
+            ln_choose += ((n - i + 1) as f64).ln() - (i as f64).ln();
+        }
+        terms.push(ln_choose + ln_half_n);
+    }
+    let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let tail = max.exp() * terms.iter().map(|t| (t - max).exp()).sum::<f64>();
+    (2.0 * tail).min(1.0)
+}
+
+/// Mean of paired differences with its standard error and a two-sided 95%
+/// normal interval.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct PairedDiff {
+    pub n: usize,
+    pub mean: f64,
+    /// `sd(d) / sqrt(n)`; 0 when every difference is equal.
+    pub stderr: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// z for a two-sided 95% interval.
+pub const Z95: f64 = 1.959_963_984_540_054;
+
+/// `current[i] - baseline[i]` summarized; `None` when the slices are empty or
+/// of different lengths.
+pub fn paired_diff(baseline: &[f64], current: &[f64]) -> Option<PairedDiff> {
+    if baseline.is_empty() || baseline.len() != current.len() {
+        return None;
+    }
+    let n = baseline.len();
+    let d: Vec<f64> = current.iter().zip(baseline).map(|(c, b)| c - b).collect();
+    let mean = d.iter().sum::<f64>() / n as f64;
+    let stderr = if n > 1 {
+        let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        (var / n as f64).sqrt()
+    } else {
+        0.0
+    };
+    Some(PairedDiff {
+        n,
+        mean,
+        stderr,
+        ci_low: mean - Z95 * stderr,
+        ci_high: mean + Z95 * stderr,
+    })
+}
+
+/// Difference of two independent means with their standard errors (used
+/// when per-sample records are missing and pairing is impossible).
+pub fn unpaired_diff(base: f64, base_se: f64, cur: f64, cur_se: f64, n: usize) -> PairedDiff {
+    let se = (base_se.powi(2) + cur_se.powi(2)).sqrt();
+    let mean = cur - base;
+    PairedDiff {
+        n,
+        mean,
+        stderr: se,
+        ci_low: mean - Z95 * se,
+        ci_high: mean + Z95 * se,
+    }
+}
+
+/// Two-sided p-value of a z statistic (normal approximation).
+pub fn z_test_p(mean: f64, se: f64) -> f64 {
+    if se <= 0.0 {
+        return if mean == 0.0 { 1.0 } else { 0.0 };
+    }
+    2.0 * normal_sf((mean / se).abs())
+}
+
+/// Upper tail of the standard normal, via the complementary error function
+/// (Numerical Recipes' erfc approximation, relative error < 1.2e-7).
+fn normal_sf(z: f64) -> f64 {
+    let x = z / std::f64::consts::SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * x);
+    let poly = -x * x - 1.265_512_23
+        + t * (1.000_023_68
+            + t * (0.374_091_96
+                + t * (0.096_784_18
+                    + t * (-0.186_288_06
+                        + t * (0.278_868_07
+                            + t * (-1.135_203_98
+                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    0.5 * t * poly.exp()
+}
+
+/// The points not dominated by any other: lower `x` is better, higher `y`
+/// is better. Returned sorted by `x`; ties in both keep the first.
+pub fn pareto_frontier(points: &[(f64, f64)]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..points.len())
+        .filter(|&i| points[i].0.is_finite() && points[i].1.is_finite())
+        .collect();
+    idx.sort_by(|&a, &b| {
+        points[a]
+            .0
+            .total_cmp(&points[b].0)
+            .then(points[b].1.total_cmp(&points[a].1))
+    });
+    let mut out = Vec::new();
+    let mut best_y = f64::NEG_INFINITY;
+    for i in idx {
+        if points[i].1 > best_y {
+            best_y = points[i].1;
+            out.push(i);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mcnemar_matches_binomial_tables() {
+        // b=0, c=0: no evidence.
+        assert_eq!(mcnemar_exact(0, 0), 1.0);
+        // b=10, c=0: 2 * 0.5^10.
+        assert!((mcnemar_exact(10, 0) - 2.0 * 0.5f64.powi(10)).abs() < 1e-15);
+        // b=2, c=8: 2 * P(X<=2), X~Bin(10,.5) = 2 * 56/1024 (scipy: 0.109375).
+        assert!((mcnemar_exact(2, 8) - 0.109375).abs() < 1e-12);
+        // Symmetric and capped at 1.
+        assert_eq!(mcnemar_exact(8, 2), mcnemar_exact(2, 8));
+        assert_eq!(mcnemar_exact(5, 5), 1.0);
+        // Large n stays finite: b=400, c=600 is highly significant.
+        let p = mcnemar_exact(400, 600);
+        assert!(p > 0.0 && p < 1e-9, "{p}");
+    }
+
+    #[test]
+    fn paired_diff_of_known_vectors() {
+        let base = [1.0, 1.0, 0.0, 0.0];
+        let cur = [1.0, 0.0, 0.0, 1.0];
+        let d = paired_diff(&base, &cur).expect("diff");
+        assert_eq!(d.mean, 0.0);
+        // d = [0,-1,0,1]: var = 2/3, se = sqrt(2/3/4).
+        assert!((d.stderr - (2.0f64 / 3.0 / 4.0).sqrt()).abs() < 1e-15);
+        assert!((d.ci_high + d.ci_low).abs() < 1e-15);
+        assert!(paired_diff(&base, &cur[..3]).is_none());
+        assert!(paired_diff(&[], &[]).is_none());
+    }
+
+    #[test]
+    fn normal_tail_matches_known_values() {
+        assert!((z_test_p(1.959_963_984_540_054, 1.0) - 0.05).abs() < 1e-6);
+        assert!((z_test_p(0.0, 1.0) - 1.0).abs() < 1e-6);
+        assert_eq!(z_test_p(0.0, 0.0), 1.0);
+    }
+
+    #[test]
+    fn frontier_keeps_undominated_points() {
+        let pts = [(1.0, 0.5), (2.0, 0.4), (3.0, 0.7), (0.5, 0.3), (4.0, 0.7)];
+        assert_eq!(pareto_frontier(&pts), vec![3, 0, 2]);
+    }
+}
