@@ -294,6 +294,7 @@ pub fn run_cell(
 ) -> Result<CellResult, EvalError> {
     let t0 = Instant::now();
     let rss_scope = crate::measure::start_peak_window();
+    let sampler = crate::measure::RssSampler::start();
     let path = samples_path(run_dir, model, &task.spec.name);
     let done = read_samples(&path)?;
     let wanted: BTreeSet<usize> = task.instances.iter().map(|i| i.doc_id).collect();
@@ -360,6 +361,7 @@ pub fn run_cell(
         pb.inc(1);
     }
     pb.finish_and_clear();
+    let sampled_rss = sampler.stop();
     let scoring_s = scoring.elapsed().as_secs_f64();
     let energy = (n_todo > 0)
         .then(|| meter.finish())
@@ -401,7 +403,10 @@ pub fn run_cell(
         tokens_forwarded: forwarded,
         tokens_per_s: (forwarded > 0 && scoring_s > 0.0).then(|| forwarded as f64 / scoring_s),
         latency: LatencyStats::from_ms(&latencies, WARMUP_DOCS),
-        peak_rss: crate::measure::peak_rss(rss_scope),
+        peak_rss: crate::measure::peak_rss(rss_scope).map(|p| crate::measure::PeakRss {
+            sampled_bytes: sampled_rss,
+            ..p
+        }),
         kv_cache_peak_bytes: scorer
             .kv_bytes_per_token()
             .filter(|_| peak_cached > 0)

@@ -11,6 +11,53 @@ pub struct PeakRss {
     pub bytes: u64,
     /// `cell` when the high-water mark was reset before the cell, else `process`.
     pub scope: RssScope,
+    /// Largest RSS seen by a sampling thread over the same window (every
+    /// [`SAMPLE_INTERVAL`]): a cross-check that is ≤ `bytes` by construction,
+    /// and close to it when the peak lasted longer than one interval.
+    #[serde(default)]
+    pub sampled_bytes: Option<u64>,
+}
+
+/// How often [`RssSampler`] reads the resident set size.
+pub const SAMPLE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A thread that samples this process's RSS until [`RssSampler::stop`].
+pub struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Option<u64>>>,
+}
+
+impl RssSampler {
+    pub fn start() -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("rss-sampler".into())
+            .spawn(move || {
+                let mut max = rss_bytes();
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(SAMPLE_INTERVAL);
+                    max = max.max(rss_bytes());
+                }
+                max
+            })
+            .ok();
+        Self { stop, handle }
+    }
+
+    /// Stops the thread; the largest RSS it saw (`None` off Linux).
+    pub fn stop(mut self) -> Option<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().and_then(|h| h.join().ok()).flatten()
+    }
+}
+
+impl Drop for RssSampler {
+    /// An early return (an error mid-cell) still ends the thread.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -51,7 +98,11 @@ pub fn start_peak_window() -> RssScope {
 
 /// The peak RSS since [`start_peak_window`] (or since the process started).
 pub fn peak_rss(scope: RssScope) -> Option<PeakRss> {
-    status_kb("VmHWM:").map(|bytes| PeakRss { bytes, scope })
+    status_kb("VmHWM:").map(|bytes| PeakRss {
+        bytes,
+        scope,
+        sampled_bytes: None,
+    })
 }
 
 /// Instruction-set features that matter for CPU inference speed.

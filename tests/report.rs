@@ -98,6 +98,7 @@ fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
         peak_rss: Some(PeakRss {
             bytes: spec.rss_mib << 20,
             scope: RssScope::Cell,
+            sampled_bytes: None,
         }),
         kv_cache_peak_bytes: Some(4096),
         energy: Some(CellEnergy {
