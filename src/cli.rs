@@ -211,6 +211,11 @@ pub struct RunArgs {
     /// merges the shards' directories
     #[arg(long, value_name = "I/N")]
     pub shard: Option<crate::eval::Shard>,
+    /// Tokens per packed forward: several documents share one forward, each
+    /// masked from the others (0 = one document per forward, for true
+    /// per-document latency)
+    #[arg(long, default_value_t = crate::backend::scorer::DEFAULT_PACK_TOKENS)]
+    pub pack_tokens: usize,
 }
 
 /// Sets the compute thread count for candle, gemm and rayon.
@@ -271,6 +276,7 @@ fn run_config(a: &RunArgs) -> Result<RunConfig> {
         cpu_watts: a.cpu_watts,
         grid_g_per_kwh: a.grid_intensity,
         shard: a.shard,
+        pack_tokens: a.pack_tokens,
     })
 }
 

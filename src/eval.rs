@@ -50,6 +50,13 @@ pub struct RunConfig {
     /// Only this shard of the model × task cells.
     #[serde(default)]
     pub shard: Option<Shard>,
+    /// Token budget of one packed forward (0 = one document per forward).
+    #[serde(default = "default_pack_tokens")]
+    pub pack_tokens: usize,
+}
+
+fn default_pack_tokens() -> usize {
+    crate::backend::scorer::DEFAULT_PACK_TOKENS
 }
 
 /// Shard `index` (1-based) of `count`: cell k of the model-major list of
@@ -263,6 +270,10 @@ fn sample_metrics(metrics: &[Metric], s: &SampleScore) -> Map<String, Value> {
         .collect()
 }
 
+/// Documents handed to the scorer per call (it packs them into forwards);
+/// samples are written after each call.
+pub const DOCS_PER_CALL: usize = 64;
+
 /// Progress reporting, kept out of piped output.
 fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
@@ -329,36 +340,45 @@ pub fn run_cell(
         crate::energy::EnergyMeter::start(Path::new("/sys/class/powercap"), measure.cpu_watts);
     let gpu_meter = crate::gpu_energy::GpuEnergyMeter::start();
     let scoring = Instant::now();
-    for inst in todo {
+    for chunk in todo.chunks(DOCS_PER_CALL) {
         let t = Instant::now();
-        let doc = scorer
-            .score_doc(&inst.context, &inst.continuations)
-            .map_err(|e| EvalError::Other(format!("doc {}: {e}", inst.doc_id)))?;
-        let latency_ms = t.elapsed().as_secs_f64() * 1e3;
-        latencies.push(latency_ms);
-        let lls: Vec<f64> = doc.choices.iter().map(|c| c.loglikelihood).collect();
-        let chars: Vec<usize> = inst.choices.iter().map(|c| c.chars().count()).collect();
-        let s = score_sample(&lls, &chars, inst.gold)
-            .map_err(|e| EvalError::Other(format!("doc {}: {e}", inst.doc_id)))?;
-        writer.append(&SampleRecord {
-            doc_id: inst.doc_id,
-            gold: inst.gold,
-            context: inst.context.clone(),
-            continuations: inst.continuations.clone(),
-            loglikelihoods: lls,
-            is_greedy: doc.choices.iter().map(|c| c.is_greedy).collect(),
-            pred: s.pred,
-            metrics: sample_metrics(&task.spec.metrics, &s),
-            pred_norm: s.pred_norm,
-            continuation_tokens: doc.choices.iter().map(|c| c.n_tokens).collect(),
-            truncated: doc.truncated,
-            latency_ms: Some(latency_ms),
+        let requests: Vec<(&str, &[String])> = chunk
+            .iter()
+            .map(|i| (i.context.as_str(), i.continuations.as_slice()))
+            .collect();
+        let docs = scorer.score_docs(&requests).map_err(|e| {
+            let first = chunk.first().map_or(0, |i| i.doc_id);
+            let last = chunk.last().map_or(0, |i| i.doc_id);
+            EvalError::Other(format!("docs {first}..={last}: {e}"))
         })?;
-        truncated += usize::from(doc.truncated);
-        forwarded += doc.tokens_forwarded;
-        peak_cached = peak_cached.max(doc.peak_cached_tokens);
-        scores.insert(inst.doc_id, s);
-        pb.inc(1);
+        let chunk_ms = t.elapsed().as_secs_f64() * 1e3 / chunk.len().max(1) as f64;
+        for (inst, doc) in chunk.iter().zip(docs) {
+            let latency_ms = doc.shared_ms.unwrap_or(chunk_ms);
+            latencies.push(latency_ms);
+            let lls: Vec<f64> = doc.choices.iter().map(|c| c.loglikelihood).collect();
+            let chars: Vec<usize> = inst.choices.iter().map(|c| c.chars().count()).collect();
+            let s = score_sample(&lls, &chars, inst.gold)
+                .map_err(|e| EvalError::Other(format!("doc {}: {e}", inst.doc_id)))?;
+            writer.append(&SampleRecord {
+                doc_id: inst.doc_id,
+                gold: inst.gold,
+                context: inst.context.clone(),
+                continuations: inst.continuations.clone(),
+                loglikelihoods: lls,
+                is_greedy: doc.choices.iter().map(|c| c.is_greedy).collect(),
+                pred: s.pred,
+                metrics: sample_metrics(&task.spec.metrics, &s),
+                pred_norm: s.pred_norm,
+                continuation_tokens: doc.choices.iter().map(|c| c.n_tokens).collect(),
+                truncated: doc.truncated,
+                latency_ms: Some(latency_ms),
+            })?;
+            truncated += usize::from(doc.truncated);
+            forwarded += doc.tokens_forwarded;
+            peak_cached = peak_cached.max(doc.peak_cached_tokens);
+            scores.insert(inst.doc_id, s);
+            pb.inc(1);
+        }
     }
     pb.finish_and_clear();
     let sampled_rss = sampler.stop();

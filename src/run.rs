@@ -143,6 +143,7 @@ pub fn execute(
             "loaded {model} ({}, {}) in {:.2} s",
             loaded.record.architecture, loaded.record.dtype, loaded.record.load_time_s
         );
+        loaded.scorer.pack_tokens = cfg.pack_tokens;
         record.models.insert(model.clone(), loaded.record.clone());
         for (ti, p) in prepared.iter().enumerate() {
             if done(&record, ti, &p.spec.name) {

@@ -2,6 +2,7 @@
 //! (`_encode_pair`) and a shared-context log-likelihood loop over a
 //! [`CausalLm`].
 
+use crate::backend::candle::layers::PackedDoc;
 use crate::backend::candle::CausalLm;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -25,6 +26,10 @@ pub struct DocScore {
     pub tokens_forwarded: usize,
     /// Most positions held in the KV cache at once for this document.
     pub peak_cached_tokens: usize,
+    /// Compute time attributed to this document by [`Scorer::score_docs`]:
+    /// its own forwards' time, or, when it shared a packed forward, that
+    /// forward's time × its share of the tokens.
+    pub shared_ms: Option<f64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +47,11 @@ pub trait Scorer {
         context: &str,
         continuations: &[String],
     ) -> Result<DocScore, ScoreError>;
+    /// Scores several documents, in order; a scorer may pack them into
+    /// fewer forwards. The default scores them one at a time.
+    fn score_docs(&mut self, docs: &[(&str, &[String])]) -> Result<Vec<DocScore>, ScoreError> {
+        docs.iter().map(|(c, k)| self.score_doc(c, k)).collect()
+    }
     /// Longest token sequence the scorer feeds the model.
     fn max_length(&self) -> usize;
     /// KV-cache bytes one cached position takes, when known.
@@ -94,6 +104,31 @@ pub struct CandleScorer {
     /// Score all choices of a document in one forward (branches off the
     /// shared context) instead of one forward per choice.
     pub batch_choices: bool,
+    /// Token budget of one packed forward in [`Scorer::score_docs`]; 0
+    /// scores one document per forward.
+    pub pack_tokens: usize,
+}
+
+/// Default token budget of a packed forward: past the point where the
+/// matmuls run at full speed, short of where the block-diagonal attention
+/// (quadratic in the packed length) costs more than it saves.
+pub const DEFAULT_PACK_TOKENS: usize = 512;
+
+/// A document's (context, continuation) token pairs, one per choice.
+type Pairs = Vec<(Vec<u32>, Vec<u32>)>;
+
+/// A document ready to score: its (context, continuation) token pairs, the
+/// shared context prefix and each branch's input tokens.
+struct Encoded {
+    pairs: Pairs,
+    prefix: usize,
+    inputs: Vec<Vec<u32>>,
+}
+
+impl Encoded {
+    fn tokens(&self) -> usize {
+        self.prefix + self.inputs.iter().map(Vec::len).sum::<usize>()
+    }
 }
 
 impl CandleScorer {
@@ -104,7 +139,105 @@ impl CandleScorer {
             max_length,
             chunk: 512,
             batch_choices: true,
+            pack_tokens: DEFAULT_PACK_TOKENS,
         }
+    }
+
+    fn encode(&self, context: &str, continuations: &[String]) -> Result<Pairs, ScoreError> {
+        continuations
+            .iter()
+            .map(|c| encode_pair(&self.tokenizer, context, c).map_err(ScoreError::from))
+            .collect()
+    }
+
+    /// A document that fits the window with non-empty continuations, laid out
+    /// for packing; `None` for the others (scored one by one).
+    fn packable(&self, pairs: Pairs) -> Result<Encoded, Pairs> {
+        let longest = pairs
+            .iter()
+            .map(|(c, k)| c.len() + k.len())
+            .max()
+            .unwrap_or(0);
+        if pairs.is_empty()
+            || longest > self.max_length + 1
+            || pairs.iter().any(|(_, k)| k.is_empty())
+        {
+            return Err(pairs);
+        }
+        let prefix = pairs[0].0.len().saturating_sub(1);
+        let inputs = pairs
+            .iter()
+            .map(|(c, cont)| {
+                let mut inp = c[prefix..].to_vec();
+                inp.extend_from_slice(&cont[..cont.len() - 1]);
+                inp
+            })
+            .collect();
+        Ok(Encoded {
+            pairs,
+            prefix,
+            inputs,
+        })
+    }
+
+    /// One document alone, its compute time recorded.
+    fn score_timed(&mut self, pairs: Pairs) -> Result<DocScore, ScoreError> {
+        let t = std::time::Instant::now();
+        let mut d = self.score_encoded(pairs)?;
+        d.shared_ms = Some(t.elapsed().as_secs_f64() * 1e3);
+        Ok(d)
+    }
+
+    /// Scores the pending pack (if any) into `out` and empties it.
+    fn flush_pack(
+        &mut self,
+        pack: &mut Vec<Encoded>,
+        ids: &mut Vec<usize>,
+        out: &mut [Option<DocScore>],
+    ) -> Result<(), ScoreError> {
+        if !pack.is_empty() {
+            for (i, s) in ids.drain(..).zip(self.score_pack(pack)?) {
+                out[i] = Some(s);
+            }
+            pack.clear();
+        }
+        Ok(())
+    }
+
+    /// Scores documents end to end in one forward.
+    fn score_pack(&mut self, pack: &[Encoded]) -> Result<Vec<DocScore>, ScoreError> {
+        let docs: Vec<PackedDoc<'_>> = pack
+            .iter()
+            .map(|e| PackedDoc {
+                context: &e.pairs[0].0[..e.prefix],
+                branches: e.inputs.iter().map(Vec::as_slice).collect(),
+            })
+            .collect();
+        let t0 = std::time::Instant::now();
+        let logits = self.model.forward_packed(&docs)?;
+        let total: usize = pack.iter().map(Encoded::tokens).sum();
+        let mut row = 0;
+        let mut out = Vec::with_capacity(pack.len());
+        for e in pack {
+            let mut choices = Vec::with_capacity(e.pairs.len());
+            for ((_, cont), inp) in e.pairs.iter().zip(&e.inputs) {
+                choices.push(Self::gather(&logits.narrow(0, row, inp.len())?, cont)?);
+                row += inp.len();
+            }
+            out.push(DocScore {
+                choices,
+                truncated: false,
+                tokens_forwarded: e.tokens(),
+                peak_cached_tokens: total,
+                shared_ms: None,
+            });
+        }
+        // Gathering is part of the cost: time the whole pack, then share it.
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        for (d, e) in out.iter_mut().zip(pack) {
+            d.shared_ms = Some(ms * e.tokens() as f64 / total.max(1) as f64);
+        }
+        Ok(out)
     }
 
     fn forward_chunked(&mut self, tokens: &[u32]) -> candle_core::Result<()> {
@@ -175,15 +308,65 @@ fn empty_score() -> ChoiceScore {
 }
 
 impl Scorer for CandleScorer {
+    fn score_docs(&mut self, docs: &[(&str, &[String])]) -> Result<Vec<DocScore>, ScoreError> {
+        if self.pack_tokens == 0 {
+            return docs
+                .iter()
+                .map(|(c, k)| {
+                    let pairs = self.encode(c, k)?;
+                    self.score_timed(pairs)
+                })
+                .collect();
+        }
+        let mut out: Vec<Option<DocScore>> = vec![None; docs.len()];
+        let mut pack: Vec<Encoded> = Vec::new();
+        let mut pack_ids: Vec<usize> = Vec::new();
+        for (i, (context, continuations)) in docs.iter().enumerate() {
+            let pairs = self.encode(context, continuations)?;
+            match self.packable(pairs) {
+                Ok(e) => {
+                    let used: usize = pack.iter().map(Encoded::tokens).sum();
+                    if !pack.is_empty() && used + e.tokens() > self.pack_tokens {
+                        self.flush_pack(&mut pack, &mut pack_ids, &mut out)?;
+                    }
+                    pack.push(e);
+                    pack_ids.push(i);
+                }
+                Err(pairs) => out[i] = Some(self.score_timed(pairs)?),
+            }
+        }
+        self.flush_pack(&mut pack, &mut pack_ids, &mut out)?;
+        out.into_iter()
+            .map(|s| {
+                s.ok_or_else(|| {
+                    ScoreError::Forward(candle_core::Error::Msg("a document was not scored".into()))
+                })
+            })
+            .collect()
+    }
+
     fn score_doc(
         &mut self,
         context: &str,
         continuations: &[String],
     ) -> Result<DocScore, ScoreError> {
-        let mut pairs = Vec::with_capacity(continuations.len());
-        for c in continuations {
-            pairs.push(encode_pair(&self.tokenizer, context, c)?);
-        }
+        let pairs = self.encode(context, continuations)?;
+        self.score_encoded(pairs)
+    }
+
+    fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    fn kv_bytes_per_token(&self) -> Option<usize> {
+        Some(self.model.info().kv_bytes_per_token)
+    }
+}
+
+impl CandleScorer {
+    /// One document: the shared context forwarded once, then its choices as
+    /// branches (or one by one when they do not fit or a choice is empty).
+    fn score_encoded(&mut self, pairs: Pairs) -> Result<DocScore, ScoreError> {
         let longest = pairs
             .iter()
             .map(|(c, k)| c.len() + k.len())
@@ -204,6 +387,7 @@ impl Scorer for CandleScorer {
                 truncated: true,
                 tokens_forwarded: forwarded,
                 peak_cached_tokens: peak,
+                shared_ms: None,
             });
         }
         // The context (identical for every choice) is forwarded once; each
@@ -262,14 +446,7 @@ impl Scorer for CandleScorer {
             truncated: false,
             tokens_forwarded: forwarded,
             peak_cached_tokens: peak,
+            shared_ms: None,
         })
-    }
-
-    fn max_length(&self) -> usize {
-        self.max_length
-    }
-
-    fn kv_bytes_per_token(&self) -> Option<usize> {
-        Some(self.model.info().kv_bytes_per_token)
     }
 }

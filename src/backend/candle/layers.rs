@@ -354,13 +354,28 @@ impl KvCache {
 /// Where the tokens of one forward sit: after `past` cached positions, as one
 /// causal run, or as several independent branches off the cache (each token
 /// sees the cache and the earlier tokens of its own branch) — how all the
-/// choices of a document are scored in one forward.
+/// choices of a document are scored in one forward — or as several packed
+/// documents, each a shared context plus branches, that never see each other.
+///
+/// Visibility: key j is visible to query i when both belong to the same
+/// document, `pos[j] <= pos[i]`, and j is shared (branch 0) or on i's branch.
 pub struct Span {
     pub past: usize,
     positions: Vec<usize>,
+    /// 0 = shared by every branch of the document; b > 0 = branch b.
     branch: Vec<u32>,
+    /// Document of each token (all 0 unless packed).
+    doc: Vec<u32>,
     /// Position ids for the RoPE tables when they are not one contiguous run.
     gather: Option<Tensor>,
+    /// Rows whose logits are wanted, when not simply the last ones.
+    outputs: Option<Tensor>,
+}
+
+/// One document of a packed forward: its shared context and its branches.
+pub struct PackedDoc<'a> {
+    pub context: &'a [u32],
+    pub branches: Vec<&'a [u32]>,
 }
 
 impl Span {
@@ -370,7 +385,9 @@ impl Span {
             past,
             positions: (past..past + t).collect(),
             branch: vec![0; t],
+            doc: vec![0; t],
             gather: None,
+            outputs: None,
         }
     }
 
@@ -380,16 +397,62 @@ impl Span {
         let mut branch = Vec::new();
         for (b, &n) in lens.iter().enumerate() {
             positions.extend(past..past + n);
-            branch.extend(std::iter::repeat_n(b as u32, n));
+            branch.extend(std::iter::repeat_n(b as u32 + 1, n));
         }
         let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let n = ids.len();
         Ok(Self {
             past,
+            doc: vec![0; n],
             positions,
             branch,
             gather: Some(Tensor::from_vec(ids, n, &Device::Cpu)?),
+            outputs: None,
         })
+    }
+
+    /// Documents laid end to end with nothing cached: each document's
+    /// context at positions `0..c`, then each of its branches at `c..`.
+    /// The tokens are the concatenation, document by document, of the
+    /// context then the branches; the output rows are every branch token.
+    pub fn packed(docs: &[PackedDoc<'_>]) -> Result<(Self, Vec<u32>)> {
+        let mut positions = Vec::new();
+        let mut branch = Vec::new();
+        let mut doc = Vec::new();
+        let mut tokens = Vec::new();
+        let mut outputs = Vec::new();
+        for (d, pd) in docs.iter().enumerate() {
+            let c = pd.context.len();
+            positions.extend(0..c);
+            branch.extend(std::iter::repeat_n(0u32, c));
+            doc.extend(std::iter::repeat_n(d as u32, c));
+            tokens.extend_from_slice(pd.context);
+            for (b, br) in pd.branches.iter().enumerate() {
+                outputs.extend((tokens.len()..tokens.len() + br.len()).map(|r| r as u32));
+                positions.extend(c..c + br.len());
+                branch.extend(std::iter::repeat_n(b as u32 + 1, br.len()));
+                doc.extend(std::iter::repeat_n(d as u32, br.len()));
+                tokens.extend_from_slice(br);
+            }
+        }
+        let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        let (n, n_out) = (ids.len(), outputs.len());
+        Ok((
+            Self {
+                past: 0,
+                positions,
+                branch,
+                doc,
+                gather: Some(Tensor::from_vec(ids, n, &Device::Cpu)?),
+                outputs: Some(Tensor::from_vec(outputs, n_out, &Device::Cpu)?),
+            },
+            tokens,
+        ))
+    }
+
+    /// Number of output rows when they are selected (packed spans).
+    pub fn n_outputs(&self) -> Option<usize> {
+        self.outputs.as_ref().map(|o| o.elem_count())
     }
 
     pub fn len(&self) -> usize {
@@ -427,7 +490,10 @@ impl Span {
             }
             for j in 0..t {
                 let kp = self.positions[j];
-                let visible = self.branch[j] == self.branch[i] && kp <= q && !far(q, kp);
+                let visible = self.doc[j] == self.doc[i]
+                    && (self.branch[j] == 0 || self.branch[j] == self.branch[i])
+                    && kp <= q
+                    && !far(q, kp);
                 if !visible {
                     row[self.past + j] = f32::NEG_INFINITY;
                 }
@@ -508,18 +574,22 @@ pub fn embedding_and_head(
     Ok((loader.embedding(embd, "token_embd.weight")?, head, vocab))
 }
 
-/// Logits `[n_out, vocab]` of the last `n_out` positions of `x` (`None` for 0).
+/// Logits `[n, vocab]` of the span's output rows of `x`, or else of its last
+/// `n_out` positions (`None` for none).
 pub fn output_logits(
     x: &Tensor,
+    span: &Span,
     n_out: usize,
     norm: &RmsNorm,
     head: &Linear,
 ) -> Result<Option<Tensor>> {
-    if n_out == 0 {
-        return Ok(None);
-    }
-    let x = norm.forward(&last_positions(x, n_out)?)?;
-    head.forward(&x).map(Some)
+    let rows = match &span.outputs {
+        Some(rows) if rows.elem_count() > 0 => x.squeeze(0)?.index_select(rows, 0)?,
+        Some(_) => return Ok(None),
+        None if n_out == 0 => return Ok(None),
+        None => last_positions(x, n_out)?,
+    };
+    head.forward(&norm.forward(&rows)?).map(Some)
 }
 
 /// Selects the last `n` positions of `[1, t, h]` as `[n, h]`.
@@ -569,6 +639,40 @@ mod tests {
             ]
         );
         assert_eq!(span.positions, vec![2, 3, 2]);
+    }
+
+    #[test]
+    fn packed_documents_never_see_each_other() {
+        // Doc 0: context [a b], branches [c] and [d e]; doc 1: context [f], branch [g].
+        let docs = [
+            PackedDoc {
+                context: &[1, 2],
+                branches: vec![&[3], &[4, 5]],
+            },
+            PackedDoc {
+                context: &[6],
+                branches: vec![&[7]],
+            },
+        ];
+        let (span, tokens) = Span::packed(&docs).expect("span");
+        assert_eq!(tokens, vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(span.positions, vec![0, 1, 2, 2, 3, 0, 1]);
+        assert_eq!(span.n_outputs(), Some(4));
+        let m = span.mask(None).expect("mask").expect("some");
+        let t = true;
+        let f = false;
+        assert_eq!(
+            visible(&m),
+            vec![
+                vec![t, f, f, f, f, f, f],
+                vec![t, t, f, f, f, f, f],
+                vec![t, t, t, f, f, f, f],
+                vec![t, t, f, t, f, f, f],
+                vec![t, t, f, t, t, f, f],
+                vec![f, f, f, f, f, t, f],
+                vec![f, f, f, f, f, t, t],
+            ]
+        );
     }
 
     #[test]

@@ -166,7 +166,7 @@ impl CausalLm for Model {
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + h)?;
         }
-        super::layers::output_logits(&x, n_out, &self.norm, &self.lm_head)
+        super::layers::output_logits(&x, span, n_out, &self.norm, &self.lm_head)
     }
 
     fn cache_len(&self) -> usize {

@@ -69,6 +69,18 @@ pub trait CausalLm: Send {
         self.truncate_cache(past)?;
         out?.ok_or_else(|| candle_core::Error::Msg("no tokens to score".into()))
     }
+    /// Scores several documents in one forward with nothing cached: each a
+    /// shared context plus branches (see [`Span::packed`]). Returns the
+    /// logits of every branch token, documents and branches in order; the
+    /// cache is left empty.
+    fn forward_packed(&mut self, docs: &[layers::PackedDoc<'_>]) -> candle_core::Result<Tensor> {
+        self.truncate_cache(0)?;
+        let (span, tokens) = Span::packed(docs)?;
+        let out = self.forward_span(&tokens, &span, 0);
+        self.truncate_cache(0)?;
+        out?.ok_or_else(|| candle_core::Error::Msg("no tokens to score".into()))
+    }
+
     /// Number of cached positions.
     fn cache_len(&self) -> usize;
     /// Drops cached positions from `len` on.
