@@ -84,13 +84,19 @@ fn draw_scatter<DB: DrawingBackend>(
     s: &Scatter,
 ) -> Result<(), String> {
     root.fill(&WHITE).map_err(err)?;
-    let xs: Vec<f64> = s.points.iter().map(|p| p.x).collect();
-    let (xmin, xmax) = xs
+    // The x axis is log10 of the value on a linear axis, labelled with the
+    // value itself: plotters' log axis labels only powers of ten, too few
+    // when the models span less than a decade.
+    let lx = |p: &Pt| p.x.log10();
+    let (xmin, xmax) = s
+        .points
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &x| {
+        .map(lx)
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| {
             (a.min(x), b.max(x))
         });
-    let (xlo, xhi) = (xmin / 1.5, xmax * 1.5);
+    let pad = ((xmax - xmin) * 0.12).max(0.08);
+    let (xlo, xhi) = (xmin - pad, xmax + pad);
     let lo = s
         .points
         .iter()
@@ -107,7 +113,7 @@ fn draw_scatter<DB: DrawingBackend>(
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
-        .build_cartesian_2d((xlo..xhi).log_scale(), ylo..yhi)
+        .build_cartesian_2d(xlo..xhi, ylo..yhi)
         .map_err(err)?;
     chart
         .configure_mesh()
@@ -115,12 +121,13 @@ fn draw_scatter<DB: DrawingBackend>(
         .y_desc(&s.y_desc)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
-        .x_label_formatter(&|v| format_si(*v))
+        .x_labels(8)
+        .x_label_formatter(&|v| format_si(10f64.powf(*v)))
         .y_label_formatter(&|v| format!("{v:.2}"))
         .draw()
         .map_err(err)?;
     if s.frontier && s.points.len() > 1 {
-        let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (p.x, p.y)).collect();
+        let pts: Vec<(f64, f64)> = s.points.iter().map(|p| (lx(p), p.y)).collect();
         let front: Vec<(f64, f64)> = pareto_frontier(&pts).into_iter().map(|i| pts[i]).collect();
         chart
             .draw_series(DashedLineSeries::new(
@@ -138,7 +145,7 @@ fn draw_scatter<DB: DrawingBackend>(
         if let Some(se) = p.se {
             chart
                 .draw_series(std::iter::once(ErrorBar::new_vertical(
-                    p.x,
+                    lx(p),
                     p.y - Z95 * se,
                     p.y,
                     p.y + Z95 * se,
@@ -148,10 +155,21 @@ fn draw_scatter<DB: DrawingBackend>(
                 .map_err(err)?;
         }
         chart
-            .draw_series(std::iter::once(Circle::new((p.x, p.y), 6, color.filled())))
+            .draw_series(std::iter::once(Circle::new(
+                (lx(p), p.y),
+                6,
+                color.filled(),
+            )))
             .map_err(err)?
             .label(p.label.clone())
             .legend(move |(x, y)| Circle::new((x + 9, y), 5, color.filled()));
+        // The name beside the point, so the chart reads without the legend.
+        chart
+            .draw_series(std::iter::once(
+                EmptyElement::at((lx(p), p.y))
+                    + Text::new(p.label.clone(), (10, -18), (FONT, 13).into_font()),
+            ))
+            .map_err(err)?;
     }
     chart
         .configure_series_labels()

@@ -400,6 +400,13 @@ pub fn compare(
     })
 }
 
+fn limit_text(what: &str, r: Option<f64>) -> String {
+    match r {
+        Some(r) => format!("{what} ratio > {r:.2}"),
+        None => format!("{what} not checked"),
+    }
+}
+
 fn pct(v: Option<f64>) -> String {
     v.map_or_else(|| "n/a".into(), |x| format!("{:.1}", x * 100.0))
 }
@@ -420,7 +427,7 @@ fn model_pair(c: &CellComparison) -> String {
 pub fn markdown(cmp: &Comparison) -> String {
     let regs = cmp.regressions();
     let mut s = format!(
-        "## slmbench compare: {}\n\nBaseline `{}`, current `{}`. Policy: a score drop > {} points with p < {}; p50 latency ratio > {}; peak memory ratio > {}; energy ratio > {}.\n\n",
+        "## slmbench compare: {}\n\nBaseline `{}`, current `{}`. Policy: a score drop > {} points with p < {}; {}; {}; {}.\n\n",
         if regs.is_empty() {
             "no regression".to_string()
         } else {
@@ -430,9 +437,9 @@ pub fn markdown(cmp: &Comparison) -> String {
         cmp.current_run,
         cmp.policy.max_score_drop_points,
         cmp.policy.alpha,
-        cmp.policy.max_latency_ratio.map_or("off".into(), |r| format!("{r:.2}")),
-        cmp.policy.max_memory_ratio.map_or("off".into(), |r| format!("{r:.2}")),
-        cmp.policy.max_energy_ratio.map_or("off".into(), |r| format!("{r:.2}")),
+        limit_text("p50 latency", cmp.policy.max_latency_ratio),
+        limit_text("peak memory", cmp.policy.max_memory_ratio),
+        limit_text("energy per document", cmp.policy.max_energy_ratio),
     );
     s.push_str("| model | task | metric | baseline | current | Δ points (95% CI) | p | latency | memory | energy | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     for c in &cmp.cells {

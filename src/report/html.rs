@@ -269,10 +269,10 @@ pub fn render(
     for c in charts {
         let _ = write!(
             out,
-            "<figure class=\"chart\" id=\"chart-{}\">{}<figcaption>{}</figcaption></figure>",
+            "<figure class=\"chart\" id=\"chart-{}\" aria-label=\"{}\">{}</figure>",
             esc(&c.name),
-            inline_svg(&c.svg),
-            esc(&c.title)
+            esc(&c.title),
+            inline_svg(&c.svg)
         );
     }
     out.push_str("<h2>Per task</h2>");
