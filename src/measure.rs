@@ -12,8 +12,9 @@ pub struct PeakRss {
     /// `cell` when the high-water mark was reset before the cell, else `process`.
     pub scope: RssScope,
     /// Largest RSS seen by a sampling thread over the same window (every
-    /// [`SAMPLE_INTERVAL`]): a cross-check that is ≤ `bytes` by construction,
-    /// and close to it when the peak lasted longer than one interval.
+    /// [`SAMPLE_INTERVAL`]): a cross-check that is ≤ `bytes` (up to the
+    /// kernel's batched per-thread RSS counters, a few dozen pages) and close
+    /// to it when the peak lasted longer than one interval.
     #[serde(default)]
     pub sampled_bytes: Option<u64>,
 }

@@ -48,9 +48,10 @@ pub enum Format {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
-    /// The file's own (quantized) types; per tensor, candle's quantized
-    /// kernel where it is SIMD-accelerated, else the dequantized weights
-    /// through the f32 GEMM (see `backend::candle::layers::WeightMode::Auto`).
+    /// The file's own (quantized) types kept in memory; matmuls over many
+    /// rows dequantize a slab at a time for the f32 GEMM, matmuls over a few
+    /// rows use candle's quantized kernels (see
+    /// `backend::candle::layers::WeightMode::Auto`).
     #[default]
     Quantized,
     /// Every matmul through the quantized kernels (activations quantized to

@@ -49,7 +49,11 @@ fn peak_rss_of_a_child_that_allocates_a_known_buffer() {
     let sampled: u64 = f[4].parse().expect("n");
     // The sampler reads RSS inside the high-water-mark window: never above it,
     // and it saw the buffer, held for 20 intervals.
-    assert!(sampled <= after, "sampled {sampled} > VmHWM {after}");
+    // (up to the kernel's batched per-thread RSS counters: a few dozen pages)
+    assert!(
+        sampled <= after + (1 << 20),
+        "sampled {sampled} > VmHWM {after}"
+    );
     assert!(
         sampled >= before + BUFFER as u64 - (4 << 20),
         "sampled {sampled}"

@@ -17,16 +17,22 @@ pub enum WeightMode {
     Quantized,
     /// Dequantize every tensor to f32 at load (the fidelity reference path).
     F32,
-    /// Per tensor: candle's quantized kernel where it is SIMD-accelerated,
-    /// else dequantize at load and use the f32 GEMM (candle's Q4_1/Q5_0/Q5_1
-    /// dot products are scalar and several times slower).
+    /// Keep the quantized blocks in memory; a matmul over many rows
+    /// dequantizes the weight (in parallel, a slab of output rows at a time)
+    /// and runs the f32 GEMM, a matmul over a few rows uses candle's
+    /// quantized kernel. Memory stays near the file size; prefill runs at
+    /// f32-GEMM speed.
     Auto,
 }
 
-/// The GGML types whose candle CPU dot product is scalar.
-pub fn slow_quantized_kernel(dtype: GgmlDType) -> bool {
-    matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
-}
+/// Rows of activations from which [`WeightMode::Auto`] dequantizes the
+/// weight for the f32 GEMM rather than running the quantized kernel: the
+/// dequantization is paid once per matmul, the GEMM is ~1.5-5x faster per
+/// row than candle's quantized dot products.
+pub const STREAM_MIN_ROWS: usize = 16;
+
+/// f32 elements of one dequantized slab (bounds the transient memory).
+const STREAM_SLAB_ELEMS: usize = 4 << 20;
 
 /// Loads named tensors from a GGUF in the chosen [`WeightMode`].
 pub struct Loader<'a> {
@@ -61,7 +67,12 @@ impl Loader<'_> {
             None
         };
         let weight = self.matrix(name)?;
-        Linear::new(weight, bias).map_err(|e| GgufError::Tensor {
+        let linear = if self.mode == WeightMode::Auto {
+            Linear::streamed(weight, bias)
+        } else {
+            Linear::new(weight, bias)
+        };
+        linear.map_err(|e| GgufError::Tensor {
             path: self.gguf.path.clone(),
             name: name.to_string(),
             reason: e.to_string(),
@@ -85,8 +96,9 @@ impl Loader<'_> {
         };
         let dense = match self.mode {
             WeightMode::F32 => true,
-            WeightMode::Quantized => false,
-            WeightMode::Auto => slow_quantized_kernel(q.dtype()),
+            WeightMode::Quantized | WeightMode::Auto => {
+                matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
+            }
         };
         if dense {
             Ok(QMatMul::Tensor(q.dequantize(&Device::Cpu).map_err(err)?))
@@ -124,6 +136,8 @@ pub struct Linear {
 enum Weight {
     Quantized(QMatMul),
     DenseT(Tensor),
+    /// Quantized in memory, dequantized per matmul over many rows.
+    Streamed(Arc<QTensor>, QMatMul),
 }
 
 impl Linear {
@@ -136,9 +150,35 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
+    /// A quantized weight kept quantized and dequantized per matmul over
+    /// [`STREAM_MIN_ROWS`] rows or more (dense weights stay dense).
+    pub fn streamed(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
+        match weight {
+            QMatMul::QTensor(q) => Ok(Self {
+                weight: Weight::Streamed(q.clone(), QMatMul::QTensor(q)),
+                bias,
+            }),
+            w => Self::new(w, bias),
+        }
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Quantized(q) => q.forward(x)?,
+            Weight::Streamed(q, mm) => {
+                let dims = x.dims().to_vec();
+                let k = dims[dims.len() - 1];
+                let rows = x.elem_count() / k;
+                if rows < STREAM_MIN_ROWS {
+                    mm.forward(x)?
+                } else {
+                    let y = streamed_matmul(&x.reshape((rows, k))?, q)?;
+                    let mut out = dims;
+                    let last = out.len() - 1;
+                    out[last] = y.dim(1)?;
+                    y.reshape(out)?
+                }
+            }
             Weight::DenseT(wt) => {
                 let dims = x.dims().to_vec();
                 let k = dims[dims.len() - 1];
@@ -154,6 +194,48 @@ impl Linear {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
         }
+    }
+}
+
+/// `x [rows, k] · Wᵀ` for a quantized `W [n, k]`: slabs of output rows are
+/// dequantized in parallel (rayon) and multiplied with the f32 GEMM, so the
+/// f32 copy never exceeds [`STREAM_SLAB_ELEMS`] elements.
+fn streamed_matmul(x: &Tensor, q: &QTensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (n, k) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let row_bytes = k / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    let slab = (STREAM_SLAB_ELEMS / k).clamp(1, n);
+    let threads = rayon::current_num_threads().max(1);
+    let mut outs = Vec::new();
+    for r0 in (0..n).step_by(slab) {
+        let rows = slab.min(n - r0);
+        // Each thread dequantizes a contiguous run of this slab's rows.
+        let per = rows.div_ceil(threads);
+        let parts: Vec<Result<Tensor>> = (0..rows.div_ceil(per))
+            .into_par_iter()
+            .map(|p| {
+                let a = r0 + p * per;
+                let b = (a + per).min(r0 + rows);
+                let bytes = &data[a * row_bytes..b * row_bytes];
+                let qt = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                    dtype,
+                    bytes,
+                    vec![b - a, k],
+                    &Device::Cpu,
+                )?;
+                qt.dequantize(&Device::Cpu)
+            })
+            .collect();
+        let parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
+        let w = Tensor::cat(&parts, 0)?;
+        outs.push(x.matmul(&w.t()?)?);
+    }
+    if outs.len() == 1 {
+        Ok(outs.remove(0))
+    } else {
+        Tensor::cat(&outs, 1)
     }
 }
 
