@@ -66,7 +66,18 @@ impl Loader<'_> {
         } else {
             None
         };
-        let weight = self.matrix(name)?;
+        let q = self.qtensor(name)?;
+        self.linear_from(name, q, bias)
+    }
+
+    /// A linear layer over an already loaded tensor (e.g. a tied embedding).
+    pub fn linear_from(
+        &mut self,
+        name: &str,
+        q: Arc<QTensor>,
+        bias: Option<Tensor>,
+    ) -> std::result::Result<Linear, GgufError> {
+        let weight = self.matrix_from(name, q)?;
         let linear = if self.mode == WeightMode::Auto {
             Linear::streamed(weight, bias)
         } else {
@@ -646,12 +657,7 @@ pub fn embedding_and_head(
     let head = if loader.gguf.has_tensor("output.weight") {
         loader.linear("output.weight")?
     } else {
-        let w = loader.matrix_from("token_embd.weight", embd.clone())?;
-        Linear::new(w, None).map_err(|e| GgufError::Tensor {
-            path: loader.gguf.path.clone(),
-            name: "token_embd.weight".into(),
-            reason: e.to_string(),
-        })?
+        loader.linear_from("token_embd.weight", embd.clone(), None)?
     };
     Ok((loader.embedding(embd, "token_embd.weight")?, head, vocab))
 }
