@@ -10,6 +10,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 use std::collections::HashMap;
 
+/// Metadata key (written by `variant`) listing, for each decoder block of a
+/// model with dropped blocks, its index in the original model.
+pub const LAYER_ORIGIN_KEY: &str = "slmbench.layer_origin";
+
 /// Errors raised while reading a GGUF file.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -184,6 +188,21 @@ impl GgufFile {
     /// `general.architecture`, e.g. `llama`, `qwen2`, `gemma3`.
     pub fn architecture(&self) -> Result<String, GgufError> {
         self.string("general.architecture")
+    }
+
+    /// All metadata entries (unordered).
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.metadata
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.backing {
+            Backing::Gguf { content, .. } => content.tensor_infos.keys().cloned().collect(),
+            Backing::Tensors(t) => t.tensors.keys().cloned().collect(),
+        };
+        names.sort();
+        names
     }
 
     pub fn has_tensor(&self, name: &str) -> bool {

@@ -28,10 +28,47 @@ pub fn slow_quantized_kernel(dtype: GgmlDType) -> bool {
     matches!(dtype, GgmlDType::Q4_1 | GgmlDType::Q5_0 | GgmlDType::Q5_1)
 }
 
+/// What loading a model held: weights, bytes in memory, non-zero weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightStats {
+    /// Elements of all distinct tensors loaded.
+    pub params: u64,
+    /// Bytes of the weights as held (quantized blocks, or 4 bytes per
+    /// dequantized element; a tensor used twice, e.g. a tied embedding and
+    /// head, is counted for each copy held).
+    pub held_bytes: u64,
+    /// Non-zero elements; `None` once a tensor is kept quantized (its values
+    /// are not at hand to count).
+    pub nonzero: Option<u64>,
+}
+
+impl Default for WeightStats {
+    fn default() -> Self {
+        Self {
+            params: 0,
+            held_bytes: 0,
+            nonzero: Some(0),
+        }
+    }
+}
+
 /// Loads named tensors from a GGUF in the chosen [`WeightMode`].
 pub struct Loader<'a> {
     pub gguf: &'a mut GgufFile,
     pub mode: WeightMode,
+    pub stats: WeightStats,
+    seen: std::collections::HashSet<String>,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(gguf: &'a mut GgufFile, mode: WeightMode) -> Self {
+        Self {
+            gguf,
+            mode,
+            stats: WeightStats::default(),
+            seen: Default::default(),
+        }
+    }
 }
 
 impl Loader<'_> {
@@ -39,13 +76,47 @@ impl Loader<'_> {
         Ok(Arc::new(self.gguf.tensor(name)?))
     }
 
-    fn dense(&mut self, name: &str) -> std::result::Result<Tensor, GgufError> {
-        let q = self.gguf.tensor(name)?;
-        q.dequantize(&Device::Cpu).map_err(|e| GgufError::Tensor {
+    fn tensor_err(&self, name: &str, e: candle_core::Error) -> GgufError {
+        GgufError::Tensor {
             path: self.gguf.path.clone(),
             name: name.to_string(),
             reason: e.to_string(),
-        })
+        }
+    }
+
+    /// Records a tensor held dense (`Some(values)`) or quantized.
+    fn note(
+        &mut self,
+        name: &str,
+        elems: usize,
+        held_bytes: usize,
+        dense: Option<&Tensor>,
+    ) -> std::result::Result<(), GgufError> {
+        self.stats.held_bytes += held_bytes as u64;
+        if !self.seen.insert(name.to_string()) {
+            return Ok(());
+        }
+        self.stats.params += elems as u64;
+        self.stats.nonzero = match (self.stats.nonzero, dense) {
+            (Some(n), Some(t)) => {
+                let v = t
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| self.tensor_err(name, e))?;
+                Some(n + v.iter().filter(|x| **x != 0.0).count() as u64)
+            }
+            _ => None,
+        };
+        Ok(())
+    }
+
+    fn dense(&mut self, name: &str) -> std::result::Result<Tensor, GgufError> {
+        let q = self.gguf.tensor(name)?;
+        let t = q
+            .dequantize(&Device::Cpu)
+            .map_err(|e| self.tensor_err(name, e))?;
+        self.note(name, t.elem_count(), t.elem_count() * 4, Some(&t))?;
+        Ok(t)
     }
 
     /// A 1-D f32 vector (norm weights, biases).
@@ -53,6 +124,9 @@ impl Loader<'_> {
         self.dense(name)
     }
 
+    /// `name` as a [`Linear`] (with `name.replace(".weight", ".bias")` when
+    /// present). A low-rank pair `name.lr_a` (`[r, in]`) and `name.lr_b`
+    /// (`[out, r]`) stands for a missing `name` and runs as two matmuls.
     pub fn linear(&mut self, name: &str) -> std::result::Result<Linear, GgufError> {
         let bias_name = name.replace(".weight", ".bias");
         let bias = if bias_name != name && self.gguf.has_tensor(&bias_name) {
@@ -60,12 +134,16 @@ impl Loader<'_> {
         } else {
             None
         };
-        let weight = self.matrix(name)?;
-        Linear::new(weight, bias).map_err(|e| GgufError::Tensor {
-            path: self.gguf.path.clone(),
-            name: name.to_string(),
-            reason: e.to_string(),
-        })
+        let (a_name, b_name) = (format!("{name}.lr_a"), format!("{name}.lr_b"));
+        let res = if !self.gguf.has_tensor(name) && self.gguf.has_tensor(&a_name) {
+            let a = self.matrix(&a_name)?;
+            let b = self.matrix(&b_name)?;
+            Linear::low_rank(a, b, bias)
+        } else {
+            let weight = self.matrix(name)?;
+            Linear::new(weight, bias)
+        };
+        res.map_err(|e| self.tensor_err(name, e))
     }
 
     pub fn matrix(&mut self, name: &str) -> std::result::Result<QMatMul, GgufError> {
@@ -78,20 +156,26 @@ impl Loader<'_> {
         name: &str,
         q: Arc<QTensor>,
     ) -> std::result::Result<QMatMul, GgufError> {
-        let err = |e: candle_core::Error| GgufError::Tensor {
-            path: self.gguf.path.clone(),
-            name: name.to_string(),
-            reason: e.to_string(),
-        };
         let dense = match self.mode {
             WeightMode::F32 => true,
             WeightMode::Quantized => false,
             WeightMode::Auto => slow_quantized_kernel(q.dtype()),
         };
-        if dense {
-            Ok(QMatMul::Tensor(q.dequantize(&Device::Cpu).map_err(err)?))
+        let full = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if dense || full {
+            let t = q
+                .dequantize(&Device::Cpu)
+                .map_err(|e| self.tensor_err(name, e))?;
+            self.note(name, t.elem_count(), t.elem_count() * 4, Some(&t))?;
+            Ok(QMatMul::Tensor(t))
         } else {
-            QMatMul::from_arc(q).map_err(err)
+            self.note(
+                name,
+                q.shape().elem_count(),
+                q.storage_size_in_bytes(),
+                None,
+            )?;
+            QMatMul::from_arc(q).map_err(|e| self.tensor_err(name, e))
         }
     }
 
@@ -101,14 +185,27 @@ impl Loader<'_> {
         name: &str,
     ) -> std::result::Result<Embedding, GgufError> {
         match self.mode {
-            WeightMode::F32 => Ok(Embedding::Dense(q.dequantize(&Device::Cpu).map_err(
-                |e| GgufError::Tensor {
-                    path: self.gguf.path.clone(),
-                    name: name.to_string(),
-                    reason: e.to_string(),
-                },
-            )?)),
-            WeightMode::Quantized | WeightMode::Auto => Ok(Embedding::Quantized(q)),
+            WeightMode::F32 => {
+                let t = q
+                    .dequantize(&Device::Cpu)
+                    .map_err(|e| self.tensor_err(name, e))?;
+                self.note(name, t.elem_count(), t.elem_count() * 4, Some(&t))?;
+                Ok(Embedding::Dense(t))
+            }
+            WeightMode::Quantized | WeightMode::Auto => {
+                let (n, b) = (q.shape().elem_count(), q.storage_size_in_bytes());
+                let dense = matches!(q.dtype(), GgmlDType::F32);
+                let values = if dense {
+                    Some(
+                        q.dequantize(&Device::Cpu)
+                            .map_err(|e| self.tensor_err(name, e))?,
+                    )
+                } else {
+                    None
+                };
+                self.note(name, n, b, values.as_ref())?;
+                Ok(Embedding::Quantized(q))
+            }
         }
     }
 }
@@ -124,20 +221,21 @@ pub struct Linear {
 enum Weight {
     Quantized(QMatMul),
     DenseT(Tensor),
+    /// `x ↦ (x Aᵀ) Bᵀ`: a low-rank factorization, two thinner matmuls.
+    LowRank(Box<Weight>, Box<Weight>),
 }
 
-impl Linear {
-    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
-        let weight = match weight {
+impl Weight {
+    fn new(weight: QMatMul) -> Result<Self> {
+        Ok(match weight {
             QMatMul::Tensor(w) => Weight::DenseT(w.t()?.contiguous()?),
             QMatMul::TensorF16(w) => Weight::DenseT(w.to_dtype(DType::F32)?.t()?.contiguous()?),
             q @ QMatMul::QTensor(_) => Weight::Quantized(q),
-        };
-        Ok(Self { weight, bias })
+        })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
             Weight::Quantized(q) => q.forward(x)?,
             Weight::DenseT(wt) => {
                 let dims = x.dims().to_vec();
@@ -149,7 +247,29 @@ impl Linear {
                 out[last] = wt.dim(1)?;
                 y.reshape(out)?
             }
-        };
+            Weight::LowRank(a, b) => b.forward(&a.forward(x)?)?,
+        })
+    }
+}
+
+impl Linear {
+    pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight: Weight::new(weight)?,
+            bias,
+        })
+    }
+
+    /// `W ≈ B·A` with `a` = `A` (`[r, in]`) and `b` = `B` (`[out, r]`).
+    pub fn low_rank(a: QMatMul, b: QMatMul, bias: Option<Tensor>) -> Result<Self> {
+        Ok(Self {
+            weight: Weight::LowRank(Box::new(Weight::new(a)?), Box::new(Weight::new(b)?)),
+            bias,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.weight.forward(x)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),
