@@ -47,6 +47,9 @@ pub struct TaskRow {
     /// Metric means over the paired documents.
     pub value: f64,
     pub reference_value: f64,
+    /// The cells' standard errors (over all their documents).
+    pub stderr: Option<f64>,
+    pub reference_stderr: Option<f64>,
     /// `value − reference_value`, with `± 1.96 · sd(d) / √n` of the
     /// per-document differences `d`.
     pub delta: f64,
@@ -189,7 +192,13 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
                 continue;
             };
             let by_doc: BTreeMap<usize, &SampleRecord> = rs.iter().map(|s| (s.doc_id, s)).collect();
-            for metric in c.metrics.iter().map(|x| x.name.as_str()) {
+            for mv in &c.metrics {
+                let metric = mv.name.as_str();
+                let ref_stderr = rc
+                    .metrics
+                    .iter()
+                    .find(|x| x.name == mv.name)
+                    .and_then(|x| x.stderr);
                 let mut d = Vec::new();
                 let (mut sum_m, mut sum_r, mut b, mut cc) = (0.0, 0.0, 0, 0);
                 for s in ms {
@@ -219,6 +228,8 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
                     n,
                     value: sum_m / n as f64,
                     reference_value: sum_r / n as f64,
+                    stderr: mv.stderr,
+                    reference_stderr: ref_stderr,
                     delta,
                     ci_low: delta - half,
                     ci_high: delta + half,
@@ -302,7 +313,7 @@ pub fn render(c: &Comparison) -> String {
         "task".into(),
         "metric".into(),
         "n".into(),
-        "value vs ref".into(),
+        "value ± se vs ref".into(),
         "Δ [95% paired CI]".into(),
         "+/− docs".into(),
         "McNemar p".into(),
@@ -316,7 +327,13 @@ pub fn render(c: &Comparison) -> String {
             t.task.clone(),
             t.metric.clone(),
             t.n.to_string(),
-            format!("{:.4} vs {:.4}", t.value, t.reference_value),
+            format!(
+                "{:.4} ± {} vs {:.4} ± {}",
+                t.value,
+                opt(t.stderr, 4),
+                t.reference_value,
+                opt(t.reference_stderr, 4)
+            ),
             format!("{:+.4} [{:+.4}, {:+.4}]", t.delta, t.ci_low, t.ci_high),
             format!("{}/{}", t.only_model, t.only_reference),
             format!("{:.3}", t.mcnemar_p),
