@@ -336,7 +336,11 @@ pub fn render(c: &Comparison) -> String {
             ),
             format!("{:+.4} [{:+.4}, {:+.4}]", t.delta, t.ci_low, t.ci_high),
             format!("{}/{}", t.only_model, t.only_reference),
-            format!("{:.3}", t.mcnemar_p),
+            if t.mcnemar_p >= 0.001 {
+                format!("{:.3}", t.mcnemar_p)
+            } else {
+                format!("{:.1e}", t.mcnemar_p)
+            },
             opt(t.latency_ratio, 2),
             opt(t.peak_rss_ratio, 2),
             opt(t.energy_ratio, 2),

@@ -35,7 +35,8 @@ pub struct WeightStats {
     pub params: u64,
     /// Bytes of the weights as held (quantized blocks, or 4 bytes per
     /// dequantized element; a tensor used twice, e.g. a tied embedding and
-    /// head, is counted for each copy held).
+    /// head, counts once if both share its quantized form, twice if one of
+    /// them holds a dequantized copy).
     pub held_bytes: u64,
     /// Non-zero elements; `None` once a tensor is kept quantized (its values
     /// are not at hand to count).
@@ -58,6 +59,16 @@ pub struct Loader<'a> {
     pub mode: WeightMode,
     pub stats: WeightStats,
     seen: std::collections::HashSet<String>,
+    /// Names whose loaded `QTensor` (shared through `Arc`) was counted.
+    shared: std::collections::HashSet<String>,
+}
+
+/// How a loaded tensor occupies memory.
+enum Held {
+    /// A tensor of its own (e.g. dequantized), `bytes` each time.
+    Copy(usize),
+    /// The file's `QTensor`, shared by every user of the same name.
+    Shared(usize),
 }
 
 impl<'a> Loader<'a> {
@@ -67,6 +78,7 @@ impl<'a> Loader<'a> {
             mode,
             stats: WeightStats::default(),
             seen: Default::default(),
+            shared: Default::default(),
         }
     }
 }
@@ -84,15 +96,23 @@ impl Loader<'_> {
         }
     }
 
-    /// Records a tensor held dense (`Some(values)`) or quantized.
+    /// Records a tensor held as `held`; `dense` are its values when at hand
+    /// (to count non-zeros).
     fn note(
         &mut self,
         name: &str,
         elems: usize,
-        held_bytes: usize,
+        held: Held,
         dense: Option<&Tensor>,
     ) -> std::result::Result<(), GgufError> {
-        self.stats.held_bytes += held_bytes as u64;
+        match held {
+            Held::Copy(b) => self.stats.held_bytes += b as u64,
+            Held::Shared(b) => {
+                if self.shared.insert(name.to_string()) {
+                    self.stats.held_bytes += b as u64;
+                }
+            }
+        }
         if !self.seen.insert(name.to_string()) {
             return Ok(());
         }
@@ -115,7 +135,12 @@ impl Loader<'_> {
         let t = q
             .dequantize(&Device::Cpu)
             .map_err(|e| self.tensor_err(name, e))?;
-        self.note(name, t.elem_count(), t.elem_count() * 4, Some(&t))?;
+        self.note(
+            name,
+            t.elem_count(),
+            Held::Copy(t.elem_count() * 4),
+            Some(&t),
+        )?;
         Ok(t)
     }
 
@@ -166,13 +191,18 @@ impl Loader<'_> {
             let t = q
                 .dequantize(&Device::Cpu)
                 .map_err(|e| self.tensor_err(name, e))?;
-            self.note(name, t.elem_count(), t.elem_count() * 4, Some(&t))?;
+            self.note(
+                name,
+                t.elem_count(),
+                Held::Copy(t.elem_count() * 4),
+                Some(&t),
+            )?;
             Ok(QMatMul::Tensor(t))
         } else {
             self.note(
                 name,
                 q.shape().elem_count(),
-                q.storage_size_in_bytes(),
+                Held::Shared(q.storage_size_in_bytes()),
                 None,
             )?;
             QMatMul::from_arc(q).map_err(|e| self.tensor_err(name, e))
@@ -189,7 +219,12 @@ impl Loader<'_> {
                 let t = q
                     .dequantize(&Device::Cpu)
                     .map_err(|e| self.tensor_err(name, e))?;
-                self.note(name, t.elem_count(), t.elem_count() * 4, Some(&t))?;
+                self.note(
+                    name,
+                    t.elem_count(),
+                    Held::Copy(t.elem_count() * 4),
+                    Some(&t),
+                )?;
                 Ok(Embedding::Dense(t))
             }
             WeightMode::Quantized | WeightMode::Auto => {
@@ -203,7 +238,7 @@ impl Loader<'_> {
                 } else {
                     None
                 };
-                self.note(name, n, b, values.as_ref())?;
+                self.note(name, n, Held::Shared(b), values.as_ref())?;
                 Ok(Embedding::Quantized(q))
             }
         }
