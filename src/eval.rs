@@ -119,6 +119,8 @@ pub enum EvalError {
     Load(#[from] crate::backend::candle::LoadError),
     #[error(transparent)]
     Record(#[from] crate::record::RecordError),
+    #[error(transparent)]
+    Variant(#[from] crate::variant::VariantError),
     #[error("task `{task}` reads {path}: pass --data-dir DIR (a folder laid out as <dataset_path>/<dataset_name>/<split>.jsonl), or run the built-in `smoke` suite")]
     NeedsDataDir { task: String, path: String },
     #[error("{0}")]
@@ -180,7 +182,8 @@ pub struct LoadedModel {
     pub record: ModelRecord,
 }
 
-/// Obtains `name`'s file (fetching into the cache when missing) and loads it.
+/// Obtains `name`'s file (fetching into the cache when missing, or
+/// materializing a variant) and loads it.
 pub fn load_model(
     registry: &Registry,
     name: &str,
@@ -188,23 +191,30 @@ pub fn load_model(
     fetch_opts: &FetchOptions,
 ) -> Result<LoadedModel, EvalError> {
     let spec = registry.get(name)?;
-    let path = registry.obtain(name, &fetch::default_home(), fetch_opts)?;
+    let got = crate::variant::obtain(registry, name, &fetch::default_home(), fetch_opts)?;
+    let path = got.path.clone();
     let rss0 = crate::measure::rss_bytes();
     let t0 = Instant::now();
-    let (mut gguf, tokenizer) = open_model(spec, &path)?;
+    let (mut gguf, tokenizer) = open_model(&effective_spec(spec, &got), &path)?;
     let dtype = dtype_override.unwrap_or(spec.dtype);
     let mode = weight_mode(dtype);
-    let weight_types = gguf
+    let weight_types: BTreeMap<String, (usize, u64)> = gguf
         .weight_types()
         .into_iter()
         .map(|(t, n, b)| (t, (n, b)))
         .collect();
     let model = crate::backend::candle::load(&mut gguf, mode)?;
     let info = model.info().clone();
-    let max_len = spec.context_length.unwrap_or(info.context_length);
+    let max_len = got.context_length.unwrap_or(info.context_length);
+    let weight_bytes_file: u64 = weight_types.values().map(|(_, b)| b).sum();
+    let params = info.weights.params;
+    let bits_per_weight = (params > 0).then(|| match dtype {
+        Dtype::F32 => 32.0,
+        _ => weight_bytes_file as f64 * 8.0 / params as f64,
+    });
     let record = ModelRecord {
         file: path.display().to_string(),
-        sha256: match (&spec.sha256, spec.format) {
+        sha256: match (&spec.sha256, got.format) {
             (Some(h), _) => Some(h.clone()),
             (None, Format::Gguf) => fetch::sha256_file(&path, false).ok(),
             (None, Format::Safetensors) => None,
@@ -221,12 +231,29 @@ pub fn load_model(
             .zip(rss0)
             .map(|(a, b)| a.saturating_sub(b)),
         weight_types,
-        n_params: Some(gguf.param_count()),
+        params: Some(params),
+        nonzero_params: info
+            .weights
+            .nonzero
+            .or_else(|| got.report.as_ref().map(|r| r.totals.nonzero_params)),
+        weight_bytes_file: Some(weight_bytes_file),
+        weight_bytes_memory: Some(info.weights.held_bytes),
+        bits_per_weight,
+        lineage: got.lineage.clone(),
     };
     Ok(LoadedModel {
         scorer: CandleScorer::new(model, tokenizer, max_len),
         record,
     })
+}
+
+/// The spec to open an obtained model with: a variant is a GGUF, with the
+/// tokenizer its root model uses.
+pub fn effective_spec(spec: &ModelSpec, got: &crate::variant::Obtained) -> ModelSpec {
+    let mut s = spec.clone();
+    s.format = got.format;
+    s.tokenizer.clone_from(&got.tokenizer);
+    s
 }
 
 /// The matmul strategy a `dtype` stands for.

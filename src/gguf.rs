@@ -10,6 +10,10 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 use std::collections::HashMap;
 
+/// Metadata key (written by `variant`) listing, for each decoder block of a
+/// model with dropped blocks, its index in the original model.
+pub const LAYER_ORIGIN_KEY: &str = "slmbench.layer_origin";
+
 /// Errors raised while reading a GGUF file.
 #[derive(Debug, thiserror::Error)]
 pub enum GgufError {
@@ -186,6 +190,21 @@ impl GgufFile {
         self.string("general.architecture")
     }
 
+    /// All metadata entries (unordered).
+    pub fn metadata(&self) -> &HashMap<String, Value> {
+        &self.metadata
+    }
+
+    /// Names of all tensors, sorted.
+    pub fn tensor_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = match &self.backing {
+            Backing::Gguf { content, .. } => content.tensor_infos.keys().cloned().collect(),
+            Backing::Tensors(t) => t.tensors.keys().cloned().collect(),
+        };
+        names.sort();
+        names
+    }
+
     pub fn has_tensor(&self, name: &str) -> bool {
         match &self.backing {
             Backing::Gguf { content, .. } => content.tensor_infos.contains_key(name),
@@ -208,18 +227,6 @@ impl GgufFile {
             name: name.to_string(),
             reason: first_line(&e.to_string()),
         })
-    }
-
-    /// Number of weights: elements summed over every tensor.
-    pub fn param_count(&self) -> u64 {
-        match &self.backing {
-            Backing::Gguf { content, .. } => content
-                .tensor_infos
-                .values()
-                .map(|i| i.shape.elem_count() as u64)
-                .sum(),
-            Backing::Tensors(t) => t.tensors.values().map(|x| x.elem_count() as u64).sum(),
-        }
     }
 
     /// Counts of tensors and bytes per GGML type, e.g. for provenance.

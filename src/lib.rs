@@ -24,3 +24,4 @@ pub mod safetensors;
 pub mod smoke;
 pub mod task;
 pub mod tokenizer;
+pub mod variant;

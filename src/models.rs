@@ -95,6 +95,8 @@ pub struct ModelSpec {
     pub description: Option<String>,
     #[serde(default)]
     pub format: Format,
+    /// The model file's name in the cache (empty for a variant).
+    #[serde(default)]
     pub file: String,
     #[serde(default)]
     pub sha256: Option<String>,
@@ -109,6 +111,24 @@ pub struct ModelSpec {
     /// Safetensors folders: sha256 of individual files fetched from the Hub.
     #[serde(default)]
     pub sha256_files: BTreeMap<String, String>,
+    /// A compression variant: the model it is derived from …
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// … and the steps applied to it, in order (see `variant::spec`).
+    #[serde(default)]
+    pub steps: Vec<serde_json::Value>,
+    /// A student model: its teacher, for side-by-side comparison.
+    #[serde(default)]
+    pub distilled_from: Option<String>,
+    /// `steps` parsed (filled by validation).
+    #[serde(skip)]
+    pub parsed_steps: Vec<crate::variant::spec::Step>,
+}
+
+impl ModelSpec {
+    pub fn is_variant(&self) -> bool {
+        self.parent.is_some()
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,7 +174,7 @@ impl Registry {
             file: origin.to_string(),
             message: yaml_error_line(origin, &e),
         })?;
-        let reg = Self {
+        let mut reg = Self {
             origin: origin.to_string(),
             default: file.default,
             models: file.models,
@@ -163,13 +183,27 @@ impl Registry {
         Ok(reg)
     }
 
-    fn validate(&self) -> Result<(), ModelsError> {
+    fn validate(&mut self) -> Result<(), ModelsError> {
         let invalid = |model: &str, message: String| ModelsError::Invalid {
             file: self.origin.clone(),
             model: model.to_string(),
             message,
         };
+        for (name, m) in self.models.iter_mut() {
+            if m.parent.is_none() && !m.steps.is_empty() {
+                return Err(invalid(
+                    name,
+                    "field `steps` needs `parent: MODEL` (the model the steps start from)".into(),
+                ));
+            }
+            m.parsed_steps =
+                crate::variant::spec::parse_steps(&m.steps).map_err(|e| invalid(name, e))?;
+        }
+        self.validate_lineage()?;
         for (name, m) in &self.models {
+            if m.is_variant() {
+                continue;
+            }
             if let Some(sha) = &m.sha256 {
                 if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
                     return Err(invalid(
@@ -178,7 +212,13 @@ impl Registry {
                     ));
                 }
             }
-            if m.file.is_empty() || m.file.contains('/') || m.file.contains('\\') {
+            if m.file.is_empty() {
+                return Err(invalid(
+                    name,
+                    "field `file`: missing (name the model file, or give `parent: MODEL` and `steps` for a variant)".into(),
+                ));
+            }
+            if m.file.contains('/') || m.file.contains('\\') {
                 return Err(invalid(
                     name,
                     format!(
@@ -201,6 +241,74 @@ impl Registry {
                     d,
                     "field `default` names no model in `models`".into(),
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Variants: a parent that exists, no file of their own, no cycle;
+    /// students: a teacher that exists and is not themselves.
+    fn validate_lineage(&self) -> Result<(), ModelsError> {
+        let invalid = |model: &str, message: String| ModelsError::Invalid {
+            file: self.origin.clone(),
+            model: model.to_string(),
+            message,
+        };
+        let known = || self.models.keys().cloned().collect::<Vec<_>>().join(", ");
+        for (name, m) in &self.models {
+            if let Some(t) = &m.distilled_from {
+                if m.is_variant() {
+                    return Err(invalid(name, "field `distilled_from`: a variant's relation is its `parent`; declare the student as an ordinary model with its own file".into()));
+                }
+                if t == name || !self.models.contains_key(t) {
+                    return Err(invalid(
+                        name,
+                        format!("field `distilled_from`: `{t}` is not another model of this file (known: {})", known()),
+                    ));
+                }
+            }
+            let Some(parent) = &m.parent else { continue };
+            let own: Vec<&str> = [
+                (!m.file.is_empty()).then_some("file"),
+                m.sha256.is_some().then_some("sha256"),
+                (!m.sources.is_empty()).then_some("sources"),
+                (m.format != Format::Gguf).then_some("format"),
+                (!m.sha256_files.is_empty()).then_some("sha256_files"),
+                m.tokenizer.is_some().then_some("tokenizer"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if let Some(f) = own.first() {
+                return Err(invalid(
+                    name,
+                    format!("field `{f}`: a variant (with `parent`) is built from its parent and has no {f} of its own; remove it"),
+                ));
+            }
+            if !self.models.contains_key(parent) {
+                return Err(invalid(
+                    name,
+                    format!(
+                        "field `parent`: no model `{parent}` in this file (known: {})",
+                        known()
+                    ),
+                ));
+            }
+            let mut chain = vec![name.as_str()];
+            let mut cur = parent.as_str();
+            loop {
+                if chain.contains(&cur) {
+                    chain.push(cur);
+                    return Err(invalid(
+                        name,
+                        format!("field `parent`: cycle {}; a variant chain must end at a model with a file", chain.join(" → ")),
+                    ));
+                }
+                chain.push(cur);
+                match self.models.get(cur).and_then(|m| m.parent.as_deref()) {
+                    Some(p) => cur = p,
+                    None => break,
+                }
             }
         }
         Ok(())
@@ -275,6 +383,13 @@ impl Registry {
     /// What the fetcher needs to obtain `name`'s file.
     pub fn fetch_spec(&self, name: &str) -> Result<FetchSpec, ModelsError> {
         let m = self.get(name)?;
+        if let Some(p) = &m.parent {
+            return Err(ModelsError::Invalid {
+                file: self.origin.clone(),
+                model: name.to_string(),
+                message: format!("is a variant of `{p}`: it is built from its parent (`slmbench variants {name}`), not fetched"),
+            });
+        }
         Ok(FetchSpec {
             name: name.to_string(),
             file_name: m.file.clone(),

@@ -272,9 +272,44 @@ pub struct ModelRecord {
     pub load_rss_delta_bytes: Option<u64>,
     /// GGML type → (tensor count, bytes).
     pub weight_types: BTreeMap<String, (usize, u64)>,
-    /// Number of weights (elements of every tensor in the file).
+    /// Number of weights (all tensors; a low-rank pair counts its factors).
     #[serde(default)]
-    pub n_params: Option<u64>,
+    pub params: Option<u64>,
+    /// Weights that are not zero (counted where the values were at hand:
+    /// dense weights at load, or a variant's report).
+    #[serde(default)]
+    pub nonzero_params: Option<u64>,
+    /// Tensor data bytes in the file.
+    #[serde(default)]
+    pub weight_bytes_file: Option<u64>,
+    /// Bytes of weights held in memory after loading (dequantized tensors at 4 bytes).
+    #[serde(default)]
+    pub weight_bytes_memory: Option<u64>,
+    /// Bits per weight of the weights as computed with: the file's types, or
+    /// 32 when every tensor is dequantized (`dtype: f32`).
+    #[serde(default)]
+    pub bits_per_weight: Option<f64>,
+    /// Parent (compression variant) or teacher (distilled student).
+    #[serde(default)]
+    pub lineage: Option<Lineage>,
+}
+
+/// Where a model comes from: a variant's parent and steps, or a student's teacher.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Lineage {
+    /// `variant` or `distilled_from`.
+    pub relation: String,
+    /// The parent or teacher model's name.
+    pub parent: String,
+    /// The steps as written (canonical JSON), for a variant.
+    #[serde(default)]
+    pub steps: Value,
+    /// The variant's content hash (its cache file name).
+    #[serde(default)]
+    pub cache_key: Option<String>,
+    /// How the starting weights were obtained (full precision or requantized).
+    #[serde(default)]
+    pub source: Option<String>,
 }
 
 /// Where and how the run happened.

@@ -45,6 +45,36 @@ pub fn model_registry(models_file: Option<&Path>) -> Result<Registry, EvalError>
     })
 }
 
+/// Each model of the run in `dir` with a parent (or teacher) in the same
+/// run, compared with it from `results.json` and the sample files.
+pub fn comparison(dir: &Path) -> Result<crate::variant::compare::Comparison, EvalError> {
+    let rec = RunRecord::read(dir)?;
+    let mut samples = crate::variant::compare::Samples::new();
+    let related: std::collections::BTreeSet<&str> = rec
+        .models
+        .iter()
+        .filter_map(|(n, m)| {
+            let p = &m.lineage.as_ref()?.parent;
+            rec.models
+                .contains_key(p)
+                .then_some([n.as_str(), p.as_str()])
+        })
+        .flatten()
+        .collect();
+    for c in rec
+        .cells
+        .iter()
+        .filter(|c| related.contains(c.model.as_str()))
+    {
+        let path = crate::record::samples_path(dir, &c.model, &c.task);
+        samples.insert(
+            (c.model.clone(), c.task.clone()),
+            crate::record::read_samples(&path)?,
+        );
+    }
+    Ok(crate::variant::compare::compare(&rec, &samples))
+}
+
 fn new_run_dir(root: &Path, first_model: &str) -> PathBuf {
     let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
     let base = root.join(format!("{stamp}-{first_model}"));
@@ -182,6 +212,11 @@ pub fn execute(
     record.wall_time_s = prior_wall + t0.elapsed().as_secs_f64();
     record.write(&run_dir)?;
     print!("{}", summary_table(&record));
+    let cmp = comparison(&run_dir)?;
+    if !cmp.models.is_empty() {
+        println!("\nvariants vs parents (paired over the same documents):\n");
+        print!("{}", crate::variant::compare::render(&cmp));
+    }
     println!(
         "wall time {:.1} s; results in {}",
         record.wall_time_s,

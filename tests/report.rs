@@ -130,7 +130,12 @@ fn model_record(params: u64) -> ModelRecord {
         load_time_s: 0.5,
         load_rss_delta_bytes: Some(1 << 20),
         weight_types: Default::default(),
-        n_params: Some(params),
+        params: Some(params),
+        nonzero_params: None,
+        weight_bytes_file: Some(params / 2),
+        weight_bytes_memory: Some(params / 2),
+        bits_per_weight: Some(4.0),
+        lineage: None,
     }
 }
 

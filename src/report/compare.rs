@@ -272,10 +272,11 @@ fn compare_cell(
             let drop_points = -d.mean * 100.0;
             let test = if out.paired { "McNemar" } else { "z, unpaired" };
             let detail = format!(
-                "{metric} {:+.2} points (95% CI {:+.2} to {:+.2}), p = {p:.3} ({test}), n = {}",
+                "{metric} {:+.2} points (95% CI {:+.2} to {:+.2}), p = {} ({test}), n = {}",
                 d.mean * 100.0,
                 d.ci_low * 100.0,
                 d.ci_high * 100.0,
+                p_text(p),
                 d.n
             );
             let fail = drop_points > policy.max_score_drop_points && p < policy.alpha;
@@ -400,6 +401,15 @@ pub fn compare(
     })
 }
 
+/// `0.043`, or `6.3e-6` below 0.001.
+fn p_text(p: f64) -> String {
+    if p < 1e-3 {
+        format!("{p:.1e}")
+    } else {
+        format!("{p:.3}")
+    }
+}
+
 fn limit_text(what: &str, r: Option<f64>) -> String {
     match r {
         Some(r) => format!("{what} ratio > {r:.2}"),
@@ -469,7 +479,7 @@ pub fn markdown(cmp: &Comparison) -> String {
             pct(c.baseline_value),
             pct(c.current_value),
             delta,
-            c.p_value.map_or("n/a".into(), |p| format!("{p:.3}")),
+            c.p_value.map_or("n/a".into(), p_text),
             ratio_text(c.latency_ratio),
             ratio_text(c.memory_ratio),
             ratio_text(c.energy_ratio),

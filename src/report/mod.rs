@@ -85,7 +85,8 @@ pub struct Row {
     /// Display name of the model: its name, or `name [run_id]` when two
     /// runs hold the same model × task.
     pub model: String,
-    /// How the weights were computed with (the run's dtype).
+    /// The weights: `dtype`, plus `of PARENT` for a compression variant or
+    /// `student of TEACHER` for a distilled model.
     pub variant: String,
     pub task: String,
     pub metric: String,
@@ -136,6 +137,14 @@ pub fn model_labels(runs: &[Run]) -> BTreeMap<(usize, String), String> {
     out
 }
 
+fn variant_label(m: &crate::record::ModelRecord) -> String {
+    match &m.lineage {
+        Some(l) if l.relation == "distilled_from" => format!("{} student of {}", m.dtype, l.parent),
+        Some(l) => format!("{} of {}", m.dtype, l.parent),
+        None => m.dtype.clone(),
+    }
+}
+
 fn status_name(s: CellStatus) -> String {
     match s {
         CellStatus::Ok => "ok",
@@ -158,7 +167,7 @@ pub fn long_rows(runs: &[Run]) -> Vec<Row> {
                     .get(&(i, c.model.clone()))
                     .cloned()
                     .unwrap_or_else(|| c.model.clone()),
-                variant: model_rec.map(|m| m.dtype.clone()).unwrap_or_default(),
+                variant: model_rec.map(variant_label).unwrap_or_default(),
                 task: c.task.clone(),
                 metric: String::new(),
                 value: None,
@@ -180,7 +189,7 @@ pub fn long_rows(runs: &[Run]) -> Vec<Row> {
                     .and_then(|e| serde_json::to_value(e.method).ok())
                     .and_then(|v| v.as_str().map(String::from)),
                 file_bytes: model_rec.map(|m| m.file_bytes),
-                n_params: model_rec.and_then(|m| m.n_params),
+                n_params: model_rec.and_then(|m| m.params),
             };
             if c.metrics.is_empty() {
                 rows.push(base);
@@ -270,7 +279,7 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
             }
             if let Some(m) = run.record.models.get(&c.model) {
                 a.file_bytes = Some(m.file_bytes);
-                a.n_params = m.n_params;
+                a.n_params = m.params;
             }
         }
     }

@@ -12,6 +12,7 @@ use super::layers::{
     Span,
 };
 use super::{CausalLm, LoadError, ModelInfo};
+use crate::gguf::LAYER_ORIGIN_KEY;
 
 /// llama.cpp's fixed values for Gemma 3 (not stored in GGUF).
 const SLIDING_WINDOW_PATTERN: usize = 6;
@@ -125,10 +126,17 @@ impl Model {
     pub fn load(loader: &mut Loader<'_>) -> std::result::Result<Self, LoadError> {
         let cfg = Config::from_gguf(loader)?;
         let (embed, lm_head, vocab) = super::layers::embedding_and_head(loader)?;
+        // A variant with dropped blocks records each block's original index,
+        // which decides whether it is a sliding-window layer.
+        let origin = loader.gguf.i32s(LAYER_ORIGIN_KEY).ok();
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
-            let sliding = (i + 1) % SLIDING_WINDOW_PATTERN != 0;
+            let index = origin
+                .as_ref()
+                .and_then(|o| o.get(i))
+                .map_or(i, |&x| x as usize);
+            let sliding = (index + 1) % SLIDING_WINDOW_PATTERN != 0;
             let norm = |l: &mut Loader<'_>, s: &str| -> std::result::Result<RmsNorm, LoadError> {
                 Ok(RmsNorm::new(l.vector(&p(s))?, cfg.rms_eps))
             };
@@ -153,6 +161,7 @@ impl Model {
                 cache: KvCache::default(),
             });
         }
+        let norm = RmsNorm::new(loader.vector("output_norm.weight")?, cfg.rms_eps);
         let info = ModelInfo {
             architecture: "gemma3".into(),
             n_layer: cfg.n_layer,
@@ -160,12 +169,13 @@ impl Model {
             vocab,
             context_length: cfg.context_length,
             kv_bytes_per_token: 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * 4,
+            weights: loader.stats,
         };
         Ok(Self {
             embed,
             embed_scale: (cfg.hidden as f64).sqrt(),
             layers,
-            norm: RmsNorm::new(loader.vector("output_norm.weight")?, cfg.rms_eps),
+            norm,
             lm_head,
             rope_global: Rope::new(cfg.rope_theta, cfg.head_dim, false)?,
             rope_local: Rope::new(LOCAL_ROPE_BASE, cfg.head_dim, false)?,

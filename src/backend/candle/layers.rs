@@ -34,10 +34,59 @@ pub const STREAM_MIN_ROWS: usize = 16;
 /// f32 elements of one dequantized slab (bounds the transient memory).
 const STREAM_SLAB_ELEMS: usize = 4 << 20;
 
+/// What loading a model held: weights, bytes in memory, non-zero weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightStats {
+    /// Elements of all distinct tensors loaded.
+    pub params: u64,
+    /// Bytes of the weights as held (quantized blocks, or 4 bytes per
+    /// dequantized element; a tensor used twice, e.g. a tied embedding and
+    /// head, counts once if both share its quantized form, twice if one of
+    /// them holds a dequantized copy).
+    pub held_bytes: u64,
+    /// Non-zero elements; `None` once a tensor is kept quantized (its values
+    /// are not at hand to count).
+    pub nonzero: Option<u64>,
+}
+
+impl Default for WeightStats {
+    fn default() -> Self {
+        Self {
+            params: 0,
+            held_bytes: 0,
+            nonzero: Some(0),
+        }
+    }
+}
+
 /// Loads named tensors from a GGUF in the chosen [`WeightMode`].
 pub struct Loader<'a> {
     pub gguf: &'a mut GgufFile,
     pub mode: WeightMode,
+    pub stats: WeightStats,
+    seen: std::collections::HashSet<String>,
+    /// Names whose loaded `QTensor` (shared through `Arc`) was counted.
+    shared: std::collections::HashSet<String>,
+}
+
+/// How a loaded tensor occupies memory.
+enum Held {
+    /// A tensor of its own (e.g. dequantized), `bytes` each time.
+    Copy(usize),
+    /// The file's `QTensor`, shared by every user of the same name.
+    Shared(usize),
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(gguf: &'a mut GgufFile, mode: WeightMode) -> Self {
+        Self {
+            gguf,
+            mode,
+            stats: WeightStats::default(),
+            seen: Default::default(),
+            shared: Default::default(),
+        }
+    }
 }
 
 impl Loader<'_> {
@@ -45,13 +94,60 @@ impl Loader<'_> {
         Ok(Arc::new(self.gguf.tensor(name)?))
     }
 
-    fn dense(&mut self, name: &str) -> std::result::Result<Tensor, GgufError> {
-        let q = self.gguf.tensor(name)?;
-        q.dequantize(&Device::Cpu).map_err(|e| GgufError::Tensor {
+    fn tensor_err(&self, name: &str, e: candle_core::Error) -> GgufError {
+        GgufError::Tensor {
             path: self.gguf.path.clone(),
             name: name.to_string(),
             reason: e.to_string(),
-        })
+        }
+    }
+
+    /// Records a tensor held as `held`; `dense` are its values when at hand
+    /// (to count non-zeros).
+    fn note(
+        &mut self,
+        name: &str,
+        elems: usize,
+        held: Held,
+        dense: Option<&Tensor>,
+    ) -> std::result::Result<(), GgufError> {
+        match held {
+            Held::Copy(b) => self.stats.held_bytes += b as u64,
+            Held::Shared(b) => {
+                if self.shared.insert(name.to_string()) {
+                    self.stats.held_bytes += b as u64;
+                }
+            }
+        }
+        if !self.seen.insert(name.to_string()) {
+            return Ok(());
+        }
+        self.stats.params += elems as u64;
+        self.stats.nonzero = match (self.stats.nonzero, dense) {
+            (Some(n), Some(t)) => {
+                let v = t
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| self.tensor_err(name, e))?;
+                Some(n + v.iter().filter(|x| **x != 0.0).count() as u64)
+            }
+            _ => None,
+        };
+        Ok(())
+    }
+
+    fn dense(&mut self, name: &str) -> std::result::Result<Tensor, GgufError> {
+        let q = self.gguf.tensor(name)?;
+        let t = q
+            .dequantize(&Device::Cpu)
+            .map_err(|e| self.tensor_err(name, e))?;
+        self.note(
+            name,
+            t.elem_count(),
+            Held::Copy(t.elem_count() * 4),
+            Some(&t),
+        )?;
+        Ok(t)
     }
 
     /// A 1-D f32 vector (norm weights, biases).
@@ -59,6 +155,9 @@ impl Loader<'_> {
         self.dense(name)
     }
 
+    /// `name` as a [`Linear`] (with `name.replace(".weight", ".bias")` when
+    /// present). A low-rank pair `name.lr_a` (`[r, in]`) and `name.lr_b`
+    /// (`[out, r]`) stands for a missing `name` and runs as two matmuls.
     pub fn linear(&mut self, name: &str) -> std::result::Result<Linear, GgufError> {
         let bias_name = name.replace(".weight", ".bias");
         let bias = if bias_name != name && self.gguf.has_tensor(&bias_name) {
@@ -66,8 +165,16 @@ impl Loader<'_> {
         } else {
             None
         };
-        let q = self.qtensor(name)?;
-        self.linear_from(name, q, bias)
+        let (a_name, b_name) = (format!("{name}.lr_a"), format!("{name}.lr_b"));
+        if !self.gguf.has_tensor(name) && self.gguf.has_tensor(&a_name) {
+            let a = self.matrix(&a_name)?;
+            let b = self.matrix(&b_name)?;
+            let streamed = self.mode == WeightMode::Auto;
+            Linear::low_rank(a, b, bias, streamed).map_err(|e| self.tensor_err(name, e))
+        } else {
+            let q = self.qtensor(name)?;
+            self.linear_from(name, q, bias)
+        }
     }
 
     /// A linear layer over an already loaded tensor (e.g. a tied embedding).
@@ -78,16 +185,8 @@ impl Loader<'_> {
         bias: Option<Tensor>,
     ) -> std::result::Result<Linear, GgufError> {
         let weight = self.matrix_from(name, q)?;
-        let linear = if self.mode == WeightMode::Auto {
-            Linear::streamed(weight, bias)
-        } else {
-            Linear::new(weight, bias)
-        };
-        linear.map_err(|e| GgufError::Tensor {
-            path: self.gguf.path.clone(),
-            name: name.to_string(),
-            reason: e.to_string(),
-        })
+        let streamed = self.mode == WeightMode::Auto;
+        Linear::new_with(weight, bias, streamed).map_err(|e| self.tensor_err(name, e))
     }
 
     pub fn matrix(&mut self, name: &str) -> std::result::Result<QMatMul, GgufError> {
@@ -100,21 +199,27 @@ impl Loader<'_> {
         name: &str,
         q: Arc<QTensor>,
     ) -> std::result::Result<QMatMul, GgufError> {
-        let err = |e: candle_core::Error| GgufError::Tensor {
-            path: self.gguf.path.clone(),
-            name: name.to_string(),
-            reason: e.to_string(),
-        };
-        let dense = match self.mode {
-            WeightMode::F32 => true,
-            WeightMode::Quantized | WeightMode::Auto => {
-                matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
-            }
-        };
-        if dense {
-            Ok(QMatMul::Tensor(q.dequantize(&Device::Cpu).map_err(err)?))
+        let dense = self.mode == WeightMode::F32;
+        let full = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
+        if dense || full {
+            let t = q
+                .dequantize(&Device::Cpu)
+                .map_err(|e| self.tensor_err(name, e))?;
+            self.note(
+                name,
+                t.elem_count(),
+                Held::Copy(t.elem_count() * 4),
+                Some(&t),
+            )?;
+            Ok(QMatMul::Tensor(t))
         } else {
-            QMatMul::from_arc(q).map_err(err)
+            self.note(
+                name,
+                q.shape().elem_count(),
+                Held::Shared(q.storage_size_in_bytes()),
+                None,
+            )?;
+            QMatMul::from_arc(q).map_err(|e| self.tensor_err(name, e))
         }
     }
 
@@ -124,14 +229,32 @@ impl Loader<'_> {
         name: &str,
     ) -> std::result::Result<Embedding, GgufError> {
         match self.mode {
-            WeightMode::F32 => Ok(Embedding::Dense(q.dequantize(&Device::Cpu).map_err(
-                |e| GgufError::Tensor {
-                    path: self.gguf.path.clone(),
-                    name: name.to_string(),
-                    reason: e.to_string(),
-                },
-            )?)),
-            WeightMode::Quantized | WeightMode::Auto => Ok(Embedding::Quantized(q)),
+            WeightMode::F32 => {
+                let t = q
+                    .dequantize(&Device::Cpu)
+                    .map_err(|e| self.tensor_err(name, e))?;
+                self.note(
+                    name,
+                    t.elem_count(),
+                    Held::Copy(t.elem_count() * 4),
+                    Some(&t),
+                )?;
+                Ok(Embedding::Dense(t))
+            }
+            WeightMode::Quantized | WeightMode::Auto => {
+                let (n, b) = (q.shape().elem_count(), q.storage_size_in_bytes());
+                let dense = matches!(q.dtype(), GgmlDType::F32);
+                let values = if dense {
+                    Some(
+                        q.dequantize(&Device::Cpu)
+                            .map_err(|e| self.tensor_err(name, e))?,
+                    )
+                } else {
+                    None
+                };
+                self.note(name, n, Held::Shared(b), values.as_ref())?;
+                Ok(Embedding::Quantized(q))
+            }
         }
     }
 }
@@ -149,58 +272,72 @@ enum Weight {
     DenseT(Tensor),
     /// Quantized in memory, dequantized per matmul over many rows.
     Streamed(Arc<QTensor>, QMatMul),
+    /// `x ↦ (x Aᵀ) Bᵀ`: a low-rank factorization, two thinner matmuls.
+    LowRank(Box<Weight>, Box<Weight>),
+}
+
+impl Weight {
+    /// `streamed`: keep a quantized weight quantized and dequantize it per
+    /// matmul over [`STREAM_MIN_ROWS`] rows or more.
+    fn new(weight: QMatMul, streamed: bool) -> Result<Self> {
+        Ok(match weight {
+            QMatMul::Tensor(w) => Weight::DenseT(w.t()?.contiguous()?),
+            QMatMul::TensorF16(w) => Weight::DenseT(w.to_dtype(DType::F32)?.t()?.contiguous()?),
+            QMatMul::QTensor(q) if streamed => Weight::Streamed(q.clone(), QMatMul::QTensor(q)),
+            q @ QMatMul::QTensor(_) => Weight::Quantized(q),
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let k = dims[dims.len() - 1];
+        let rows = x.elem_count() / k;
+        let with_last = |y: Tensor, n: usize| {
+            let mut out = dims.clone();
+            let last = out.len() - 1;
+            out[last] = n;
+            y.reshape(out)
+        };
+        Ok(match self {
+            Weight::Quantized(q) => q.forward(x)?,
+            Weight::Streamed(_, mm) if rows < STREAM_MIN_ROWS => mm.forward(x)?,
+            Weight::Streamed(q, _) => {
+                let y = streamed_matmul(&x.reshape((rows, k))?, q)?;
+                let n = y.dim(1)?;
+                with_last(y, n)?
+            }
+            Weight::DenseT(wt) => with_last(x.reshape((rows, k))?.matmul(wt)?, wt.dim(1)?)?,
+            Weight::LowRank(a, b) => b.forward(&a.forward(x)?)?,
+        })
+    }
 }
 
 impl Linear {
     pub fn new(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
-        let weight = match weight {
-            QMatMul::Tensor(w) => Weight::DenseT(w.t()?.contiguous()?),
-            QMatMul::TensorF16(w) => Weight::DenseT(w.to_dtype(DType::F32)?.t()?.contiguous()?),
-            q @ QMatMul::QTensor(_) => Weight::Quantized(q),
-        };
-        Ok(Self { weight, bias })
+        Self::new_with(weight, bias, false)
     }
 
-    /// A quantized weight kept quantized and dequantized per matmul over
-    /// [`STREAM_MIN_ROWS`] rows or more (dense weights stay dense).
-    pub fn streamed(weight: QMatMul, bias: Option<Tensor>) -> Result<Self> {
-        match weight {
-            QMatMul::QTensor(q) => Ok(Self {
-                weight: Weight::Streamed(q.clone(), QMatMul::QTensor(q)),
-                bias,
-            }),
-            w => Self::new(w, bias),
-        }
+    /// See [`Weight::new`] for `streamed`.
+    pub fn new_with(weight: QMatMul, bias: Option<Tensor>, streamed: bool) -> Result<Self> {
+        Ok(Self {
+            weight: Weight::new(weight, streamed)?,
+            bias,
+        })
+    }
+
+    /// `W ≈ B·A` with `a` = `A` (`[r, in]`) and `b` = `B` (`[out, r]`).
+    pub fn low_rank(a: QMatMul, b: QMatMul, bias: Option<Tensor>, streamed: bool) -> Result<Self> {
+        Ok(Self {
+            weight: Weight::LowRank(
+                Box::new(Weight::new(a, streamed)?),
+                Box::new(Weight::new(b, streamed)?),
+            ),
+            bias,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.weight {
-            Weight::Quantized(q) => q.forward(x)?,
-            Weight::Streamed(q, mm) => {
-                let dims = x.dims().to_vec();
-                let k = dims[dims.len() - 1];
-                let rows = x.elem_count() / k;
-                if rows < STREAM_MIN_ROWS {
-                    mm.forward(x)?
-                } else {
-                    let y = streamed_matmul(&x.reshape((rows, k))?, q)?;
-                    let mut out = dims;
-                    let last = out.len() - 1;
-                    out[last] = y.dim(1)?;
-                    y.reshape(out)?
-                }
-            }
-            Weight::DenseT(wt) => {
-                let dims = x.dims().to_vec();
-                let k = dims[dims.len() - 1];
-                let rows = x.elem_count() / k;
-                let y = x.reshape((rows, k))?.matmul(wt)?;
-                let mut out = dims;
-                let last = out.len() - 1;
-                out[last] = wt.dim(1)?;
-                y.reshape(out)?
-            }
-        };
+        let y = self.weight.forward(x)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

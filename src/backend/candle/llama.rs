@@ -128,6 +128,7 @@ impl Model {
                 cache: KvCache::default(),
             });
         }
+        let norm = RmsNorm::new(loader.vector("output_norm.weight")?, cfg.rms_eps);
         let info = ModelInfo {
             architecture: arch.to_string(),
             n_layer: cfg.n_layer,
@@ -135,11 +136,12 @@ impl Model {
             vocab,
             context_length: cfg.context_length,
             kv_bytes_per_token: 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_dim * 4,
+            weights: loader.stats,
         };
         Ok(Self {
             embed,
             layers,
-            norm: RmsNorm::new(loader.vector("output_norm.weight")?, cfg.rms_eps),
+            norm,
             lm_head,
             rope: Rope::new(cfg.rope_theta, cfg.head_dim, cfg.rope_interleaved)?,
             info,

@@ -37,6 +37,8 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// KV-cache bytes one token occupies (f32 keys and values, all layers).
     pub kv_bytes_per_token: usize,
+    /// Weights as loaded (count, bytes held, non-zeros).
+    pub weights: layers::WeightStats,
 }
 
 /// A causal LM with a KV cache that can be cut back to a shared prefix.
@@ -91,7 +93,7 @@ pub trait CausalLm: Send {
 /// Loads a GGUF model, choosing the model file by `general.architecture`.
 pub fn load(gguf: &mut GgufFile, mode: WeightMode) -> Result<Box<dyn CausalLm>, LoadError> {
     let arch = gguf.architecture()?;
-    let mut loader = Loader { gguf, mode };
+    let mut loader = Loader::new(gguf, mode);
     Ok(match arch.as_str() {
         "llama" | "qwen2" => Box::new(llama::Model::load(&mut loader, &arch)?),
         "gemma3" => Box::new(gemma3::Model::load(&mut loader)?),
