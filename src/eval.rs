@@ -543,21 +543,6 @@ pub fn summary_table(record: &RunRecord) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut s = String::new();
-    for (k, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        s.push_str(&format!("| {} |\n", line.join(" | ")));
-        if k == 0 {
-            let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            s.push_str(&format!("|-{}-|\n", sep.join("-|-")));
-        }
-    }
-    s
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    crate::variant::compare::table(&rows)
 }

@@ -13,7 +13,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::stats::{pareto_frontier, Z95};
-use super::{model_labels, primary_metric, ModelPoint, ReportError, Run};
+use super::{label_of, model_labels, primary_metric, ModelPoint, ReportError, Run};
 use crate::record::CellStatus;
 
 const FONT: &str = "sans-serif";
@@ -437,10 +437,7 @@ fn task_bars(runs: &[Run]) -> Option<Spec> {
             .filter(|c| c.status == CellStatus::Ok)
         {
             let Some(m) = primary_metric(c) else { continue };
-            let label = labels
-                .get(&(i, c.model.clone()))
-                .cloned()
-                .unwrap_or_else(|| c.model.clone());
+            let label = label_of(&labels, i, &c.model);
             tasks.insert(c.task.clone());
             models.insert(label.clone());
             cells.insert((c.task.clone(), label), (m.value, m.stderr));

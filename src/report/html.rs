@@ -7,7 +7,9 @@ use std::fmt::Write as _;
 
 use super::charts::Chart;
 use super::table::value_pm;
-use super::{model_labels, primary_metric, sample_correct, ModelPoint, ReportError, Row, Run};
+use super::{
+    label_of, model_labels, primary_metric, sample_correct, ModelPoint, ReportError, Row, Run,
+};
 use crate::record::CellStatus;
 
 /// Failing samples shown per model × task.
@@ -168,10 +170,7 @@ fn failing_samples(runs: &[Run], out: &mut String) -> Result<(), ReportError> {
             if wrong.is_empty() {
                 continue;
             }
-            let label = labels
-                .get(&(i, c.model.clone()))
-                .cloned()
-                .unwrap_or_else(|| c.model.clone());
+            let label = label_of(&labels, i, &c.model);
             let _ = write!(
                 out,
                 "<details class=\"failing\"><summary>{} / {}: first {} wrong of {} documents</summary><table><thead><tr><th>doc</th><th>context</th><th>gold</th><th>predicted</th><th>log-likelihoods</th></tr></thead><tbody>",

@@ -137,6 +137,14 @@ pub fn model_labels(runs: &[Run]) -> BTreeMap<(usize, String), String> {
     out
 }
 
+/// The label of run `i`'s `model` (see [`model_labels`]).
+pub fn label_of(labels: &BTreeMap<(usize, String), String>, i: usize, model: &str) -> String {
+    labels
+        .get(&(i, model.to_string()))
+        .cloned()
+        .unwrap_or_else(|| model.to_string())
+}
+
 fn variant_label(m: &crate::record::ModelRecord) -> String {
     match &m.lineage {
         Some(l) if l.relation == "distilled_from" => format!("{} student of {}", m.dtype, l.parent),
@@ -163,10 +171,7 @@ pub fn long_rows(runs: &[Run]) -> Vec<Row> {
             let model_rec = rec.models.get(&c.model);
             let base = Row {
                 run_id: rec.run_id.clone(),
-                model: labels
-                    .get(&(i, c.model.clone()))
-                    .cloned()
-                    .unwrap_or_else(|| c.model.clone()),
+                model: label_of(&labels, i, &c.model),
                 variant: model_rec.map(variant_label).unwrap_or_default(),
                 task: c.task.clone(),
                 metric: String::new(),
@@ -255,11 +260,7 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
             .iter()
             .filter(|c| c.status == CellStatus::Ok)
         {
-            let label = labels
-                .get(&(i, c.model.clone()))
-                .cloned()
-                .unwrap_or_else(|| c.model.clone());
-            let a = by.entry(label).or_default();
+            let a = by.entry(label_of(&labels, i, &c.model)).or_default();
             if let Some(m) = primary_metric(c) {
                 a.scores.push((m.value, m.stderr));
             }

@@ -138,6 +138,11 @@ impl Loader<'_> {
 
     fn dense(&mut self, name: &str) -> std::result::Result<Tensor, GgufError> {
         let q = self.gguf.tensor(name)?;
+        self.dense_copy(name, &q)
+    }
+
+    /// `q` dequantized to an f32 tensor of its own, recorded as such.
+    fn dense_copy(&mut self, name: &str, q: &QTensor) -> std::result::Result<Tensor, GgufError> {
         let t = q
             .dequantize(&Device::Cpu)
             .map_err(|e| self.tensor_err(name, e))?;
@@ -202,16 +207,7 @@ impl Loader<'_> {
         let dense = self.mode == WeightMode::F32;
         let full = matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16);
         if dense || full {
-            let t = q
-                .dequantize(&Device::Cpu)
-                .map_err(|e| self.tensor_err(name, e))?;
-            self.note(
-                name,
-                t.elem_count(),
-                Held::Copy(t.elem_count() * 4),
-                Some(&t),
-            )?;
-            Ok(QMatMul::Tensor(t))
+            Ok(QMatMul::Tensor(self.dense_copy(name, &q)?))
         } else {
             self.note(
                 name,
@@ -229,18 +225,7 @@ impl Loader<'_> {
         name: &str,
     ) -> std::result::Result<Embedding, GgufError> {
         match self.mode {
-            WeightMode::F32 => {
-                let t = q
-                    .dequantize(&Device::Cpu)
-                    .map_err(|e| self.tensor_err(name, e))?;
-                self.note(
-                    name,
-                    t.elem_count(),
-                    Held::Copy(t.elem_count() * 4),
-                    Some(&t),
-                )?;
-                Ok(Embedding::Dense(t))
-            }
+            WeightMode::F32 => Ok(Embedding::Dense(self.dense_copy(name, &q)?)),
             WeightMode::Quantized | WeightMode::Auto => {
                 let (n, b) = (q.shape().elem_count(), q.storage_size_in_bytes());
                 let dense = matches!(q.dtype(), GgmlDType::F32);
