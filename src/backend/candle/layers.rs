@@ -334,14 +334,22 @@ impl Linear {
 /// dequantized in parallel (rayon) and multiplied with the f32 GEMM, so the
 /// f32 copy never exceeds [`STREAM_SLAB_ELEMS`] elements.
 fn streamed_matmul(x: &Tensor, q: &QTensor) -> Result<Tensor> {
+    streamed_matmul_slabs(x, q, STREAM_SLAB_ELEMS)
+}
+
+fn streamed_matmul_slabs(x: &Tensor, q: &QTensor, slab_elems: usize) -> Result<Tensor> {
     use rayon::prelude::*;
     let (n, k) = q.shape().dims2()?;
     let dtype = q.dtype();
     let row_bytes = k / dtype.block_size() * dtype.type_size();
     let data = q.data()?;
-    let slab = (STREAM_SLAB_ELEMS / k).clamp(1, n);
+    let slab = (slab_elems / k).clamp(1, n);
     let threads = rayon::current_num_threads().max(1);
-    let mut outs = Vec::new();
+    let m = x.dim(0)?;
+    // With several slabs, each slab's columns are copied straight into the
+    // output, so the result is held once (an output head's logits are the
+    // largest tensor of a forward).
+    let mut out: Option<Vec<f32>> = (slab < n).then(|| vec![0f32; m * n]);
     for r0 in (0..n).step_by(slab) {
         let rows = slab.min(n - r0);
         // Each thread dequantizes a contiguous run of this slab's rows.
@@ -363,12 +371,18 @@ fn streamed_matmul(x: &Tensor, q: &QTensor) -> Result<Tensor> {
             .collect();
         let parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
         let w = Tensor::cat(&parts, 0)?;
-        outs.push(x.matmul(&w.t()?)?);
+        let y = x.matmul(&w.t()?)?;
+        let Some(out) = out.as_mut() else {
+            return Ok(y);
+        };
+        let y = y.flatten_all()?.to_vec1::<f32>()?;
+        for (i, row) in y.chunks_exact(rows).enumerate() {
+            out[i * n + r0..i * n + r0 + rows].copy_from_slice(row);
+        }
     }
-    if outs.len() == 1 {
-        Ok(outs.remove(0))
-    } else {
-        Tensor::cat(&outs, 1)
+    match out {
+        Some(v) => Tensor::from_vec(v, (m, n), &Device::Cpu),
+        None => Err(candle_core::Error::Msg("empty weight".into())),
     }
 }
 
@@ -849,6 +863,38 @@ mod tests {
             ]
         );
         assert_eq!(span.positions, vec![2, 3, 2]);
+    }
+
+    #[test]
+    fn streamed_matmul_equals_dequantized_matmul_in_any_slab_size() {
+        let (n, k, m) = (300usize, 64usize, 5usize);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).expect("w");
+        let q = QTensor::quantize(&w, GgmlDType::Q8_0).expect("q8_0");
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        let x = Tensor::from_vec(x, (m, k), &Device::Cpu).expect("x");
+        let want = x
+            .matmul(&q.dequantize(&Device::Cpu).expect("dq").t().expect("t"))
+            .expect("mm")
+            .to_vec2::<f32>()
+            .expect("v");
+        // One slab, several slabs, a slab of one row.
+        for slab in [1 << 20, 50 * k, k] {
+            let got = streamed_matmul_slabs(&x, &q, slab)
+                .expect("streamed")
+                .to_vec2::<f32>()
+                .expect("v");
+            for (a, b) in got.iter().flatten().zip(want.iter().flatten()) {
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "slab {slab}: {a} vs {b}"
+                );
+            }
+        }
     }
 
     #[test]
