@@ -3,33 +3,10 @@
 
 mod common;
 
+use common::{assert_error, run_offline as run};
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
-
-fn run(args: &[&str], home: &Path, cwd: &Path) -> Output {
-    common::bin()
-        .args(args)
-        .current_dir(cwd)
-        .env("SLMBENCH_HOME", home)
-        .env("SLMBENCH_OFFLINE", "1")
-        .output()
-        .expect("run slmbench")
-}
-
-/// Asserts exit 2, no panic, and an error line containing every `needle`.
-fn assert_error(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    assert!(!err.contains("RUST_BACKTRACE"), "backtrace hint: {err}");
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error"))
-        .unwrap_or_else(|| panic!("no error line in: {err}"));
-    for n in needles {
-        assert!(line.contains(n), "`{n}` not in error line: {line}");
-    }
-}
 
 struct Sandbox {
     dir: tempfile::TempDir,

@@ -342,15 +342,18 @@ fn html_renders_in_headless_chromium() {
     assert!(dom.contains("&lt;script&gt;alert"));
 }
 
-fn compare_cmd(base: &Path, cur: &Path, junit: &Path) -> std::process::Output {
+fn compare_cmd(base: &Path, cur: &Path, extra: &[&Path]) -> std::process::Output {
     common::bin()
         .arg("compare")
         .arg(base)
         .arg(cur)
-        .arg("--junit")
-        .arg(junit)
+        .args(extra)
         .output()
         .expect("compare")
+}
+
+fn compare_junit(base: &Path, cur: &Path, junit: &Path) -> std::process::Output {
+    compare_cmd(base, cur, &[Path::new("--junit"), junit])
 }
 
 #[test]
@@ -358,7 +361,7 @@ fn compare_against_itself_passes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let run = write_run(tmp.path(), "run-a", &good_cells());
     let junit = tmp.path().join("j.xml");
-    let out = compare_cmd(&run, &run, &junit);
+    let out = compare_junit(&run, &run, &junit);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("no regression"), "{stdout}");
@@ -388,7 +391,7 @@ fn compare_against_a_worse_run_names_the_regressions() {
     worse[3].latency_ms = 41.0 * 1.4;
     let cur = write_run(tmp.path(), "cur", &worse);
     let junit = tmp.path().join("j.xml");
-    let out = compare_cmd(&base, &cur, &junit);
+    let out = compare_junit(&base, &cur, &junit);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
@@ -423,38 +426,19 @@ fn compare_policy_errors_are_one_line() {
     let run = write_run(tmp.path(), "run-a", &good_cells());
     let policy = tmp.path().join("p.yaml");
     std::fs::write(&policy, "alpha: 2\n").expect("write");
-    let out = common::bin()
-        .arg("compare")
-        .arg(&run)
-        .arg(&run)
-        .arg("--policy")
-        .arg(&policy)
-        .output()
-        .expect("compare");
+    let out = compare_cmd(&run, &run, &[Path::new("--policy"), &policy]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("alpha 2") && err.lines().count() == 1, "{err}");
     std::fs::write(&policy, "alpha: 0.05\nmax_drop: 1\n").expect("write");
-    let out = common::bin()
-        .arg("compare")
-        .arg(&run)
-        .arg(&run)
-        .arg("--policy")
-        .arg(&policy)
-        .output()
-        .expect("compare");
+    let out = compare_cmd(&run, &run, &[Path::new("--policy"), &policy]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(
         err.contains("p.yaml") && err.contains("line 2") && err.contains("max_drop"),
         "{err}"
     );
-    let out = common::bin()
-        .arg("compare")
-        .arg(&run)
-        .arg(tmp.path())
-        .output()
-        .expect("compare");
+    let out = compare_cmd(&run, tmp.path(), &[]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no results.json"), "{err}");

@@ -5,36 +5,11 @@
 
 mod common;
 
+use common::{assert_error, run_offline as run};
+
 use std::path::{Path, PathBuf};
-use std::process::Output;
 
 use slmbench::backend::scorer::Scorer;
-
-fn run(args: &[&str], home: &Path, cwd: &Path) -> Output {
-    common::bin()
-        .args(args)
-        .current_dir(cwd)
-        .env("SLMBENCH_HOME", home)
-        .env("SLMBENCH_OFFLINE", "1")
-        .output()
-        .expect("run slmbench")
-}
-
-/// Exit 2, no panic, one error line containing every needle.
-fn assert_error(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(lines.len(), 1, "one error line: {err}");
-    for n in needles {
-        assert!(
-            lines[0].contains(n),
-            "`{n}` not in error line: {}",
-            lines[0]
-        );
-    }
-}
 
 const BASE: &str = "models:\n  base:\n    file: base.gguf\n    sources: [{path: base.gguf}]\n";
 

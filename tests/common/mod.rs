@@ -2,7 +2,8 @@
 //! outputs and evaluation data) and the real model files.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Output;
 
 /// `../shared` beside the checkout. When it is missing the test prints a
 /// notice and is skipped — unless `CI=true`, where its absence is a failure.
@@ -46,4 +47,33 @@ pub fn read_jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
 /// The `slmbench` binary built for this test run.
 pub fn bin() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_slmbench"))
+}
+
+/// Runs the binary in `cwd` with its cache at `home`, offline.
+pub fn run_offline(args: &[&str], home: &Path, cwd: &Path) -> Output {
+    bin()
+        .args(args)
+        .current_dir(cwd)
+        .env("SLMBENCH_HOME", home)
+        .env("SLMBENCH_OFFLINE", "1")
+        .output()
+        .expect("run slmbench")
+}
+
+/// Asserts exit 2, no panic or backtrace hint, and exactly one error line
+/// containing every `needle`.
+pub fn assert_error(out: &Output, needles: &[&str]) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    assert!(!err.contains("RUST_BACKTRACE"), "backtrace hint: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(lines.len(), 1, "one error line: {err}");
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "`{n}` not in error line: {}",
+            lines[0]
+        );
+    }
 }
