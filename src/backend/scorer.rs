@@ -2,7 +2,7 @@
 //! (`_encode_pair`) and a shared-context log-likelihood loop over a
 //! [`CausalLm`].
 
-use crate::backend::candle::layers::PackedDoc;
+use crate::backend::candle::layers::{PackedDoc, TokenScore};
 use crate::backend::candle::CausalLm;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -213,19 +213,22 @@ impl CandleScorer {
                 branches: e.inputs.iter().map(Vec::as_slice).collect(),
             })
             .collect();
+        let targets: Vec<u32> = pack
+            .iter()
+            .flat_map(|e| e.pairs.iter().flat_map(|(_, cont)| cont.iter().copied()))
+            .collect();
         let t0 = std::time::Instant::now();
-        let logits = self.model.forward_packed(&docs)?;
+        let scores = self.model.score_packed(&docs, &targets)?;
         let total: usize = pack.iter().map(Encoded::tokens).sum();
-        let mut row = 0;
+        let mut rest = scores.as_slice();
         let mut out = Vec::with_capacity(pack.len());
         for e in pack {
-            let mut choices = Vec::with_capacity(e.pairs.len());
-            for ((_, cont), inp) in e.pairs.iter().zip(&e.inputs) {
-                choices.push(Self::gather(&logits.narrow(0, row, inp.len())?, cont)?);
-                row += inp.len();
-            }
             out.push(DocScore {
-                choices,
+                choices: e
+                    .pairs
+                    .iter()
+                    .map(|(_, cont)| choice_score(&mut rest, cont.len()))
+                    .collect(),
                 truncated: false,
                 tokens_forwarded: e.tokens(),
                 peak_cached_tokens: total,
@@ -247,31 +250,6 @@ impl CandleScorer {
         Ok(())
     }
 
-    /// Log-probabilities of `targets` given logits rows (one row per target).
-    fn gather(logits: &candle_core::Tensor, targets: &[u32]) -> candle_core::Result<ChoiceScore> {
-        let rows = logits.to_vec2::<f32>()?;
-        let mut ll = 0f64;
-        let mut greedy = true;
-        for (row, &t) in rows.iter().zip(targets) {
-            let (mut best, mut best_i) = (f32::NEG_INFINITY, 0usize);
-            for (i, &v) in row.iter().enumerate() {
-                if v > best {
-                    best = v;
-                    best_i = i;
-                }
-            }
-            let sum: f64 = row.iter().map(|&v| ((v - best) as f64).exp()).sum();
-            let lse = best as f64 + sum.ln();
-            ll += row[t as usize] as f64 - lse;
-            greedy &= best_i == t as usize;
-        }
-        Ok(ChoiceScore {
-            loglikelihood: ll,
-            is_greedy: greedy,
-            n_tokens: targets.len(),
-        })
-    }
-
     /// Scores one continuation from scratch on `ctx ++ cont`, left-truncated
     /// to the window as lm-eval does.
     fn score_alone(
@@ -289,13 +267,9 @@ impl CandleScorer {
         let m = cont.len();
         let (head, tail) = inp.split_at(inp.len() - m);
         self.forward_chunked(head)?;
-        let logits = self.model.forward(tail, m)?;
+        let scores = self.model.score_next(tail, cont)?;
         self.model.truncate_cache(0)?;
-        let score = match logits {
-            Some(l) => Self::gather(&l, cont)?,
-            None => empty_score(),
-        };
-        Ok((score, inp.len()))
+        Ok((choice_score(&mut scores.as_slice(), cont.len()), inp.len()))
     }
 }
 
@@ -304,6 +278,18 @@ fn empty_score() -> ChoiceScore {
         loglikelihood: 0.0,
         is_greedy: true,
         n_tokens: 0,
+    }
+}
+
+/// Sums the next `n` token scores (taken off the front of `rest`) into one
+/// continuation's score.
+fn choice_score(rest: &mut &[TokenScore], n: usize) -> ChoiceScore {
+    let (mine, tail) = rest.split_at(n.min(rest.len()));
+    *rest = tail;
+    ChoiceScore {
+        loglikelihood: mine.iter().map(|s| s.logprob).sum(),
+        is_greedy: mine.iter().all(|s| s.greedy),
+        n_tokens: n,
     }
 }
 
@@ -418,26 +404,21 @@ impl CandleScorer {
         if batched {
             // All choices in one forward, as branches off the shared context.
             let refs: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
-            let logits = self.model.forward_branches(&refs)?;
+            let targets: Vec<u32> = pairs.iter().flat_map(|(_, k)| k.iter().copied()).collect();
+            let scores = self.model.score_branches(&refs, &targets)?;
             forwarded += branch_tokens;
-            let mut row = 0;
-            for ((_, cont), inp) in pairs.iter().zip(&inputs) {
-                choices.push(Self::gather(&logits.narrow(0, row, inp.len())?, cont)?);
-                row += inp.len();
-            }
+            let mut rest = scores.as_slice();
+            choices.extend(pairs.iter().map(|(_, k)| choice_score(&mut rest, k.len())));
         } else {
             for ((_, cont), inp) in pairs.iter().zip(&inputs) {
                 if cont.is_empty() {
                     choices.push(empty_score());
                     continue;
                 }
-                let logits = self.model.forward(inp, cont.len())?;
+                let scores = self.model.score_next(inp, cont)?;
                 forwarded += inp.len();
                 self.model.truncate_cache(prefix)?;
-                choices.push(match logits {
-                    Some(l) => Self::gather(&l, cont)?,
-                    None => empty_score(),
-                });
+                choices.push(choice_score(&mut scores.as_slice(), cont.len()));
             }
         }
         self.model.truncate_cache(0)?;

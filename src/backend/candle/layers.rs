@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Device, Module, Result, Tensor};
 
 use crate::gguf::{GgufError, GgufFile};
 
@@ -328,6 +328,48 @@ impl Linear {
             None => Ok(y),
         }
     }
+
+    /// For an output head: the log-probability of `targets[i]` under the
+    /// logits `x[i] · Wᵀ (+ b)`, without holding the logits of all rows at
+    /// once. A streamed weight is dequantized slab by slab, as in
+    /// [`Self::forward`], and each slab's logits are folded into a running
+    /// log-sum-exp, argmax and target logit per row, then dropped.
+    pub fn token_scores(&self, x: &Tensor, targets: &[u32]) -> Result<Vec<TokenScore>> {
+        self.token_scores_slabs(x, targets, STREAM_SLAB_ELEMS)
+    }
+
+    fn token_scores_slabs(
+        &self,
+        x: &Tensor,
+        targets: &[u32],
+        slab_elems: usize,
+    ) -> Result<Vec<TokenScore>> {
+        let (m, k) = x.dims2()?;
+        if m != targets.len() {
+            candle_core::bail!("{m} rows of hidden states for {} targets", targets.len());
+        }
+        let mut folds = vec![RowFold::EMPTY; m];
+        match &self.weight {
+            Weight::Streamed(q, _) if m >= STREAM_MIN_ROWS => {
+                let n = q.shape().dims2()?.0;
+                let slab = (slab_elems / k).clamp(1, n);
+                for r0 in (0..n).step_by(slab) {
+                    let rows = slab.min(n - r0);
+                    let mut y = x.matmul(&dequantize_rows(q, r0, rows)?.t()?)?;
+                    if let Some(b) = &self.bias {
+                        y = y.broadcast_add(&b.narrow(0, r0, rows)?)?;
+                    }
+                    fold_slab(&mut folds, &y, r0, targets)?;
+                }
+            }
+            _ => fold_slab(&mut folds, &self.forward(x)?, 0, targets)?,
+        }
+        Ok(folds
+            .iter()
+            .zip(targets)
+            .map(|(f, &t)| f.finish(t as usize))
+            .collect())
+    }
 }
 
 /// `x [rows, k] · Wᵀ` for a quantized `W [n, k]`: slabs of output rows are
@@ -338,55 +380,124 @@ fn streamed_matmul(x: &Tensor, q: &QTensor) -> Result<Tensor> {
 }
 
 fn streamed_matmul_slabs(x: &Tensor, q: &QTensor, slab_elems: usize) -> Result<Tensor> {
-    use rayon::prelude::*;
     let (n, k) = q.shape().dims2()?;
-    let dtype = q.dtype();
-    let row_bytes = k / dtype.block_size() * dtype.type_size();
-    let data = q.data()?;
     let slab = (slab_elems / k).clamp(1, n);
-    let threads = rayon::current_num_threads().max(1);
-    let m = x.dim(0)?;
+    if slab >= n {
+        return x.matmul(&dequantize_rows(q, 0, n)?.t()?);
+    }
     // With several slabs, each slab's columns are copied straight into the
-    // output, so the result is held once (an output head's logits are the
-    // largest tensor of a forward).
-    let mut out: Option<Vec<f32>> = (slab < n).then(|| vec![0f32; m * n]);
+    // output, so the result is held once.
+    let m = x.dim(0)?;
+    let mut out = vec![0f32; m * n];
     for r0 in (0..n).step_by(slab) {
         let rows = slab.min(n - r0);
-        // Each thread dequantizes a contiguous run of this slab's rows.
-        let per = rows.div_ceil(threads);
-        let parts: Vec<Result<Tensor>> = (0..rows.div_ceil(per))
-            .into_par_iter()
-            .map(|p| {
-                let a = r0 + p * per;
-                let b = (a + per).min(r0 + rows);
-                let bytes = &data[a * row_bytes..b * row_bytes];
-                let qt = candle_core::quantized::ggml_file::qtensor_from_ggml(
-                    dtype,
-                    bytes,
-                    vec![b - a, k],
-                    &Device::Cpu,
-                )?;
-                qt.dequantize(&Device::Cpu)
-            })
-            .collect();
-        let parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
-        let w = Tensor::cat(&parts, 0)?;
-        let y = x.matmul(&w.t()?)?;
-        let Some(out) = out.as_mut() else {
-            return Ok(y);
-        };
+        let y = x.matmul(&dequantize_rows(q, r0, rows)?.t()?)?;
         let y = y.flatten_all()?.to_vec1::<f32>()?;
         for (i, row) in y.chunks_exact(rows).enumerate() {
             out[i * n + r0..i * n + r0 + rows].copy_from_slice(row);
         }
     }
-    match out {
-        Some(v) => Tensor::from_vec(v, (m, n), &Device::Cpu),
-        None => Err(candle_core::Error::Msg("empty weight".into())),
+    Tensor::from_vec(out, (m, n), &Device::Cpu)
+}
+
+/// Rows `r0..r0 + rows` of a quantized `[n, k]` matrix as f32; each thread
+/// (rayon) dequantizes a contiguous run of them.
+fn dequantize_rows(q: &QTensor, r0: usize, rows: usize) -> Result<Tensor> {
+    use rayon::prelude::*;
+    let (_, k) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let row_bytes = k / dtype.block_size() * dtype.type_size();
+    let data = q.data()?;
+    let per = rows.div_ceil(rayon::current_num_threads().max(1)).max(1);
+    let parts: Vec<Result<Tensor>> = (0..rows.div_ceil(per))
+        .into_par_iter()
+        .map(|p| {
+            let a = r0 + p * per;
+            let b = (a + per).min(r0 + rows);
+            let qt = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                dtype,
+                &data[a * row_bytes..b * row_bytes],
+                vec![b - a, k],
+                &Device::Cpu,
+            )?;
+            qt.dequantize(&Device::Cpu)
+        })
+        .collect();
+    Tensor::cat(&parts.into_iter().collect::<Result<Vec<_>>>()?, 0)
+}
+
+/// Log-probability of one target token under one row of logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenScore {
+    /// `log softmax(logits)[target]` (nats).
+    pub logprob: f64,
+    /// The target is the row's argmax (the first one on ties).
+    pub greedy: bool,
+}
+
+/// Running log-sum-exp, argmax and target logit of one row of logits seen
+/// slab by slab (columns in order).
+#[derive(Debug, Clone, Copy)]
+struct RowFold {
+    max: f32,
+    argmax: usize,
+    /// `Σ exp(v - max)` over the columns seen.
+    sum: f64,
+    target: f32,
+}
+
+impl RowFold {
+    const EMPTY: Self = Self {
+        max: f32::NEG_INFINITY,
+        argmax: 0,
+        sum: 0.0,
+        target: f32::NAN,
+    };
+
+    /// Folds in columns `c0..c0 + row.len()`.
+    fn add(&mut self, c0: usize, row: &[f32], target: usize) {
+        let (mut best, mut best_i) = (f32::NEG_INFINITY, 0usize);
+        for (i, &v) in row.iter().enumerate() {
+            if v > best {
+                best = v;
+                best_i = i;
+            }
+        }
+        if best > self.max {
+            self.sum *= ((self.max - best) as f64).exp();
+            self.max = best;
+            self.argmax = c0 + best_i;
+        }
+        let m = self.max;
+        self.sum += row.iter().map(|&v| ((v - m) as f64).exp()).sum::<f64>();
+        if (c0..c0 + row.len()).contains(&target) {
+            self.target = row[target - c0];
+        }
+    }
+
+    fn finish(&self, target: usize) -> TokenScore {
+        TokenScore {
+            logprob: self.target as f64 - (self.max as f64 + self.sum.ln()),
+            greedy: self.argmax == target,
+        }
     }
 }
 
-/// Activation of a gated MLP.
+/// Folds one slab of logits `[m, cols]` (columns `c0..`) into `folds`, rows
+/// in parallel.
+fn fold_slab(folds: &mut [RowFold], y: &Tensor, c0: usize, targets: &[u32]) -> Result<()> {
+    use rayon::prelude::*;
+    let cols = y.dim(1)?;
+    let y = y.flatten_all()?.to_vec1::<f32>()?;
+    folds
+        .par_iter_mut()
+        .zip(y.par_chunks_exact(cols))
+        .zip(targets.par_iter())
+        .for_each(|((f, row), &t)| f.add(c0, row, t as usize));
+    Ok(())
+}
+
+/// Activation of a gated MLP./// Activation of a gated MLP.
 #[derive(Debug, Clone, Copy)]
 pub enum Activation {
     Silu,
@@ -798,14 +909,14 @@ pub fn embedding_and_head(
     Ok((loader.embedding(embd, "token_embd.weight")?, head, vocab))
 }
 
-/// Logits `[n, vocab]` of the span's output rows of `x`, or else of its last
-/// `n_out` positions (`None` for none).
-pub fn output_logits(
+/// The final-normed hidden states `[n, hidden]` of the span's output rows
+/// of `x`, or else of its last `n_out` positions (`None` for none): what
+/// the output head turns into logits.
+pub fn output_rows(
     x: &Tensor,
     span: &Span,
     n_out: usize,
     norm: &RmsNorm,
-    head: &Linear,
 ) -> Result<Option<Tensor>> {
     let rows = match &span.outputs {
         Some(rows) if rows.elem_count() > 0 => x.squeeze(0)?.index_select(rows, 0)?,
@@ -813,18 +924,13 @@ pub fn output_logits(
         None if n_out == 0 => return Ok(None),
         None => last_positions(x, n_out)?,
     };
-    head.forward(&norm.forward(&rows)?).map(Some)
+    norm.forward(&rows).map(Some)
 }
 
 /// Selects the last `n` positions of `[1, t, h]` as `[n, h]`.
 pub fn last_positions(x: &Tensor, n: usize) -> Result<Tensor> {
     let t = x.dim(1)?;
     x.narrow(1, t - n, n)?.squeeze(0)
-}
-
-/// `log_softmax` over the vocabulary, rows `[n, vocab]`.
-pub fn log_softmax_rows(logits: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::log_softmax(logits, D::Minus1)
 }
 
 #[cfg(test)]
@@ -894,6 +1000,72 @@ mod tests {
                     "slab {slab}: {a} vs {b}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn token_scores_equal_log_softmax_of_the_full_logits_in_any_slab_size() {
+        let (n, k, m) = (300usize, 64usize, STREAM_MIN_ROWS + 4);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).expect("w");
+        let q = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).expect("q8_0"));
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        let x = Tensor::from_vec(x, (m, k), &Device::Cpu).expect("x");
+        let bias: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.25).collect();
+        let bias = Tensor::from_vec(bias, n, &Device::Cpu).expect("bias");
+        let head =
+            Linear::new_with(QMatMul::QTensor(q.clone()), Some(bias.clone()), true).expect("head");
+        let argmax = |r: &[f32]| (0..n).fold(0, |b, i| if r[i] > r[b] { i } else { b });
+        // Even rows score their argmax, odd rows a token that is not.
+        let pick = |i: usize, r: &[f32]| {
+            let a = argmax(r);
+            (if i % 2 == 0 { a } else { (a + 1 + i) % n }) as u32
+        };
+        let reference = |logits: &[Vec<f32>], targets: &[u32]| -> Vec<(f64, bool)> {
+            logits
+                .iter()
+                .zip(targets)
+                .map(|(r, &t)| {
+                    let lse = r.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+                    (r[t as usize] as f64 - lse, argmax(r) == t as usize)
+                })
+                .collect()
+        };
+        // Streamed (m rows): the dequantized weight's logits. Below the
+        // streaming threshold: the quantized kernel's own logits, which
+        // quantize the activations too.
+        let dense = x
+            .matmul(&q.dequantize(&Device::Cpu).expect("dq").t().expect("t"))
+            .and_then(|y| y.broadcast_add(&bias))
+            .and_then(|y| y.to_vec2::<f32>())
+            .expect("logits");
+        let few = STREAM_MIN_ROWS - 1;
+        let x_few = x.narrow(0, 0, few).expect("rows");
+        let kernel = head
+            .forward(&x_few)
+            .and_then(|y| y.to_vec2::<f32>())
+            .expect("logits");
+        for (x, logits) in [(&x, dense), (&x_few, kernel)] {
+            let targets: Vec<u32> = logits.iter().enumerate().map(|(i, r)| pick(i, r)).collect();
+            let want = reference(&logits, &targets);
+            // One slab, several uneven slabs, a slab of one row.
+            for slab in [1 << 20, 70 * k, k] {
+                let got = head.token_scores_slabs(x, &targets, slab).expect("scores");
+                assert_eq!(got.len(), want.len());
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let what = format!("{} rows, slab {slab}, row {i}", want.len());
+                    assert!((g.logprob - w.0).abs() <= 1e-5, "{what}: {g:?} vs {w:?}");
+                    assert_eq!(g.greedy, w.1, "{what}");
+                }
+            }
+            assert!(
+                head.token_scores(x, &targets[1..]).is_err(),
+                "a target per row is required"
+            );
         }
     }
 

@@ -150,7 +150,7 @@ impl Model {
 }
 
 impl CausalLm for Model {
-    fn forward_span(
+    fn forward_hidden(
         &mut self,
         tokens: &[u32],
         span: &Span,
@@ -168,7 +168,11 @@ impl CausalLm for Model {
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + h)?;
         }
-        super::layers::output_logits(&x, span, n_out, &self.norm, &self.lm_head)
+        super::layers::output_rows(&x, span, n_out, &self.norm)
+    }
+
+    fn head(&self) -> &super::layers::Linear {
+        &self.lm_head
     }
 
     fn cache_len(&self) -> usize {

@@ -14,7 +14,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::gguf::{GgufError, GgufFile};
-use layers::{Loader, Span, WeightMode};
+use layers::{Linear, Loader, Span, TokenScore, WeightMode};
 
 /// Errors raised while loading a model.
 #[derive(Debug, thiserror::Error)]
@@ -44,43 +44,82 @@ pub struct ModelInfo {
 /// A causal LM with a KV cache that can be cut back to a shared prefix.
 pub trait CausalLm: Send {
     /// Runs `tokens` placed as `span` says after the cached positions,
-    /// appending them to the cache, and returns the logits `[n_out, vocab]`
-    /// of the last `n_out` of them.
-    fn forward_span(
+    /// appending them to the cache, and returns the final-normed hidden
+    /// states `[n_out, hidden]` of the span's output rows, or else of the
+    /// last `n_out` tokens: the input of [`Self::head`].
+    fn forward_hidden(
         &mut self,
         tokens: &[u32],
         span: &Span,
         n_out: usize,
     ) -> candle_core::Result<Option<Tensor>>;
 
-    /// Runs `tokens` right after the cached positions (see [`Self::forward_span`]).
+    /// The output head (hidden states to logits).
+    fn head(&self) -> &Linear;
+
+    /// Runs `tokens` right after the cached positions and returns the logits
+    /// `[n_out, vocab]` of the last `n_out` of them.
     fn forward(&mut self, tokens: &[u32], n_out: usize) -> candle_core::Result<Option<Tensor>> {
         let span = Span::causal(self.cache_len(), tokens.len());
-        self.forward_span(tokens, &span, n_out)
+        match self.forward_hidden(tokens, &span, n_out)? {
+            Some(h) => self.head().forward(&h).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Runs `tokens` right after the cached positions; the last
+    /// `targets.len()` of them are scored against `targets` (the token that
+    /// follows each), the head's logits folded away slab by slab.
+    fn score_next(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+    ) -> candle_core::Result<Vec<TokenScore>> {
+        let span = Span::causal(self.cache_len(), tokens.len());
+        match self.forward_hidden(tokens, &span, targets.len())? {
+            Some(h) => self.head().token_scores(&h, targets),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Runs several continuations of the cached prefix in one forward (each
-    /// sees the cache and its own earlier tokens) and returns the logits of
-    /// every token, branches concatenated; the cache is left as it was.
-    fn forward_branches(&mut self, branches: &[&[u32]]) -> candle_core::Result<Tensor> {
+    /// sees the cache and its own earlier tokens) and scores every token
+    /// against `targets` (branches concatenated, one target per token); the
+    /// cache is left as it was.
+    fn score_branches(
+        &mut self,
+        branches: &[&[u32]],
+        targets: &[u32],
+    ) -> candle_core::Result<Vec<TokenScore>> {
         let past = self.cache_len();
         let lens: Vec<usize> = branches.iter().map(|b| b.len()).collect();
         let tokens: Vec<u32> = branches.iter().flat_map(|b| b.iter().copied()).collect();
         let span = Span::branches(past, &lens)?;
-        let out = self.forward_span(&tokens, &span, tokens.len());
+        let out = self.forward_hidden(&tokens, &span, tokens.len());
         self.truncate_cache(past)?;
-        out?.ok_or_else(|| candle_core::Error::Msg("no tokens to score".into()))
+        match out? {
+            Some(h) => self.head().token_scores(&h, targets),
+            None => candle_core::bail!("no tokens to score"),
+        }
     }
+
     /// Scores several documents in one forward with nothing cached: each a
-    /// shared context plus branches (see [`Span::packed`]). Returns the
-    /// logits of every branch token, documents and branches in order; the
+    /// shared context plus branches (see [`Span::packed`]). `targets` has
+    /// one token per branch token, documents and branches in order; the
     /// cache is left empty.
-    fn forward_packed(&mut self, docs: &[layers::PackedDoc<'_>]) -> candle_core::Result<Tensor> {
+    fn score_packed(
+        &mut self,
+        docs: &[layers::PackedDoc<'_>],
+        targets: &[u32],
+    ) -> candle_core::Result<Vec<TokenScore>> {
         self.truncate_cache(0)?;
         let (span, tokens) = Span::packed(docs)?;
-        let out = self.forward_span(&tokens, &span, 0);
+        let out = self.forward_hidden(&tokens, &span, 0);
         self.truncate_cache(0)?;
-        out?.ok_or_else(|| candle_core::Error::Msg("no tokens to score".into()))
+        match out? {
+            Some(h) => self.head().token_scores(&h, targets),
+            None => candle_core::bail!("no tokens to score"),
+        }
     }
 
     /// Number of cached positions.
