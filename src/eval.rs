@@ -196,6 +196,7 @@ pub fn load_model(
     let rss0 = crate::measure::rss_bytes();
     let t0 = Instant::now();
     let (mut gguf, tokenizer) = open_model(&effective_spec(spec, &got), &path)?;
+    gguf.release_large_arrays();
     let dtype = dtype_override.unwrap_or(spec.dtype);
     let mode = weight_mode(dtype);
     let weight_types: BTreeMap<String, (usize, u64)> = gguf

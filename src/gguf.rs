@@ -64,14 +64,14 @@ impl GgufFile {
         })?;
         let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut reader = BufReader::new(file);
-        let content = Content::read(&mut reader).map_err(|e| GgufError::Invalid {
+        let mut content = Content::read(&mut reader).map_err(|e| GgufError::Invalid {
             path: path.to_path_buf(),
             reason: first_line(&e.to_string()),
         })?;
         check_tensor_extent(path, &content, file_len)?;
         Ok(Self {
             path: path.to_path_buf(),
-            metadata: content.metadata.clone(),
+            metadata: std::mem::take(&mut content.metadata),
             backing: Backing::Gguf {
                 content,
                 reader,
@@ -188,6 +188,14 @@ impl GgufFile {
     /// `general.architecture`, e.g. `llama`, `qwen2`, `gemma3`.
     pub fn architecture(&self) -> Result<String, GgufError> {
         self.string("general.architecture")
+    }
+
+    /// Drops metadata arrays of more than 1,024 items (the tokenizer's
+    /// vocabulary, scores and merges: tens of MB for a 262k vocabulary) once
+    /// the tokenizer has been built from them; scalars stay.
+    pub fn release_large_arrays(&mut self) {
+        self.metadata
+            .retain(|_, v| !matches!(v, Value::Array(a) if a.len() > 1024));
     }
 
     /// All metadata entries (unordered).

@@ -93,12 +93,7 @@ impl TextTokenizer {
 
     /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &GgufFile) -> Result<Self, TokenizerError> {
-        let json = tokenizer_json_from_gguf(g)?;
-        let inner: tokenizers::Tokenizer =
-            serde_json::from_value(json).map_err(|e| TokenizerError::Build {
-                path: g.path.clone(),
-                reason: e.to_string(),
-            })?;
+        let inner = GgufBpe::read(g)?.build(g)?;
         let (bos_id, add_bos, eos_id) = special_facts(g);
         Ok(Self {
             inner,
@@ -123,68 +118,160 @@ fn special_facts(g: &GgufFile) -> (Option<u32>, bool, Option<u32>) {
 
 /// The `tokenizer.json` equivalent of a GGUF vocabulary.
 pub fn tokenizer_json_from_gguf(g: &GgufFile) -> Result<Value, TokenizerError> {
-    let model = g.string("tokenizer.ggml.model")?;
-    let tokens = g.strings("tokenizer.ggml.tokens")?;
-    let types = if g.has("tokenizer.ggml.token_type") {
-        g.i32s("tokenizer.ggml.token_type")?
-    } else {
-        vec![TOKEN_NORMAL; tokens.len()]
-    };
-    let added = added_tokens(&tokens, &types);
-    match model.as_str() {
-        "gpt2" => {
-            let pre = if g.has("tokenizer.ggml.pre") {
-                g.string("tokenizer.ggml.pre")?
-            } else {
-                "default".to_string()
-            };
-            let merges = g.strings("tokenizer.ggml.merges")?;
-            gpt2_json(g, &tokens, &merges, &pre, added)
+    Ok(GgufBpe::read(g)?.into_json())
+}
+
+/// A GGUF vocabulary as a `tokenizers` BPE: a small `tokenizer.json` shell
+/// (normalizer, pre-tokenizer, decoder, the model's flags; no vocabulary,
+/// merges or added tokens) plus those large parts as plain data. The
+/// tokenizer is built from the parts directly, because going through a JSON
+/// value of a 262k vocabulary peaks at several hundred MB.
+struct GgufBpe {
+    shell: Value,
+    tokens: Vec<String>,
+    merges: Vec<(String, String)>,
+    /// `(content, special)` of the tokens matched before the model runs.
+    added: Vec<(String, bool)>,
+}
+
+impl GgufBpe {
+    fn read(g: &GgufFile) -> Result<Self, TokenizerError> {
+        let model = g.string("tokenizer.ggml.model")?;
+        let tokens = g.strings("tokenizer.ggml.tokens")?;
+        let types = if g.has("tokenizer.ggml.token_type") {
+            g.i32s("tokenizer.ggml.token_type")?
+        } else {
+            vec![TOKEN_NORMAL; tokens.len()]
+        };
+        let added = added_tokens(&tokens, &types);
+        let (shell, merges) = match model.as_str() {
+            "gpt2" => {
+                let pre = if g.has("tokenizer.ggml.pre") {
+                    g.string("tokenizer.ggml.pre")?
+                } else {
+                    "default".to_string()
+                };
+                let merges = g
+                    .strings("tokenizer.ggml.merges")?
+                    .iter()
+                    .filter_map(|m| m.split_once(' '))
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect();
+                (gpt2_shell(g, &pre)?, merges)
+            }
+            "llama" => {
+                let scores = g.f32s("tokenizer.ggml.scores")?;
+                (spm_shell(g, &tokens), spm_merges(&tokens, &types, &scores))
+            }
+            other => {
+                return Err(TokenizerError::UnknownModel {
+                    path: g.path.clone(),
+                    model: other.to_string(),
+                })
+            }
+        };
+        Ok(Self {
+            shell,
+            tokens,
+            merges,
+            added,
+        })
+    }
+
+    /// Token → id; on duplicate pieces the first id, as SentencePiece does
+    /// (collected in reverse, so the first id is written last).
+    fn vocab<V: FromIterator<(String, u32)>>(&self) -> V {
+        self.tokens
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(id, t)| (t.clone(), id as u32))
+            .collect()
+    }
+
+    fn into_json(self) -> Value {
+        let mut json = self.shell.clone();
+        let mut vocab = serde_json::Map::with_capacity(self.tokens.len());
+        for (id, t) in self.tokens.iter().enumerate() {
+            vocab.entry(t.clone()).or_insert(json!(id));
         }
-        "llama" => {
-            let scores = g.f32s("tokenizer.ggml.scores")?;
-            Ok(spm_json(g, &tokens, &types, &scores, added))
-        }
-        other => Err(TokenizerError::UnknownModel {
+        json["added_tokens"] = self
+            .added
+            .iter()
+            .map(|(content, special)| {
+                json!({
+                    "id": vocab.get(content), "content": content,
+                    "single_word": false, "lstrip": false, "rstrip": false,
+                    "normalized": false, "special": special,
+                })
+            })
+            .collect();
+        json["model"]["vocab"] = Value::Object(vocab);
+        json["model"]["merges"] = self.merges.iter().map(|(a, b)| json!([a, b])).collect();
+        json
+    }
+
+    fn build(self, g: &GgufFile) -> Result<tokenizers::Tokenizer, TokenizerError> {
+        let err = |reason: String| TokenizerError::Build {
             path: g.path.clone(),
-            model: other.to_string(),
-        }),
+            reason,
+        };
+        let flag = |k: &str| self.shell["model"][k].as_bool().unwrap_or(false);
+        let mut bpe = tokenizers::models::bpe::BPE::builder()
+            .vocab_and_merges(
+                self.vocab::<tokenizers::models::bpe::Vocab>(),
+                self.merges.clone(),
+            )
+            .fuse_unk(flag("fuse_unk"))
+            .byte_fallback(flag("byte_fallback"))
+            .ignore_merges(flag("ignore_merges"));
+        if let Some(unk) = self.shell["model"]["unk_token"].as_str() {
+            bpe = bpe.unk_token(unk.to_string());
+        }
+        let bpe = bpe.build().map_err(|e| err(e.to_string()))?;
+        let mut tok: tokenizers::Tokenizer =
+            serde_json::from_value(self.shell).map_err(|e| err(e.to_string()))?;
+        tok.with_model(bpe);
+        // As tokenizers' own deserializer does: added tokens after the model,
+        // their ids looked up in its vocabulary.
+        tok.add_tokens(
+            self.added
+                .iter()
+                .map(|(content, special)| {
+                    tokenizers::AddedToken::from(content.clone(), *special)
+                        .single_word(false)
+                        .lstrip(false)
+                        .rstrip(false)
+                        .normalized(false)
+                })
+                .collect::<Vec<_>>(),
+        )
+        .map_err(|e| err(e.to_string()))?;
+        Ok(tok)
     }
 }
 
 /// Control tokens become special added tokens; user-defined ones are matched
 /// verbatim before the model runs, as llama.cpp does.
-fn added_tokens(tokens: &[String], types: &[i32]) -> Vec<Value> {
+fn added_tokens(tokens: &[String], types: &[i32]) -> Vec<(String, bool)> {
     tokens
         .iter()
         .zip(types)
-        .enumerate()
-        .filter(|(_, (_, &t))| t == TOKEN_CONTROL || t == TOKEN_USER_DEFINED)
-        .map(|(id, (content, &t))| {
-            json!({
-                "id": id, "content": content, "single_word": false, "lstrip": false,
-                "rstrip": false, "normalized": false, "special": t == TOKEN_CONTROL,
-            })
-        })
+        .filter(|(_, &t)| t == TOKEN_CONTROL || t == TOKEN_USER_DEFINED)
+        .map(|(content, &t)| (content.clone(), t == TOKEN_CONTROL))
         .collect()
 }
 
-fn vocab_map(tokens: &[String]) -> serde_json::Map<String, Value> {
-    let mut vocab = serde_json::Map::with_capacity(tokens.len());
-    for (id, t) in tokens.iter().enumerate() {
-        // On duplicate pieces keep the first id, as SentencePiece does.
-        vocab.entry(t.clone()).or_insert(json!(id));
-    }
-    vocab
+/// The model part of a shell: a BPE with an empty vocabulary.
+fn bpe_shell(unk: Option<String>, spm: bool, ignore_merges: bool) -> Value {
+    json!({
+        "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
+        "end_of_word_suffix": null, "fuse_unk": spm, "byte_fallback": spm,
+        "ignore_merges": ignore_merges, "vocab": {}, "merges": [],
+    })
 }
 
-fn gpt2_json(
-    g: &GgufFile,
-    tokens: &[String],
-    merges: &[String],
-    pre: &str,
-    added: Vec<Value>,
-) -> Result<Value, TokenizerError> {
+fn gpt2_shell(g: &GgufFile, pre: &str) -> Result<Value, TokenizerError> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     let split = |re: &str| json!({"type": "Split", "pattern": {"Regex": re}, "behavior": "Isolated", "invert": false});
     let (pre_tokenizer, ignore_merges) = match pre {
@@ -210,35 +297,21 @@ fn gpt2_json(
             })
         }
     };
-    let merges: Vec<Value> = merges
-        .iter()
-        .filter_map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])))
-        .collect();
     Ok(json!({
         "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added,
+        "added_tokens": [],
         "normalizer": null,
         "pre_tokenizer": pre_tokenizer,
         "post_processor": null,
         "decoder": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
-            "ignore_merges": ignore_merges, "vocab": vocab_map(tokens), "merges": merges,
-        }
+        "model": bpe_shell(None, false, ignore_merges),
     }))
 }
 
 /// SentencePiece BPE as a `tokenizers` BPE: merges are every split of a
 /// normal piece into two known pieces, ranked by the merged piece's score
 /// (SentencePiece merges the pair whose result scores highest).
-fn spm_json(
-    g: &GgufFile,
-    tokens: &[String],
-    types: &[i32],
-    scores: &[f32],
-    added: Vec<Value>,
-) -> Value {
+fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<(String, String)> {
     let index: HashMap<&str, usize> = tokens
         .iter()
         .enumerate()
@@ -264,10 +337,13 @@ fn spm_json(
             .then(a.2.cmp(&b.2))
             .then(a.3.cmp(&b.3))
     });
-    let merges: Vec<Value> = merges
+    merges
         .iter()
-        .map(|&(_, _, l, r)| json!([tokens[l], tokens[r]]))
-        .collect();
+        .map(|&(_, _, l, r)| (tokens[l].clone(), tokens[r].clone()))
+        .collect()
+}
+
+fn spm_shell(g: &GgufFile, tokens: &[String]) -> Value {
     let unk = g
         .opt_u32("tokenizer.ggml.unknown_token_id")
         .and_then(|i| tokens.get(i as usize).cloned());
@@ -281,17 +357,13 @@ fn spm_json(
     };
     json!({
         "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": added,
+        "added_tokens": [],
         "normalizer": normalizer,
         "pre_tokenizer": null,
         "post_processor": null,
         "decoder": {"type": "Sequence", "decoders": [
             {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
             {"type": "ByteFallback"}, {"type": "Fuse"}]},
-        "model": {
-            "type": "BPE", "dropout": null, "unk_token": unk, "continuing_subword_prefix": null,
-            "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true,
-            "ignore_merges": false, "vocab": vocab_map(tokens), "merges": merges,
-        }
+        "model": bpe_shell(unk, true, false),
     })
 }
