@@ -285,7 +285,12 @@ impl Weight {
         };
         Ok(match self {
             Weight::Quantized(q) => q.forward(x)?,
-            Weight::Streamed(_, mm) if rows < STREAM_MIN_ROWS => mm.forward(x)?,
+            Weight::Streamed(q, mm) if rows < STREAM_MIN_ROWS => {
+                match super::gemv::matmul(&x.reshape((rows, k))?, q)? {
+                    Some(y) => with_last(y, q.shape().dims2()?.0)?,
+                    None => mm.forward(x)?,
+                }
+            }
             Weight::Streamed(q, _) => {
                 let y = streamed_matmul(&x.reshape((rows, k))?, q)?;
                 let n = y.dim(1)?;
@@ -790,6 +795,24 @@ impl Span {
         ))
     }
 
+    /// The token ranges `(start, len)` of the documents of a packed span
+    /// with nothing cached, when there are several: no token sees another
+    /// document, so attention can run per document instead of over the
+    /// whole block-diagonal square.
+    pub fn documents(&self) -> Option<Vec<(usize, usize)>> {
+        if self.past != 0 || self.doc.last().is_none_or(|&d| d == 0) {
+            return None;
+        }
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for (i, d) in self.doc.iter().enumerate() {
+            match out.last_mut() {
+                Some((a, len)) if self.doc[*a] == *d => *len += 1,
+                _ => out.push((i, 1)),
+            }
+        }
+        Some(out)
+    }
+
     /// Number of output rows when they are selected (packed spans).
     pub fn n_outputs(&self) -> Option<usize> {
         self.outputs.as_ref().map(|o| o.elem_count())
@@ -859,7 +882,22 @@ pub fn rope_cache_attend(
     let q = rope.apply(q, span)?;
     let k = rope.apply(k, span)?;
     let (k, v) = cache.append(k, v.contiguous()?)?;
-    attention(&q, &k, &v, mask, 1.0 / (head_dim as f64).sqrt())
+    let scale = 1.0 / (head_dim as f64).sqrt();
+    match (span.documents(), mask) {
+        (Some(docs), Some(mask)) => {
+            // Nothing cached: keys are this span's tokens, in its order.
+            let ys = docs
+                .iter()
+                .map(|&(a, n)| {
+                    let m = mask.narrow(0, a, n)?.narrow(1, a, n)?;
+                    let part = |t: &Tensor| t.narrow(2, a, n);
+                    attention(&part(&q)?, &part(&k)?, &part(&v)?, Some(&m), scale)
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&ys, 1)
+        }
+        _ => attention(&q, &k, &v, mask, scale),
+    }
 }
 
 /// Scaled dot-product attention with grouped KV heads.
@@ -1067,6 +1105,72 @@ mod tests {
                 "a target per row is required"
             );
         }
+    }
+
+    #[test]
+    fn attention_per_document_equals_attention_over_the_packed_square() {
+        let docs = [
+            PackedDoc {
+                context: &[1, 2, 3],
+                branches: vec![&[4], &[5, 6]],
+            },
+            PackedDoc {
+                context: &[7],
+                branches: vec![&[8, 9]],
+            },
+            PackedDoc {
+                context: &[10, 11],
+                branches: vec![&[12]],
+            },
+        ];
+        let (span, tokens) = Span::packed(&docs).expect("span");
+        assert_eq!(span.documents(), Some(vec![(0, 6), (6, 3), (9, 3)]));
+        let t = tokens.len();
+        let (heads, kv_heads, d) = (4usize, 2usize, 8usize);
+        let val = |n: usize, salt: usize| -> Tensor {
+            let v: Vec<f32> = (0..n)
+                .map(|i| (((i * 31 + salt) % 17) as f32 - 8.0) / 5.0)
+                .collect();
+            Tensor::from_vec(v, n, &Device::Cpu).expect("v")
+        };
+        let q = val(heads * t * d, 1).reshape((1, heads, t, d)).expect("q");
+        let k = val(kv_heads * t * d, 2)
+            .reshape((1, kv_heads, t, d))
+            .expect("k");
+        let v = val(kv_heads * t * d, 3)
+            .reshape((1, kv_heads, t, d))
+            .expect("v");
+        for window in [None, Some(2)] {
+            let mask = span.mask(window).expect("mask");
+            let mut rope = Rope::new(10_000.0, d, false).expect("rope");
+            let got = rope_cache_attend(
+                &q,
+                &k,
+                &v,
+                &mut rope,
+                &mut KvCache::default(),
+                &span,
+                mask.as_ref(),
+            )
+            .expect("per document");
+            // The whole square, as before: rotate, then attend with the mask.
+            let (qr, kr) = (
+                rope.apply(&q, &span).expect("q"),
+                rope.apply(&k, &span).expect("k"),
+            );
+            let want =
+                attention(&qr, &kr, &v, mask.as_ref(), 1.0 / (d as f64).sqrt()).expect("full");
+            assert_eq!(got.dims(), want.dims());
+            let diff = (got - want)
+                .and_then(|x| x.abs())
+                .and_then(|x| x.flatten_all())
+                .and_then(|x| x.max(0))
+                .and_then(|x| x.to_scalar::<f32>())
+                .expect("diff");
+            assert!(diff < 1e-5, "window {window:?}: max diff {diff}");
+        }
+        let (one, _) = Span::packed(&docs[..1]).expect("span");
+        assert_eq!(one.documents(), None, "a single document needs no split");
     }
 
     #[test]

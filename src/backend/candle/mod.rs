@@ -6,6 +6,7 @@
 //! [`CausalLm`], then map its `general.architecture` in [`load`].
 
 pub mod gemma3;
+pub mod gemv;
 pub mod layers;
 pub mod llama;
 
