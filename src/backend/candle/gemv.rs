@@ -94,10 +94,10 @@ fn dot_q4_1(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
         let (lo, hi) = xb.split_at(16);
         let mut p = [0f32; 16];
         for j in 0..16 {
-            p[j] = f32::from(qs[j] & 15) * lo[j] + f32::from(qs[j] >> 4) * hi[j];
+            p[j] = f32::from(qs[j] & 15).mul_add(lo[j], f32::from(qs[j] >> 4) * hi[j]);
         }
         for j in 0..16 {
-            acc[j] += d * p[j];
+            acc[j] = d.mul_add(p[j], acc[j]);
         }
         acc_m += mn * s;
     }
@@ -117,12 +117,12 @@ fn dot_q5_0(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
         for j in 0..16 {
             let q0 = u32::from(qs[j] & 15) | ((qh >> j) << 4 & 0x10);
             let q1 = u32::from(qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
-            p[j] = q0 as f32 * lo[j] + q1 as f32 * hi[j];
+            p[j] = (q0 as f32).mul_add(lo[j], q1 as f32 * hi[j]);
         }
         // Σ (q - 16) x = Σ q x - 16 Σ x: -Σ x in each of the 16 lanes.
         let shift = -s;
         for j in 0..16 {
-            acc[j] += d * (p[j] + shift);
+            acc[j] = d.mul_add(p[j] + shift, acc[j]);
         }
     }
     acc.iter().sum::<f32>()
