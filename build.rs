@@ -36,6 +36,8 @@ fn main() {
     println!("cargo:rerun-if-changed=Cargo.lock");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
+    // Moves on every commit, also when HEAD names a branch.
+    println!("cargo:rerun-if-changed=.git/logs/HEAD");
 }
 
 /// `name version` pairs of the crates that shape the numbers, from Cargo.lock.

@@ -22,6 +22,7 @@ DATA_DIR=${DATA_DIR:-../shared/data}
 THREADS=${THREADS:-1,2}
 REPS=${REPS:-3}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 models=("$@")
 [ ${#models[@]} -gt 0 ] || models=(smollm2-135m-instruct gemma3-270m qwen2.5-coder-1.5b-instruct)
 [ -x "$SLMBENCH" ] || cargo build --release --quiet
