@@ -14,8 +14,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use super::stats::{pareto_frontier, Z95};
-use super::{label_of, model_labels, primary_metric, ModelPoint, ReportError, Run};
-use crate::record::CellStatus;
+use super::{label_of, model_labels, ok_cells, primary_metric, ModelPoint, ReportError, Run};
 
 const FONT: &str = "sans-serif";
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -431,19 +430,12 @@ fn task_bars(runs: &[Run]) -> Option<Spec> {
     let mut tasks = BTreeSet::new();
     let mut models = BTreeSet::new();
     let mut cells = BTreeMap::new();
-    for (i, run) in runs.iter().enumerate() {
-        for c in run
-            .record
-            .cells
-            .iter()
-            .filter(|c| c.status == CellStatus::Ok)
-        {
-            let Some(m) = primary_metric(c) else { continue };
-            let label = label_of(&labels, i, &c.model);
-            tasks.insert(c.task.clone());
-            models.insert(label.clone());
-            cells.insert((c.task.clone(), label), (m.value, m.stderr));
-        }
+    for (i, c) in ok_cells(runs) {
+        let Some(m) = primary_metric(c) else { continue };
+        let label = label_of(&labels, i, &c.model);
+        tasks.insert(c.task.clone());
+        models.insert(label.clone());
+        cells.insert((c.task.clone(), label), (m.value, m.stderr));
     }
     if cells.is_empty() {
         return None;

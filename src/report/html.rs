@@ -8,9 +8,9 @@ use std::fmt::Write as _;
 use super::charts::Chart;
 use super::table::value_pm;
 use super::{
-    label_of, model_labels, primary_metric, sample_correct, ModelPoint, ReportError, Row, Run,
+    label_of, model_labels, ok_cells, primary_metric, sample_correct, ModelPoint, ReportError, Row,
+    Run,
 };
-use crate::record::CellStatus;
 
 /// Failing samples shown per model × task.
 pub const FAILING_SAMPLES: usize = 3;
@@ -151,49 +151,42 @@ fn tail_chars(s: &str, n: usize) -> String {
 
 fn failing_samples(runs: &[Run], out: &mut String) -> Result<(), ReportError> {
     let labels = model_labels(runs);
-    for (i, run) in runs.iter().enumerate() {
-        for c in run
-            .record
-            .cells
+    for (i, c) in ok_cells(runs) {
+        let Some(metric) = primary_metric(c) else {
+            continue;
+        };
+        let samples = runs[i].samples(&c.model, &c.task)?;
+        let wrong: Vec<_> = samples
             .iter()
-            .filter(|c| c.status == CellStatus::Ok)
-        {
-            let Some(metric) = primary_metric(c) else {
-                continue;
-            };
-            let samples = run.samples(&c.model, &c.task)?;
-            let wrong: Vec<_> = samples
-                .iter()
-                .filter(|s| sample_correct(s, &metric.name) < 0.5)
-                .take(FAILING_SAMPLES)
-                .collect();
-            if wrong.is_empty() {
-                continue;
-            }
-            let label = label_of(&labels, i, &c.model);
+            .filter(|s| sample_correct(s, &metric.name) < 0.5)
+            .take(FAILING_SAMPLES)
+            .collect();
+        if wrong.is_empty() {
+            continue;
+        }
+        let label = label_of(&labels, i, &c.model);
+        let _ = write!(
+            out,
+            "<details class=\"failing\"><summary>{} / {}: first {} wrong of {} documents</summary><table><thead><tr><th>doc</th><th>context</th><th>gold</th><th>predicted</th><th>log-likelihoods</th></tr></thead><tbody>",
+            esc(&label),
+            esc(&c.task),
+            wrong.len(),
+            samples.len()
+        );
+        for s in wrong {
+            let choice = |k: usize| s.continuations.get(k).cloned().unwrap_or_default();
+            let lls: Vec<String> = s.loglikelihoods.iter().map(|x| format!("{x:.2}")).collect();
             let _ = write!(
                 out,
-                "<details class=\"failing\"><summary>{} / {}: first {} wrong of {} documents</summary><table><thead><tr><th>doc</th><th>context</th><th>gold</th><th>predicted</th><th>log-likelihoods</th></tr></thead><tbody>",
-                esc(&label),
-                esc(&c.task),
-                wrong.len(),
-                samples.len()
+                "<tr><td class=\"num\">{}</td><td><pre>{}</pre></td><td><pre>{}</pre></td><td><pre>{}</pre></td><td>{}</td></tr>",
+                s.doc_id,
+                esc(&tail_chars(&s.context, CONTEXT_CHARS)),
+                esc(&choice(s.gold)),
+                esc(&choice(s.pred)),
+                esc(&lls.join(", "))
             );
-            for s in wrong {
-                let choice = |k: usize| s.continuations.get(k).cloned().unwrap_or_default();
-                let lls: Vec<String> = s.loglikelihoods.iter().map(|x| format!("{x:.2}")).collect();
-                let _ = write!(
-                    out,
-                    "<tr><td class=\"num\">{}</td><td><pre>{}</pre></td><td><pre>{}</pre></td><td><pre>{}</pre></td><td>{}</td></tr>",
-                    s.doc_id,
-                    esc(&tail_chars(&s.context, CONTEXT_CHARS)),
-                    esc(&choice(s.gold)),
-                    esc(&choice(s.pred)),
-                    esc(&lls.join(", "))
-                );
-            }
-            out.push_str("</tbody></table></details>");
         }
+        out.push_str("</tbody></table></details>");
     }
     Ok(())
 }

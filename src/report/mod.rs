@@ -137,6 +137,17 @@ pub fn model_labels(runs: &[Run]) -> BTreeMap<(usize, String), String> {
     out
 }
 
+/// The cells that completed, of every run, with the run's index.
+pub fn ok_cells(runs: &[Run]) -> impl Iterator<Item = (usize, &CellResult)> {
+    runs.iter().enumerate().flat_map(|(i, run)| {
+        run.record
+            .cells
+            .iter()
+            .filter(|c| c.status == CellStatus::Ok)
+            .map(move |c| (i, c))
+    })
+}
+
 /// The label of run `i`'s `model` (see [`model_labels`]).
 pub fn label_of(labels: &BTreeMap<(usize, String), String>, i: usize, model: &str) -> String {
     labels
@@ -253,35 +264,28 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
         n_params: Option<u64>,
     }
     let mut by: BTreeMap<String, Acc> = BTreeMap::new();
-    for (i, run) in runs.iter().enumerate() {
-        for c in run
-            .record
-            .cells
-            .iter()
-            .filter(|c| c.status == CellStatus::Ok)
-        {
-            let a = by.entry(label_of(&labels, i, &c.model)).or_default();
-            if let Some(m) = primary_metric(c) {
-                a.scores.push((m.value, m.stderr));
-            }
-            if let Some(l) = &c.latency {
-                a.lat_sum += l.mean_ms * l.n as f64;
-                a.lat_n += l.n;
-            }
-            if let Some(p) = c.peak_rss {
-                a.peak = Some(a.peak.map_or(p.bytes, |x| x.max(p.bytes)));
-            }
-            if let Some(e) = &c.energy {
-                a.energy += e.energy_j;
-                a.energy_docs += c.n.saturating_sub(c.resumed_samples);
-                a.energy_method = serde_json::to_value(e.method)
-                    .ok()
-                    .and_then(|v| v.as_str().map(String::from));
-            }
-            if let Some(m) = run.record.models.get(&c.model) {
-                a.file_bytes = Some(m.file_bytes);
-                a.n_params = m.params;
-            }
+    for (i, c) in ok_cells(runs) {
+        let a = by.entry(label_of(&labels, i, &c.model)).or_default();
+        if let Some(m) = primary_metric(c) {
+            a.scores.push((m.value, m.stderr));
+        }
+        if let Some(l) = &c.latency {
+            a.lat_sum += l.mean_ms * l.n as f64;
+            a.lat_n += l.n;
+        }
+        if let Some(p) = c.peak_rss {
+            a.peak = Some(a.peak.map_or(p.bytes, |x| x.max(p.bytes)));
+        }
+        if let Some(e) = &c.energy {
+            a.energy += e.energy_j;
+            a.energy_docs += c.n.saturating_sub(c.resumed_samples);
+            a.energy_method = serde_json::to_value(e.method)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from));
+        }
+        if let Some(m) = runs[i].record.models.get(&c.model) {
+            a.file_bytes = Some(m.file_bytes);
+            a.n_params = m.params;
         }
     }
     by.into_iter()
