@@ -167,6 +167,7 @@ mod avx2 {
     use safe_arch::*;
 
     /// Eight consecutive `x` values starting at `i`.
+    #[inline(always)]
     fn x8(x: &[f32; QK], i: usize) -> m256 {
         let lanes: &[f32; 8] = x[i..]
             .first_chunk()
@@ -175,16 +176,19 @@ mod avx2 {
     }
 
     /// The low eight bytes of `b` as eight f32 lanes.
+    #[inline(always)]
     fn widen_lo(b: m128i) -> m256 {
         convert_to_m256_from_i32_m256i(convert_to_i16_m256i_from_lower8_u8_m128i(b))
     }
 
     /// The high eight bytes of `b` as eight f32 lanes.
+    #[inline(always)]
     fn widen_hi(b: m128i) -> m256 {
         widen_lo(byte_shr_imm_u128_m128i::<8>(b))
     }
 
     /// The 16 bytes of nibbles as (low nibbles, high nibbles).
+    #[inline(always)]
     fn nibbles(qs: &[u8]) -> (m128i, m128i) {
         let qs: &[u8; 16] = qs.first_chunk().expect("16 bytes of nibbles");
         let q = load_unaligned_m128i(qs);
@@ -202,83 +206,99 @@ mod avx2 {
     }
 
     /// A block of 32 `x` values.
+    #[inline(always)]
     fn block(x: &[f32]) -> &[f32; QK] {
         x.first_chunk().expect("x is split into blocks of 32")
     }
 
-    /// One Q4_1 block: `Σ q x` in eight lanes, then `acc += d·that`, `acc_m += m·Σx`.
-    fn q4_1_block(b: &[u8], xb: &[f32], s: f32, acc: &mut m256, acc_m: &mut f32) {
-        let xb = block(xb);
-        let (d, mn) = (f16_at(b, 0), f16_at(b, 2));
-        let (lo, hi) = nibbles(&b[4..20]);
-        let p = widen_lo(lo) * x8(xb, 0);
-        let p = fused_mul_add_m256(widen_hi(lo), x8(xb, 8), p);
-        let p = fused_mul_add_m256(widen_lo(hi), x8(xb, 16), p);
-        let p = fused_mul_add_m256(widen_hi(hi), x8(xb, 24), p);
-        *acc = fused_mul_add_m256(set_splat_m256(d), p, *acc);
-        *acc_m = mn.mul_add(s, *acc_m);
-    }
-
-    /// Two blocks per step into two accumulators, so that consecutive
-    /// blocks do not wait on each other's fused multiply-add.
-    pub(super) fn dot_q4_1(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
-        let (mut acc, mut acc_m) = ([zeroed_m256(); 2], [0f32; 2]);
+    /// `Σ` of `one` over the blocks of a row, two blocks per step into two
+    /// accumulators so that consecutive blocks do not wait on each other's
+    /// fused multiply-adds.
+    /// `one` adds a block's contribution: `acc += d·Σ q x` in eight lanes
+    /// and, for types with a per-block offset, `acc_m += m·Σ x`. (Generic,
+    /// not a function pointer, so that it is inlined.)
+    fn row_dot<F>(row: &[u8], x: &[f32], sums: &[f32], bytes: usize, one: F) -> f32
+    where
+        F: Fn(&[u8], &[f32; QK], f32, &mut m256, &mut f32),
+    {
+        let (mut a0, mut a1, mut m0, mut m1) = (zeroed_m256(), zeroed_m256(), 0f32, 0f32);
         let pairs = row
-            .chunks_exact(40)
+            .chunks_exact(2 * bytes)
             .zip(x.chunks_exact(2 * QK))
             .zip(sums.chunks_exact(2));
         for ((b, xb), s) in pairs {
-            let [a0, a1] = &mut acc;
-            let [m0, m1] = &mut acc_m;
-            q4_1_block(&b[..20], &xb[..QK], s[0], a0, m0);
-            q4_1_block(&b[20..], &xb[QK..], s[1], a1, m1);
+            one(&b[..bytes], block(xb), s[0], &mut a0, &mut m0);
+            one(&b[bytes..], block(&xb[QK..]), s[1], &mut a1, &mut m1);
         }
         let blocks = sums.len();
         if blocks % 2 == 1 {
-            let [a0, _] = &mut acc;
-            let [m0, _] = &mut acc_m;
             let last = blocks - 1;
-            q4_1_block(&row[last * 20..], &x[last * QK..], sums[last], a0, m0);
+            one(
+                &row[last * bytes..],
+                block(&x[last * QK..]),
+                sums[last],
+                &mut a0,
+                &mut m0,
+            );
         }
-        hsum(acc[0] + acc[1]) + acc_m[0] + acc_m[1]
+        hsum(a0 + a1) + m0 + m1
+    }
+
+    /// `Σ q x` for the 32 weights `q` of a block held as 32 bytes in two
+    /// 16-byte halves (`lo`: weights 0-15, `hi`: weights 16-31).
+    #[inline(always)]
+    fn dot32(lo: m128i, hi: m128i, xb: &[f32; QK]) -> m256 {
+        let p = widen_lo(lo) * x8(xb, 0);
+        let p = fused_mul_add_m256(widen_hi(lo), x8(xb, 8), p);
+        let p = fused_mul_add_m256(widen_lo(hi), x8(xb, 16), p);
+        fused_mul_add_m256(widen_hi(hi), x8(xb, 24), p)
+    }
+
+    #[inline(always)]
+    fn q4_1_block(b: &[u8], xb: &[f32; QK], s: f32, acc: &mut m256, acc_m: &mut f32) {
+        let (d, mn) = (f16_at(b, 0), f16_at(b, 2));
+        let (lo, hi) = nibbles(&b[4..20]);
+        *acc = fused_mul_add_m256(set_splat_m256(d), dot32(lo, hi, xb), *acc);
+        *acc_m = mn.mul_add(s, *acc_m);
+    }
+
+    /// The fifth bits: byte `j` of the result is 16 if bit `j` of `qh` is
+    /// set, else 0. Each byte gets the byte of `qh` holding its bit, is
+    /// OR-ed with every other bit set, and compares equal to all ones only
+    /// if its own bit was set.
+    #[inline(always)]
+    fn fifth_bits(qh: u32) -> m256i {
+        let spread = shuffle_av_i8z_half_m256i(
+            set_splat_i32_m256i(qh as i32),
+            m256i::from([
+                0u8, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3,
+            ]),
+        );
+        let others = set_splat_i64_m256i(0x7fbf_dfef_f7fb_fdfe);
+        let set = cmp_eq_mask_i8_m256i(spread | others, set_splat_i8_m256i(-1));
+        bitand_m256i(set, set_splat_i8_m256i(16))
+    }
+
+    #[inline(always)]
+    fn q5_0_block(b: &[u8], xb: &[f32; QK], s: f32, acc: &mut m256, _: &mut f32) {
+        let d = f16_at(b, 0);
+        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+        let (lo, hi) = nibbles(&b[6..22]);
+        let nib = insert_m128i_to_m256i::<1>(zero_extend_m128i(lo), hi);
+        let q = nib | fifth_bits(qh);
+        let p = dot32(cast_to_m128i_from_m256i(q), extract_m128i_m256i::<1>(q), xb);
+        // Σ (q - 16) x = Σ q x - 16 Σ x, the last term spread over 8 lanes.
+        let p = p - set_splat_m256(2.0 * s);
+        *acc = fused_mul_add_m256(set_splat_m256(d), p, *acc);
+    }
+
+    pub(super) fn dot_q4_1(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
+        row_dot(row, x, sums, 20, q4_1_block)
     }
 
     pub(super) fn dot_q5_0(row: &[u8], x: &[f32], sums: &[f32]) -> f32 {
-        // Bit `lane` of each group of eight lanes, for the fifth bits.
-        let bits = m256i::from([1i32, 2, 4, 8, 16, 32, 64, 128]);
-        let sixteen = set_splat_i32_m256i(16);
-        // The eight fifth bits from bit `shift` of `qh` as 0 or 16 per lane.
-        let fifth = |qh: u32, shift: u32| {
-            let h = set_splat_i32_m256i((qh >> shift) as i32);
-            bitand_m256i(cmp_eq_mask_i32_m256i(bitand_m256i(h, bits), bits), sixteen)
-        };
-        let with_fifth = |nib: m128i, qh: u32, shift: u32| {
-            let q = convert_to_i16_m256i_from_lower8_u8_m128i(nib);
-            convert_to_m256_from_i32_m256i(bitor_m256i(q, fifth(qh, shift)))
-        };
-        let mut acc = zeroed_m256();
-        for ((b, xb), &s) in row.chunks_exact(22).zip(x.chunks_exact(QK)).zip(sums) {
-            let xb = block(xb);
-            let d = f16_at(b, 0);
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            let (lo, hi) = nibbles(&b[6..22]);
-            let p = with_fifth(lo, qh, 0) * x8(xb, 0);
-            let p = fused_mul_add_m256(
-                with_fifth(byte_shr_imm_u128_m128i::<8>(lo), qh, 8),
-                x8(xb, 8),
-                p,
-            );
-            let p = fused_mul_add_m256(with_fifth(hi, qh, 16), x8(xb, 16), p);
-            let p = fused_mul_add_m256(
-                with_fifth(byte_shr_imm_u128_m128i::<8>(hi), qh, 24),
-                x8(xb, 24),
-                p,
-            );
-            // Σ (q - 16) x = Σ q x - 16 Σ x, the last term spread over 8 lanes.
-            let p = p - set_splat_m256(2.0 * s);
-            acc = fused_mul_add_m256(set_splat_m256(d), p, acc);
-        }
-        hsum(acc)
+        row_dot(row, x, sums, 22, q5_0_block)
     }
 }
 
