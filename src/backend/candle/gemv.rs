@@ -66,33 +66,48 @@ fn quantize_activations(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
     (q, d)
 }
 
-/// The block layout of a supported type: bytes per block and its [`RowDot`].
-fn kernel(dtype: GgmlDType) -> Option<(usize, RowDot)> {
+/// The block layout of a supported type: weights and bytes per block, and
+/// its [`RowDot`].
+fn kernel(dtype: GgmlDType) -> Option<(usize, usize, RowDot)> {
     #[cfg(all(
         target_arch = "x86_64",
         target_feature = "avx2",
         target_feature = "fma"
     ))]
-    use avx2::{dot_q4_1, dot_q5_0};
+    {
+        use avx2::{dot_q4_1, dot_q4k, dot_q5_0, dot_q6k};
+        match dtype {
+            GgmlDType::Q4_1 => Some((QK, 20, dot_q4_1)),
+            GgmlDType::Q5_0 => Some((QK, 22, dot_q5_0)),
+            GgmlDType::Q4K => Some((256, 144, dot_q4k)),
+            GgmlDType::Q6K => Some((256, 210, dot_q6k)),
+            _ => None,
+        }
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma"
+    )))]
     match dtype {
-        GgmlDType::Q4_1 => Some((20, dot_q4_1)),
-        GgmlDType::Q5_0 => Some((22, dot_q5_0)),
+        GgmlDType::Q4_1 => Some((QK, 20, dot_q4_1)),
+        GgmlDType::Q5_0 => Some((QK, 22, dot_q5_0)),
         _ => None,
     }
 }
 
 /// `x · Wᵀ` as `[m, n]`, or `None` when `W`'s type has no kernel here.
 pub fn matmul(x: &Tensor, q: &QTensor) -> Result<Option<Tensor>> {
-    let Some((block_bytes, dot)) = kernel(q.dtype()) else {
+    let Some((block_weights, block_bytes, dot)) = kernel(q.dtype()) else {
         return Ok(None);
     };
     let (n, k) = q.shape().dims2()?;
     let (m, kx) = x.dims2()?;
-    if kx != k || k % QK != 0 {
+    if kx != k || k % block_weights != 0 {
         candle_core::bail!("gemv: x is [{m}, {kx}] for a [{n}, {k}] weight");
     }
     let data = q.data()?;
-    let row_bytes = k / QK * block_bytes;
+    let row_bytes = k / block_weights * block_bytes;
     let xs = x.flatten_all()?.to_vec1::<f32>()?;
     let sums: Vec<f32> = xs.chunks_exact(QK).map(|b| b.iter().sum::<f32>()).collect();
     let (xq, xd) = if QUANTIZED_ACTIVATIONS {
@@ -305,6 +320,120 @@ mod avx2 {
             *acc_m = (-16.0 * d).mul_add(s, *acc_m);
         })
     }
+
+    /// 32 bytes starting at `i`.
+    #[inline(always)]
+    fn bytes32(b: &[u8], i: usize) -> m256i {
+        let v: &[u8; 32] = b[i..].first_chunk().expect("32 bytes of quants");
+        m256i::from(*v)
+    }
+
+    /// Q4_K's eight 6-bit scales and mins from their 12 bytes.
+    #[inline(always)]
+    fn scales_mins_k4(q: &[u8]) -> (m256, m256) {
+        let (mut sc, mut mn) = ([0i32; 8], [0i32; 8]);
+        for j in 0..8 {
+            let (s, m) = if j < 4 {
+                (q[j] & 63, q[j + 4] & 63)
+            } else {
+                (
+                    (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+                    (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+                )
+            };
+            (sc[j], mn[j]) = (i32::from(s), i32::from(m));
+        }
+        (
+            convert_to_m256_from_i32_m256i(m256i::from(sc)),
+            convert_to_m256_from_i32_m256i(m256i::from(mn)),
+        )
+    }
+
+    /// Eight consecutive values of `v` from `i`.
+    #[inline(always)]
+    fn f32x8(v: &[f32], i: usize) -> m256 {
+        load_unaligned_m256(v[i..].first_chunk().expect("eight blocks per superblock"))
+    }
+
+    /// Q4_K, superblocks of 256: `d`, `dmin` (f16), 12 bytes of 6-bit scales
+    /// and mins for eight sub-blocks of 32, 128 bytes of nibbles (each 32
+    /// bytes: low nibbles are one sub-block, high nibbles the next). Weight
+    /// `d·sc·q - dmin·m`, so a sub-block adds `d·sc·d_x·Σ q q_x - dmin·m·Σ x`.
+    /// The eight scales and the min terms are computed as vectors once per
+    /// superblock; four accumulators keep the sub-blocks independent.
+    pub(super) fn dot_q4k(row: &[u8], a: &Act) -> f32 {
+        let (mut acc, mut acc_m) = ([zeroed_m256(); 4], zeroed_m256());
+        let mask = set_splat_i8_m256i(15);
+        for (sb, b) in row.chunks_exact(144).enumerate() {
+            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
+            let (sc, mn) = scales_mins_k4(&b[4..16]);
+            let scale: [f32; 8] = (sc * set_splat_m256(d) * f32x8(a.d, sb * 8)).into();
+            acc_m = fused_mul_add_m256(mn * set_splat_m256(dmin), f32x8(a.sums, sb * 8), acc_m);
+            for pair in 0..4 {
+                let qs = bytes32(b, 16 + 32 * pair);
+                let halves = [
+                    bitand_m256i(qs, mask),
+                    bitand_m256i(shr_imm_u16_m256i::<4>(qs), mask),
+                ];
+                for (h, w) in halves.into_iter().enumerate() {
+                    let j = 2 * pair + h;
+                    let p = int_dot(w, &a.q[(sb * 8 + j) * QK..]);
+                    acc[j % 4] = fused_mul_add_m256(set_splat_m256(scale[j]), p, acc[j % 4]);
+                }
+            }
+        }
+        let lanes: [f32; 8] = (acc[0] + acc[1] + (acc[2] + acc[3]) - acc_m).into();
+        lanes.iter().sum::<f32>()
+    }
+
+    /// Q6_K, superblocks of 256: 128 bytes of low nibbles, 64 bytes of high
+    /// bit pairs, 16 signed 8-bit scales (one per 16 weights), `d` (f16).
+    /// Weight `d·sc·(q - 32)`. In each half of 128 weights, group `g` of 32
+    /// takes its low four bits from the low (g = 0, 1) or high (g = 2, 3)
+    /// nibbles of bytes 0-31 (g even) or 32-63 (g odd) and its top two bits
+    /// from bits `2g, 2g+1` of the 32 high-bit bytes. `(q - 32)·q_x` is
+    /// summed in i16 pairs (|·| ≤ 2·32·127), then to i32 per 16 weights,
+    /// each half of the lanes scaled by its own `sc`.
+    pub(super) fn dot_q6k(row: &[u8], a: &Act) -> f32 {
+        let mut acc = [zeroed_m256(); 4];
+        let (low4, top2) = (set_splat_i8_m256i(15), set_splat_i8_m256i(0x30));
+        let (thirty_two, ones) = (set_splat_i8_m256i(32), set_splat_i16_m256i(1));
+        for (sb, b) in row.chunks_exact(210).enumerate() {
+            let d = f16_at(b, 208);
+            // d·d_x for the superblock's eight blocks of 32.
+            let dd: [f32; 8] = (set_splat_m256(d) * f32x8(a.d, sb * 8)).into();
+            for half in 0..2 {
+                let (ql, qh) = (64 * half, 128 + 32 * half);
+                let (lo_a, lo_b, hi) = (bytes32(b, ql), bytes32(b, ql + 32), bytes32(b, qh));
+                let groups = [
+                    bitand_m256i(lo_a, low4) | bitand_m256i(shl_imm_u16_m256i::<4>(hi), top2),
+                    bitand_m256i(lo_b, low4) | bitand_m256i(shl_imm_u16_m256i::<2>(hi), top2),
+                    bitand_m256i(shr_imm_u16_m256i::<4>(lo_a), low4) | bitand_m256i(hi, top2),
+                    bitand_m256i(shr_imm_u16_m256i::<4>(lo_b), low4)
+                        | bitand_m256i(shr_imm_u16_m256i::<2>(hi), top2),
+                ];
+                for (g, w) in groups.into_iter().enumerate() {
+                    let blk = half * 4 + g;
+                    let qx: &[i8; QK] = a.q[(sb * 8 + blk) * QK..]
+                        .first_chunk()
+                        .expect("activations in blocks of 32");
+                    let qx = load_unaligned_m256i(qx);
+                    let pairs = sub_i16_m256i(
+                        mul_u8i8_add_horizontal_saturating_m256i(w, qx),
+                        mul_u8i8_add_horizontal_saturating_m256i(thirty_two, qx),
+                    );
+                    let p =
+                        convert_to_m256_from_i32_m256i(mul_i16_horizontal_add_m256i(pairs, ones));
+                    let sc = 192 + 8 * half + 2 * g;
+                    let (s0, s1) = (f32::from(b[sc] as i8), f32::from(b[sc + 1] as i8));
+                    let scale = m256::from([s0, s0, s0, s0, s1, s1, s1, s1]);
+                    acc[g] = fused_mul_add_m256(p * scale, set_splat_m256(dd[blk]), acc[g]);
+                }
+            }
+        }
+        let lanes: [f32; 8] = (acc[0] + acc[1] + (acc[2] + acc[3])).into();
+        lanes.iter().sum()
+    }
 }
 
 #[cfg(test)]
@@ -331,18 +460,33 @@ mod tests {
 
     #[test]
     fn equals_dequantized_matmul_within_the_activation_rounding() {
-        let (n, k) = (70usize, 96usize);
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0)
-            .collect();
-        let w = Tensor::from_vec(w, (n, k), &Device::Cpu).expect("w");
-        for dtype in [GgmlDType::Q4_1, GgmlDType::Q5_0] {
+        let cases = [
+            (GgmlDType::Q4_1, 96usize),
+            (GgmlDType::Q5_0, 96),
+            (GgmlDType::Q4K, 512),
+            (GgmlDType::Q6K, 512),
+        ];
+        let n = 70usize;
+        for (dtype, k) in cases {
+            let Some((block_weights, _, _)) = kernel(dtype) else {
+                // Only the k-quants go without (they need AVX2): candle's kernel.
+                assert!(
+                    matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K),
+                    "{dtype:?}"
+                );
+                continue;
+            };
+            assert_eq!(k % block_weights, 0);
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0 * (1.0 + (i / k % 7) as f32))
+                .collect();
+            let w = Tensor::from_vec(w, (n, k), &Device::Cpu).expect("w");
             let q = QTensor::quantize(&w, dtype).expect("quantize");
             let dq = q.dequantize(&Device::Cpu).expect("dq");
             let dq_rows = dq.to_vec2::<f32>().expect("rows");
             for m in [1usize, 3, 15] {
                 let x: Vec<f32> = (0..m * k)
-                    .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0)
+                    .map(|i| ((i * 13 % 29) as f32 - 14.0) / 7.0 * (1.0 + (i % 5) as f32))
                     .collect();
                 let xt = Tensor::from_vec(x.clone(), (m, k), &Device::Cpu).expect("x");
                 let want = xt.matmul(&dq.t().expect("t")).expect("mm");
@@ -361,8 +505,12 @@ mod tests {
                 }
             }
         }
-        let q8 = QTensor::quantize(&w, GgmlDType::Q8_0).expect("q8_0");
-        let x = Tensor::zeros((1, k), candle_core::DType::F32, &Device::Cpu).expect("x");
+        let q8 = QTensor::quantize(
+            &Tensor::zeros((32, 64), candle_core::DType::F32, &Device::Cpu).expect("w"),
+            GgmlDType::Q8_0,
+        )
+        .expect("q8_0");
+        let x = Tensor::zeros((1, 64), candle_core::DType::F32, &Device::Cpu).expect("x");
         assert!(matmul(&x, &q8).expect("call").is_none(), "Q8_0 is candle's");
     }
 
@@ -396,7 +544,7 @@ mod tests {
                     .to_vec2::<f32>()
                     .expect("rows");
                 let data = qt.data().expect("data");
-                let (block_bytes, fast) = kernel(dtype).expect("supported");
+                let (_, block_bytes, fast) = kernel(dtype).expect("supported");
                 for (row, wr) in data.chunks_exact(k / QK * block_bytes).zip(&dq) {
                     let (a, b) = (fast(row, &act), slow(row, &act));
                     let tol = allowed(wr, &x);
