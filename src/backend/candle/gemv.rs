@@ -95,8 +95,8 @@ fn kernel(dtype: GgmlDType) -> Option<(usize, usize, RowDot)> {
         target_feature = "fma"
     )))]
     match dtype {
-        GgmlDType::Q4_1 => Some((QK, 20, dot_q4_1)),
-        GgmlDType::Q5_0 => Some((QK, 22, dot_q5_0)),
+        GgmlDType::Q4_1 => Some((QK, 20, portable::dot_q4_1)),
+        GgmlDType::Q5_0 => Some((QK, 22, portable::dot_q5_0)),
         _ => None,
     }
 }
@@ -159,8 +159,9 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
-/// Q4_1: `d`, `m` (f16), 16 bytes of nibbles; weight `j` is `d·q_j + m`,
-/// low nibbles first. `Σ_j (d q_j + m) x_j = d Σ q_j x_j + m Σ x_j`.
+/// The block loops for targets without AVX2: f32 activations, 16
+/// independent lanes per block in fixed-size arrays for the
+/// auto-vectorizer. With AVX2 only the tests call them.
 #[cfg_attr(
     all(
         target_arch = "x86_64",
@@ -169,57 +170,55 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     ),
     allow(dead_code)
 )]
-fn dot_q4_1(row: &[u8], a: &Act) -> f32 {
-    let (x, sums) = (a.x, a.sums);
-    let mut acc = [0f32; 16];
-    let mut acc_m = 0f32;
-    for ((b, xb), &s) in row.chunks_exact(20).zip(x.chunks_exact(QK)).zip(sums) {
-        let (d, mn) = (f16_at(b, 0), f16_at(b, 2));
-        let qs = &b[4..20];
-        let (lo, hi) = xb.split_at(16);
-        let mut p = [0f32; 16];
-        for j in 0..16 {
-            p[j] = f32::from(qs[j] & 15).mul_add(lo[j], f32::from(qs[j] >> 4) * hi[j]);
-        }
-        for j in 0..16 {
-            acc[j] = d.mul_add(p[j], acc[j]);
-        }
-        acc_m += mn * s;
-    }
-    acc.iter().sum::<f32>() + acc_m
-}
+mod portable {
+    use super::{f16_at, Act, QK};
 
-/// Q5_0: `d` (f16), 32 high bits, 16 bytes of low nibbles; weight `j` is
-/// `d·(q_j - 16)` with the fifth bit of `q_j` in bit `j` of the high bits.
-#[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma"
-    ),
-    allow(dead_code)
-)]
-fn dot_q5_0(row: &[u8], a: &Act) -> f32 {
-    let (x, sums) = (a.x, a.sums);
-    let mut acc = [0f32; 16];
-    for ((b, xb), &s) in row.chunks_exact(22).zip(x.chunks_exact(QK)).zip(sums) {
-        let d = f16_at(b, 0);
-        let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-        let qs = &b[6..22];
-        let (lo, hi) = xb.split_at(16);
-        let mut p = [0f32; 16];
-        for j in 0..16 {
-            let q0 = u32::from(qs[j] & 15) | ((qh >> j) << 4 & 0x10);
-            let q1 = u32::from(qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
-            p[j] = (q0 as f32).mul_add(lo[j], q1 as f32 * hi[j]);
+    /// Q4_1: `d`, `m` (f16), 16 bytes of nibbles; weight `j` is `d·q_j + m`,
+    /// low nibbles first. `Σ_j (d q_j + m) x_j = d Σ q_j x_j + m Σ x_j`.
+    pub(super) fn dot_q4_1(row: &[u8], a: &Act) -> f32 {
+        let (x, sums) = (a.x, a.sums);
+        let mut acc = [0f32; 16];
+        let mut acc_m = 0f32;
+        for ((b, xb), &s) in row.chunks_exact(20).zip(x.chunks_exact(QK)).zip(sums) {
+            let (d, mn) = (f16_at(b, 0), f16_at(b, 2));
+            let qs = &b[4..20];
+            let (lo, hi) = xb.split_at(16);
+            let mut p = [0f32; 16];
+            for j in 0..16 {
+                p[j] = f32::from(qs[j] & 15).mul_add(lo[j], f32::from(qs[j] >> 4) * hi[j]);
+            }
+            for j in 0..16 {
+                acc[j] = d.mul_add(p[j], acc[j]);
+            }
+            acc_m += mn * s;
         }
-        // Σ (q - 16) x = Σ q x - 16 Σ x: -Σ x in each of the 16 lanes.
-        let shift = -s;
-        for j in 0..16 {
-            acc[j] = d.mul_add(p[j] + shift, acc[j]);
-        }
+        acc.iter().sum::<f32>() + acc_m
     }
-    acc.iter().sum::<f32>()
+
+    /// Q5_0: `d` (f16), 32 high bits, 16 bytes of low nibbles; weight `j` is
+    /// `d·(q_j - 16)` with the fifth bit of `q_j` in bit `j` of the high bits.
+    pub(super) fn dot_q5_0(row: &[u8], a: &Act) -> f32 {
+        let (x, sums) = (a.x, a.sums);
+        let mut acc = [0f32; 16];
+        for ((b, xb), &s) in row.chunks_exact(22).zip(x.chunks_exact(QK)).zip(sums) {
+            let d = f16_at(b, 0);
+            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+            let qs = &b[6..22];
+            let (lo, hi) = xb.split_at(16);
+            let mut p = [0f32; 16];
+            for j in 0..16 {
+                let q0 = u32::from(qs[j] & 15) | ((qh >> j) << 4 & 0x10);
+                let q1 = u32::from(qs[j] >> 4) | ((qh >> (j + 12)) & 0x10);
+                p[j] = (q0 as f32).mul_add(lo[j], q1 as f32 * hi[j]);
+            }
+            // Σ (q - 16) x = Σ q x - 16 Σ x: -Σ x in each of the 16 lanes.
+            let shift = -s;
+            for j in 0..16 {
+                acc[j] = d.mul_add(p[j] + shift, acc[j]);
+            }
+        }
+        acc.iter().sum::<f32>()
+    }
 }
 
 /// The block loops in AVX2: weights unpacked to bytes, multiplied with the
@@ -539,8 +538,10 @@ mod tests {
                 q: &q,
                 d: &d,
             };
-            let portable: [(GgmlDType, RowDot); 2] =
-                [(GgmlDType::Q4_1, dot_q4_1), (GgmlDType::Q5_0, dot_q5_0)];
+            let portable: [(GgmlDType, RowDot); 2] = [
+                (GgmlDType::Q4_1, portable::dot_q4_1),
+                (GgmlDType::Q5_0, portable::dot_q5_0),
+            ];
             for (dtype, slow) in portable {
                 let qt = QTensor::quantize(&wt, dtype).expect("quantize");
                 let dq = qt
