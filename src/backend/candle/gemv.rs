@@ -56,8 +56,9 @@ const QUANTIZED_ACTIVATIONS: bool = cfg!(all(
 ));
 
 /// `x` quantized to signed 8 bits per block of 32 with a scale per block
-/// (`d = max|x| / 127`, round to nearest): what llama.cpp's `Q8_0`/`Q8_1`
-/// and candle's `Q8_K` do to activations before an integer dot product.
+/// (`d = max|x| / 127`, round to nearest), as llama.cpp's `Q8_0`/`Q8_1` do
+/// to activations before an integer dot product (candle's `Q8_K` uses
+/// blocks of 256, which proved too coarse for Qwen; see PERFORMANCE.md).
 fn quantize_activations(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut q = Vec::with_capacity(x.len());
     let mut d = Vec::with_capacity(x.len() / QK);
