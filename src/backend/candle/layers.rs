@@ -362,16 +362,42 @@ impl Linear {
             Weight::Streamed(q, _) => {
                 let n = q.shape().dims2()?.0;
                 let slab = (slab_elems / k).clamp(1, n);
-                for r0 in (0..n).step_by(slab) {
-                    let rows = slab.min(n - r0);
-                    let mut y = x.matmul(&dequantize_rows(q, r0, rows)?.t()?)?;
-                    if let Some(b) = &self.bias {
-                        y = y.broadcast_add(&b.narrow(0, r0, rows)?)?;
-                    }
-                    fold_slab(&mut folds, &y, r0, targets)?;
-                }
+                let bias = match &self.bias {
+                    Some(b) => Some(b.to_vec1::<f32>()?),
+                    None => None,
+                };
+                let mut y = vec![0f32; m * slab];
+                with_slab(|w| {
+                    with_rows(x, |xs| {
+                        for r0 in (0..n).step_by(slab) {
+                            let rows = slab.min(n - r0);
+                            let w = dequantize_slab(q, r0, rows, w)?;
+                            let y = &mut y[..m * rows];
+                            gemm_into(xs, k, w, y, rows, 0);
+                            if let Some(b) = &bias {
+                                for row in y.chunks_exact_mut(rows) {
+                                    for (v, b) in row.iter_mut().zip(&b[r0..r0 + rows]) {
+                                        *v += b;
+                                    }
+                                }
+                            }
+                            fold_slab(&mut folds, y, rows, r0, targets);
+                        }
+                        Ok(())
+                    })
+                })?;
             }
-            _ => fold_slab(&mut folds, &self.forward(x)?, 0, targets)?,
+            _ => {
+                let y = self.forward(x)?;
+                let n = y.dim(1)?;
+                fold_slab(
+                    &mut folds,
+                    &y.flatten_all()?.to_vec1::<f32>()?,
+                    n,
+                    0,
+                    targets,
+                );
+            }
         }
         Ok(folds
             .iter()
@@ -390,23 +416,91 @@ fn streamed_matmul(x: &Tensor, q: &QTensor) -> Result<Tensor> {
 
 fn streamed_matmul_slabs(x: &Tensor, q: &QTensor, slab_elems: usize) -> Result<Tensor> {
     let (n, k) = q.shape().dims2()?;
-    let slab = (slab_elems / k).clamp(1, n);
-    if slab >= n {
-        return x.matmul(&dequantize_rows(q, 0, n)?.t()?);
-    }
-    // With several slabs, each slab's columns are copied straight into the
-    // output, so the result is held once.
     let m = x.dim(0)?;
+    let slab = (slab_elems / k).clamp(1, n);
+    // Each slab's product is written straight into its columns of `out`.
     let mut out = vec![0f32; m * n];
-    for r0 in (0..n).step_by(slab) {
-        let rows = slab.min(n - r0);
-        let y = x.matmul(&dequantize_rows(q, r0, rows)?.t()?)?;
-        let y = y.flatten_all()?.to_vec1::<f32>()?;
-        for (i, row) in y.chunks_exact(rows).enumerate() {
-            out[i * n + r0..i * n + r0 + rows].copy_from_slice(row);
-        }
-    }
+    with_slab(|w| {
+        with_rows(x, |xs| {
+            for r0 in (0..n).step_by(slab) {
+                let rows = slab.min(n - r0);
+                let w = dequantize_slab(q, r0, rows, w)?;
+                gemm_into(xs, k, w, &mut out, n, r0);
+            }
+            Ok(())
+        })
+    })?;
     Tensor::from_vec(out, (m, n), &Device::Cpu)
+}
+
+thread_local! {
+    /// The dequantized slab of [`streamed_matmul`] and the head's scores,
+    /// kept by the thread that runs the forward: its pages are faulted in
+    /// once, not per matmul.
+    static SLAB: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's slab buffer (a fresh one if it is in use).
+fn with_slab<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+    SLAB.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => f(&mut buf),
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+/// Runs `f` on the values of a contiguous f32 CPU tensor, in place.
+fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let x = x.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!("streamed matmul: activations must be on the CPU");
+    };
+    let Some((a, b)) = layout.contiguous_offsets() else {
+        candle_core::bail!("streamed matmul: activations not contiguous");
+    };
+    f(&cpu.as_slice::<f32>()?[a..b])
+}
+
+/// Rows `r0..r0 + rows` of `q` as f32 in `buf` (grown as needed; the
+/// returned slice is exactly `rows · k`): [`super::dequant`]'s routines, or
+/// candle's for other types.
+fn dequantize_slab<'b>(
+    q: &QTensor,
+    r0: usize,
+    rows: usize,
+    buf: &'b mut Vec<f32>,
+) -> Result<&'b [f32]> {
+    let (_, k) = q.shape().dims2()?;
+    let dtype = q.dtype();
+    let row_bytes = k / dtype.block_size() * dtype.type_size();
+    if buf.len() < rows * k {
+        buf.resize(rows * k, 0.0);
+    }
+    let w = &mut buf[..rows * k];
+    let data = q.data()?;
+    let bytes = &data[r0 * row_bytes..(r0 + rows) * row_bytes];
+    if !super::dequant::rows_into(dtype, bytes, k, w) {
+        w.copy_from_slice(
+            &dequantize_rows(q, r0, rows)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+    }
+    Ok(w)
+}
+
+/// `out[:, c0..c0 + rows] = x · wᵀ` for `x [m, k]`, `w [rows, k]` and `out`
+/// row-major with `n` columns (f32 GEMM, faer, on rayon's threads). Written
+/// as `outᵀ = w · xᵀ` into a column-major view: faer 0.24.4's matmul into
+/// a row-major strided view gave wrong values or crashed on this project's
+/// machine (AVX2), the column-major form is right for every shape tried.
+fn gemm_into(x: &[f32], k: usize, w: &[f32], out: &mut [f32], n: usize, c0: usize) {
+    use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
+    let (m, rows) = (x.len() / k, w.len() / k);
+    let lhs = MatRef::from_row_major_slice(w, rows, k);
+    let rhs = MatRef::from_row_major_slice(x, m, k).transpose();
+    let dst = MatMut::from_column_major_slice_with_stride_mut(&mut out[c0..], rows, m, n);
+    matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::rayon(0));
 }
 
 /// Rows `r0..r0 + rows` of a quantized `[n, k]` matrix as f32; each thread
@@ -494,18 +588,15 @@ impl RowFold {
     }
 }
 
-/// Folds one slab of logits `[m, cols]` (columns `c0..`) into `folds`, rows
-/// in parallel.
-fn fold_slab(folds: &mut [RowFold], y: &Tensor, c0: usize, targets: &[u32]) -> Result<()> {
+/// Folds one slab of logits `y` (`[m, cols]`, columns `c0..`) into
+/// `folds`, rows in parallel.
+fn fold_slab(folds: &mut [RowFold], y: &[f32], cols: usize, c0: usize, targets: &[u32]) {
     use rayon::prelude::*;
-    let cols = y.dim(1)?;
-    let y = y.flatten_all()?.to_vec1::<f32>()?;
     folds
         .par_iter_mut()
         .zip(y.par_chunks_exact(cols))
         .zip(targets.par_iter())
         .for_each(|((f, row), &t)| f.add(c0, row, t as usize));
-    Ok(())
 }
 
 /// Activation of a gated MLP./// Activation of a gated MLP.

@@ -5,6 +5,7 @@
 //! Add a model family: write `<family>.rs` with a `Model` implementing
 //! [`CausalLm`], then map its `general.architecture` in [`load`].
 
+pub mod dequant;
 pub mod gemma3;
 pub mod gemv;
 pub mod layers;
