@@ -31,7 +31,8 @@ pub enum WeightMode {
 /// row than candle's quantized dot products.
 pub const STREAM_MIN_ROWS: usize = 16;
 
-/// f32 elements of one dequantized slab (bounds the transient memory).
+/// f32 elements of the dequantized slab (16 MiB; one buffer, kept by the
+/// thread that runs the forwards): bounds the memory of a streamed matmul.
 const STREAM_SLAB_ELEMS: usize = 4 << 20;
 
 /// What loading a model held: weights, bytes in memory, non-zero weights.
