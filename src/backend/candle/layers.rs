@@ -368,24 +368,18 @@ impl Linear {
                     None => None,
                 };
                 let mut y = vec![0f32; m * slab];
-                with_slab(|w| {
-                    with_rows(x, |xs| {
-                        for r0 in (0..n).step_by(slab) {
-                            let rows = slab.min(n - r0);
-                            let w = dequantize_slab(q, r0, rows, w)?;
-                            let y = &mut y[..m * rows];
-                            gemm_into(xs, k, w, y, rows, 0);
-                            if let Some(b) = &bias {
-                                for row in y.chunks_exact_mut(rows) {
-                                    for (v, b) in row.iter_mut().zip(&b[r0..r0 + rows]) {
-                                        *v += b;
-                                    }
-                                }
+                each_slab(x, q, slab, |r0, w, xs| {
+                    let rows = w.len() / k;
+                    let y = &mut y[..m * rows];
+                    gemm_into(xs, k, w, y, rows, 0);
+                    if let Some(b) = &bias {
+                        for row in y.chunks_exact_mut(rows) {
+                            for (v, b) in row.iter_mut().zip(&b[r0..r0 + rows]) {
+                                *v += b;
                             }
-                            fold_slab(&mut folds, y, rows, r0, targets);
                         }
-                        Ok(())
-                    })
+                    }
+                    fold_slab(&mut folds, y, rows, r0, targets);
                 })?;
             }
             _ => {
@@ -421,17 +415,28 @@ fn streamed_matmul_slabs(x: &Tensor, q: &QTensor, slab_elems: usize) -> Result<T
     let slab = (slab_elems / k).clamp(1, n);
     // Each slab's product is written straight into its columns of `out`.
     let mut out = vec![0f32; m * n];
-    with_slab(|w| {
+    each_slab(x, q, slab, |r0, w, xs| gemm_into(xs, k, w, &mut out, n, r0))?;
+    Tensor::from_vec(out, (m, n), &Device::Cpu)
+}
+
+/// Calls `f(r0, w, xs)` for each slab of `slab` rows of `q` (from row
+/// `r0`; `w` its rows dequantized, `[rows, k]`) with `xs` the values of `x`.
+fn each_slab(
+    x: &Tensor,
+    q: &QTensor,
+    slab: usize,
+    mut f: impl FnMut(usize, &[f32], &[f32]),
+) -> Result<()> {
+    let n = q.shape().dims2()?.0;
+    with_slab(|buf| {
         with_rows(x, |xs| {
             for r0 in (0..n).step_by(slab) {
-                let rows = slab.min(n - r0);
-                let w = dequantize_slab(q, r0, rows, w)?;
-                gemm_into(xs, k, w, &mut out, n, r0);
+                let w = dequantize_slab(q, r0, slab.min(n - r0), buf)?;
+                f(r0, w, xs);
             }
             Ok(())
         })
-    })?;
-    Tensor::from_vec(out, (m, n), &Device::Cpu)
+    })
 }
 
 thread_local! {
