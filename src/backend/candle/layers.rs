@@ -455,14 +455,14 @@ fn with_slab<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
 }
 
 /// Runs `f` on the values of a contiguous f32 CPU tensor, in place.
-fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub(super) fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let x = x.contiguous()?;
     let (storage, layout) = x.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
-        candle_core::bail!("streamed matmul: activations must be on the CPU");
+        candle_core::bail!("expected a CPU tensor");
     };
     let Some((a, b)) = layout.contiguous_offsets() else {
-        candle_core::bail!("streamed matmul: activations not contiguous");
+        candle_core::bail!("expected a contiguous tensor");
     };
     f(&cpu.as_slice::<f32>()?[a..b])
 }
@@ -639,13 +639,57 @@ impl GatedMlp {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let g = self.gate.forward(x)?;
-        let g = match self.act {
-            Activation::Silu => candle_nn::ops::silu(&g)?,
-            Activation::GeluTanh => g.gelu()?,
-        };
-        self.down.forward(&(g * self.up.forward(x)?)?)
+        let u = self.up.forward(x)?;
+        self.down.forward(&gated(&g, &u, self.act)?)
     }
 }
+
+/// `act(g) * u` elementwise with candle's formulas, in parallel (candle's
+/// unary and binary ops run on one thread); SiLU's `exp` is
+/// [`super::vmath::exp`], so it vectorises.
+fn gated(g: &Tensor, u: &Tensor, act: Activation) -> Result<Tensor> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    if g.dims() != u.dims() {
+        candle_core::bail!(
+            "gated MLP: gate {:?} and up {:?} differ",
+            g.dims(),
+            u.dims()
+        );
+    }
+    fn each(out: &mut [f32], g: &[f32], u: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+        let chunk = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
+            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                *o = f(g) * u;
+            }
+        };
+        if out.len() <= CHUNK {
+            // One chunk (decoding): no need to wake the pool.
+            chunk((out, (g, u)));
+        } else {
+            out.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK).zip(u.par_chunks(CHUNK)))
+                .for_each(chunk);
+        }
+    }
+    let mut out = vec![0f32; g.elem_count()];
+    with_rows(g, |g| {
+        with_rows(u, |u| {
+            match act {
+                Activation::Silu => each(&mut out, g, u, |v| v / (1.0 + super::vmath::exp(-v))),
+                Activation::GeluTanh => each(&mut out, g, u, |v| {
+                    0.5 * v * (1.0 + f32::tanh(SQRT_TWO_OVER_PI * v * (1.0 + 0.044715 * v * v)))
+                }),
+            }
+            Ok(())
+        })
+    })?;
+    Tensor::from_vec(out, g.shape(), &Device::Cpu)
+}
+
+/// sqrt(2/pi) as candle writes it for its tanh-approximated GELU.
+#[allow(clippy::excessive_precision)]
+const SQRT_TWO_OVER_PI: f32 = 0.79788456080286535587989211986876373;
 
 /// Token embedding table; rows are dequantized on lookup when quantized.
 pub enum Embedding {
@@ -898,24 +942,6 @@ impl Span {
         ))
     }
 
-    /// The token ranges `(start, len)` of the documents of a packed span
-    /// with nothing cached, when there are several: no token sees another
-    /// document, so attention can run per document instead of over the
-    /// whole block-diagonal square.
-    pub fn documents(&self) -> Option<Vec<(usize, usize)>> {
-        if self.past != 0 || self.doc.last().is_none_or(|&d| d == 0) {
-            return None;
-        }
-        let mut out: Vec<(usize, usize)> = Vec::new();
-        for (i, d) in self.doc.iter().enumerate() {
-            match out.last_mut() {
-                Some((a, len)) if self.doc[*a] == *d => *len += 1,
-                _ => out.push((i, 1)),
-            }
-        }
-        Some(out)
-    }
-
     /// Number of output rows when they are selected (packed spans).
     pub fn n_outputs(&self) -> Option<usize> {
         self.outputs.as_ref().map(|o| o.elem_count())
@@ -986,53 +1012,9 @@ pub fn rope_cache_attend(
     let k = rope.apply(k, span)?;
     let (k, v) = cache.append(k, v.contiguous()?)?;
     let scale = 1.0 / (head_dim as f64).sqrt();
-    match (span.documents(), mask) {
-        (Some(docs), Some(mask)) => {
-            // Nothing cached: keys are this span's tokens, in its order.
-            let ys = docs
-                .iter()
-                .map(|&(a, n)| {
-                    let m = mask.narrow(0, a, n)?.narrow(1, a, n)?;
-                    let part = |t: &Tensor| t.narrow(2, a, n);
-                    attention(&part(&q)?, &part(&k)?, &part(&v)?, Some(&m), scale)
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&ys, 1)
-        }
-        _ => attention(&q, &k, &v, mask, scale),
-    }
-}
-
-/// Scaled dot-product attention with grouped KV heads.
-/// `q: [1, heads, t, d]`, `k, v: [1, kv_heads, s, d]`; returns `[1, t, heads*d]`.
-pub fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    scale: f64,
-) -> Result<Tensor> {
-    let (_, heads, t, d) = q.dims4()?;
-    let kv_heads = k.dim(1)?;
-    let s = k.dim(2)?;
-    let rep = heads / kv_heads;
-    // Heads of one KV group are adjacent: fold them into the row dimension.
-    let q = q.contiguous()?.reshape((kv_heads, rep * t, d))?;
-    let k = k.reshape((kv_heads, s, d))?;
-    let v = v.reshape((kv_heads, s, d))?;
-    let att = (q.matmul(&k.t()?)? * scale)?;
-    let att = match mask {
-        Some(m) => att
-            .reshape((kv_heads, rep, t, s))?
-            .broadcast_add(m)?
-            .reshape((kv_heads, rep * t, s))?,
-        None => att,
-    };
-    let att = candle_nn::ops::softmax_last_dim(&att)?;
-    let y = att.matmul(&v.contiguous()?)?; // [kv_heads, rep*t, d]
-    y.reshape((heads, t, d))?
-        .transpose(0, 1)?
-        .reshape((1, t, heads * d))
+    // Packed documents need no split: each block of queries attends only
+    // over the keys its mask lets it see.
+    super::attend::attention(&q, &k, &v, mask, scale)
 }
 
 /// The token embedding and the output head (tied to the embedding when the
@@ -1207,7 +1189,7 @@ mod tests {
     }
 
     #[test]
-    fn attention_per_document_equals_attention_over_the_packed_square() {
+    fn packed_attention_equals_each_document_attended_alone() {
         let docs = [
             PackedDoc {
                 context: &[1, 2, 3],
@@ -1222,8 +1204,8 @@ mod tests {
                 branches: vec![&[12]],
             },
         ];
+        let starts = [(0usize, 6usize), (6, 3), (9, 3)];
         let (span, tokens) = Span::packed(&docs).expect("span");
-        assert_eq!(span.documents(), Some(vec![(0, 6), (6, 3), (9, 3)]));
         let t = tokens.len();
         let (heads, kv_heads, d) = (4usize, 2usize, 8usize);
         let val = |n: usize, salt: usize| -> Tensor {
@@ -1239,10 +1221,10 @@ mod tests {
         let v = val(kv_heads * t * d, 3)
             .reshape((1, kv_heads, t, d))
             .expect("v");
+        let mut rope = Rope::new(10_000.0, d, false).expect("rope");
         for window in [None, Some(2)] {
             let mask = span.mask(window).expect("mask");
-            let mut rope = Rope::new(10_000.0, d, false).expect("rope");
-            let got = rope_cache_attend(
+            let packed = rope_cache_attend(
                 &q,
                 &k,
                 &v,
@@ -1251,25 +1233,76 @@ mod tests {
                 &span,
                 mask.as_ref(),
             )
-            .expect("per document");
-            // The whole square, as before: rotate, then attend with the mask.
-            let (qr, kr) = (
-                rope.apply(&q, &span).expect("q"),
-                rope.apply(&k, &span).expect("k"),
-            );
-            let want =
-                attention(&qr, &kr, &v, mask.as_ref(), 1.0 / (d as f64).sqrt()).expect("full");
-            assert_eq!(got.dims(), want.dims());
-            let diff = (got - want)
-                .and_then(|x| x.abs())
-                .and_then(|x| x.flatten_all())
-                .and_then(|x| x.max(0))
-                .and_then(|x| x.to_scalar::<f32>())
-                .expect("diff");
-            assert!(diff < 1e-5, "window {window:?}: max diff {diff}");
+            .expect("packed");
+            for (doc, &(a, n)) in starts.iter().enumerate() {
+                let (alone, _) = Span::packed(&docs[doc..doc + 1]).expect("span");
+                let part = |x: &Tensor| x.narrow(2, a, n).expect("narrow");
+                let want = rope_cache_attend(
+                    &part(&q),
+                    &part(&k),
+                    &part(&v),
+                    &mut rope,
+                    &mut KvCache::default(),
+                    &alone,
+                    alone.mask(window).expect("mask").as_ref(),
+                )
+                .expect("alone");
+                let got = packed.narrow(1, a, n).expect("rows");
+                let diff = (got - want)
+                    .and_then(|x| x.abs())
+                    .and_then(|x| x.flatten_all())
+                    .and_then(|x| x.max(0))
+                    .and_then(|x| x.to_scalar::<f32>())
+                    .expect("diff");
+                assert!(diff < 1e-5, "window {window:?}, doc {doc}: max diff {diff}");
+            }
         }
-        let (one, _) = Span::packed(&docs[..1]).expect("span");
-        assert_eq!(one.documents(), None, "a single document needs no split");
+    }
+
+    #[test]
+    fn gated_activation_equals_candles_ops() {
+        let n = 3 * (1 << 14) + 5;
+        let g: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 2001) as f32 / 20.0 - 50.0)
+            .collect();
+        let u: Vec<f32> = (0..n)
+            .map(|i| ((i * 104_729) % 997) as f32 / 50.0 - 9.0)
+            .collect();
+        let g = Tensor::from_vec(g, (1, n), &Device::Cpu).expect("g");
+        let u = Tensor::from_vec(u, (1, n), &Device::Cpu).expect("u");
+        // GELU is candle's formula, bit for bit; SiLU differs by `exp`'s
+        // error (≤ 1.5e-7 relative, vmath) plus a few roundings.
+        for (act, want, tol) in [
+            (
+                Activation::Silu,
+                candle_nn::ops::silu(&g).expect("silu"),
+                6e-7f32,
+            ),
+            (Activation::GeluTanh, g.gelu().expect("gelu"), 0.0),
+        ] {
+            let want: Vec<f32> = (want * &u)
+                .and_then(|x| x.flatten_all())
+                .and_then(|x| x.to_vec1())
+                .expect("want");
+            let got: Vec<f32> = gated(&g, &u, act)
+                .and_then(|x| x.flatten_all())
+                .and_then(|x| x.to_vec1())
+                .expect("got");
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= tol * b.abs(), "{act:?}: {a} vs {b}");
+            }
+        }
+        assert!(gated(&g, &u.narrow(1, 0, 5).expect("narrow"), Activation::Silu).is_err());
+        let one = |x: f32| Tensor::from_vec(vec![x], (1, 1), &Device::Cpu).expect("one");
+        let y = gated(&one(3.0), &one(2.0), Activation::Silu)
+            .and_then(|y| y.flatten_all())
+            .and_then(|y| y.to_vec1::<f32>())
+            .expect("y");
+        assert!(
+            (y[0] - 2.0 * 3.0 / (1.0 + (-3f32).exp())).abs() < 1e-6,
+            "one chunk, on this thread: {}",
+            y[0]
+        );
     }
 
     #[test]

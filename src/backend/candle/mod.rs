@@ -5,11 +5,13 @@
 //! Add a model family: write `<family>.rs` with a `Model` implementing
 //! [`CausalLm`], then map its `general.architecture` in [`load`].
 
+pub mod attend;
 pub mod dequant;
 pub mod gemma3;
 pub mod gemv;
 pub mod layers;
 pub mod llama;
+pub mod vmath;
 
 use std::path::Path;
 
