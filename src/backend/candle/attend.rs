@@ -59,6 +59,10 @@ pub fn attention(
             candle_core::bail!("attention: mask {:?}, want [{t}, {s}]", m.dims());
         }
     }
+    if t == 0 || s == 0 || d == 0 {
+        // Nothing to attend with or over (chunking by zero would panic).
+        return Tensor::zeros((1, t, heads * d), candle_core::DType::F32, &Device::Cpu);
+    }
     let rep = heads / kv_heads;
     let scale = scale as f32;
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
@@ -411,6 +415,12 @@ mod tests {
             attention(&q, &k3, &k3, None, 1.0).is_err(),
             "2 heads over 3 KV groups"
         );
+        let empty = values((1, 2, 0, 4), 1);
+        let y = attention(&empty, &k, &k, None, 1.0).expect("no queries");
+        assert_eq!(y.dims(), &[1, 0, 8]);
+        let none = values((1, 2, 0, 4), 2);
+        let y = attention(&q, &none, &none, None, 1.0).expect("no keys");
+        assert_eq!(y.dims(), &[1, 3, 8]);
         let wrong = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).expect("test tensor");
         assert!(attention(&q, &k, &k, Some(&wrong), 1.0).is_err());
     }
