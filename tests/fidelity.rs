@@ -103,3 +103,83 @@ fn qwen2_quantized_predictions_match_reference() {
     assert!(agree >= n - 2, "{agree}/{n}");
     assert!(worst < 2.0, "max |dll| {worst}");
 }
+
+/// Choices that share their first tokens, one that is a prefix of another,
+/// one-token choices: scored as prefix trees (several documents packed in
+/// one forward, and one document alone) they equal each choice forwarded
+/// on its own after the context, while each shared prefix is forwarded once.
+/// In f32: the quantized kernels of few-row forwards round activations, so
+/// there the paths differ by design.
+#[test]
+fn prefix_trees_score_like_each_choice_alone() {
+    if common::shared_dir().is_none() {
+        return;
+    }
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let docs = [
+        (
+            "The capital of France is",
+            strings(&[
+                " Paris",
+                " Paris, France",
+                " the city of Paris",
+                " the city of Lyon",
+                " Lyon",
+            ]),
+        ),
+        (
+            "Question: What do plants need to grow?\nAnswer:",
+            strings(&[" sunlight and water", " sunlight", " sand"]),
+        ),
+        (
+            "The man broke his toe because",
+            strings(&[
+                " he dropped a hammer on his foot.",
+                " he got a hole in his sock.",
+            ]),
+        ),
+    ];
+    let requests: Vec<(&str, &[String])> = docs.iter().map(|(c, k)| (*c, k.as_slice())).collect();
+    let mut worst = 0f64;
+    {
+        let mut s = scorer("smollm2-135m-instruct", WeightMode::F32);
+        let packed = s.score_docs(&requests).expect("packed");
+        let single: Vec<_> = docs
+            .iter()
+            .map(|(c, k)| s.score_doc(c, k).expect("single"))
+            .collect();
+        s.batch_choices = false;
+        for (i, (ctx, conts)) in docs.iter().enumerate() {
+            let alone = s.score_doc(ctx, conts).expect("alone");
+            // Each distinct prefix of context ++ continuation (less its last token).
+            let mut nodes = std::collections::HashSet::new();
+            for c in conts {
+                let (a, b) =
+                    slmbench::backend::scorer::encode_pair(&s.tokenizer, ctx, c).expect("encode");
+                let all: Vec<u32> = a.iter().chain(&b).copied().collect();
+                for n in 1..all.len() {
+                    nodes.insert(all[..n].to_vec());
+                }
+            }
+            for got in [&packed[i], &single[i]] {
+                assert_eq!(got.tokens_forwarded, nodes.len(), "doc {i}");
+                for (j, (g, w)) in got.choices.iter().zip(&alone.choices).enumerate() {
+                    let what = format!("doc {i} choice {j}: {g:?} vs {w:?}");
+                    worst = worst.max((g.loglikelihood - w.loglikelihood).abs());
+                    assert!((g.loglikelihood - w.loglikelihood).abs() < 2e-4, "{what}");
+                    assert_eq!(
+                        (g.is_greedy, g.n_tokens),
+                        (w.is_greedy, w.n_tokens),
+                        "{what}"
+                    );
+                }
+            }
+            eprintln!(
+                "doc {i}: {} tokens as a tree, {} choice by choice",
+                nodes.len(),
+                alone.tokens_forwarded
+            );
+        }
+    }
+    eprintln!("largest |Δ log-likelihood| {worst:.2e}");
+}

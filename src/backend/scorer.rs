@@ -2,7 +2,7 @@
 //! (`_encode_pair`) and a shared-context log-likelihood loop over a
 //! [`CausalLm`].
 
-use crate::backend::candle::layers::{PackedDoc, TokenScore};
+use crate::backend::candle::layers::{DocTree, TokenScore};
 use crate::backend::candle::CausalLm;
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -117,17 +117,16 @@ pub const DEFAULT_PACK_TOKENS: usize = 512;
 /// A document's (context, continuation) token pairs, one per choice.
 type Pairs = Vec<(Vec<u32>, Vec<u32>)>;
 
-/// A document ready to score: its (context, continuation) token pairs, the
-/// shared context prefix and each branch's input tokens.
+/// A document ready to score: its (context, continuation) token pairs and
+/// the prefix tree that forwards them.
 struct Encoded {
     pairs: Pairs,
-    prefix: usize,
-    inputs: Vec<Vec<u32>>,
+    tree: DocTree,
 }
 
 impl Encoded {
     fn tokens(&self) -> usize {
-        self.prefix + self.inputs.iter().map(Vec::len).sum::<usize>()
+        self.tree.len()
     }
 }
 
@@ -164,20 +163,11 @@ impl CandleScorer {
         {
             return Err(pairs);
         }
-        let prefix = pairs[0].0.len().saturating_sub(1);
-        let inputs = pairs
-            .iter()
-            .map(|(c, cont)| {
-                let mut inp = c[prefix..].to_vec();
-                inp.extend_from_slice(&cont[..cont.len() - 1]);
-                inp
-            })
-            .collect();
-        Ok(Encoded {
-            pairs,
-            prefix,
-            inputs,
-        })
+        let tree = DocTree::new(pairs.iter().map(|(c, k)| (c.as_slice(), k.as_slice())));
+        match tree {
+            Some(tree) => Ok(Encoded { pairs, tree }),
+            None => Err(pairs),
+        }
     }
 
     /// One document alone, its compute time recorded.
@@ -206,19 +196,9 @@ impl CandleScorer {
 
     /// Scores documents end to end in one forward.
     fn score_pack(&mut self, pack: &[Encoded]) -> Result<Vec<DocScore>, ScoreError> {
-        let docs: Vec<PackedDoc<'_>> = pack
-            .iter()
-            .map(|e| PackedDoc {
-                context: &e.pairs[0].0[..e.prefix],
-                branches: e.inputs.iter().map(Vec::as_slice).collect(),
-            })
-            .collect();
-        let targets: Vec<u32> = pack
-            .iter()
-            .flat_map(|e| e.pairs.iter().flat_map(|(_, cont)| cont.iter().copied()))
-            .collect();
+        let trees: Vec<&DocTree> = pack.iter().map(|e| &e.tree).collect();
         let t0 = std::time::Instant::now();
-        let scores = self.model.score_packed(&docs, &targets)?;
+        let scores = self.model.score_packed(&trees)?;
         let total: usize = pack.iter().map(Encoded::tokens).sum();
         let mut rest = scores.as_slice();
         let mut out = Vec::with_capacity(pack.len());
@@ -350,9 +330,23 @@ impl Scorer for CandleScorer {
 }
 
 impl CandleScorer {
-    /// One document: the shared context forwarded once, then its choices as
+    /// One document: its choices' prefix tree in one forward; or, when that
+    /// does not fit, the shared context forwarded once, then its choices as
     /// branches (or one by one when they do not fit or a choice is empty).
-    fn score_encoded(&mut self, pairs: Pairs) -> Result<DocScore, ScoreError> {
+    fn score_encoded(&mut self, mut pairs: Pairs) -> Result<DocScore, ScoreError> {
+        if self.batch_choices {
+            // The choices' prefix tree in one forward, when it fits a chunk.
+            match self.packable(pairs) {
+                Ok(e) if e.tokens() <= self.chunk => {
+                    let mut one = self.score_pack(std::slice::from_ref(&e))?;
+                    return one.pop().ok_or_else(|| {
+                        ScoreError::Forward(candle_core::Error::Msg("no score".into()))
+                    });
+                }
+                Ok(e) => pairs = e.pairs,
+                Err(p) => pairs = p,
+            }
+        }
         let longest = pairs
             .iter()
             .map(|(c, k)| c.len() + k.len())

@@ -345,20 +345,50 @@ impl Linear {
     /// only a few targets, where the quantized kernels would round the
     /// activations to 8 bits (up to 0.16 nats on SmolLM2's RTE).
     pub fn token_scores(&self, x: &Tensor, targets: &[u32]) -> Result<Vec<TokenScore>> {
-        self.token_scores_slabs(x, targets, STREAM_SLAB_ELEMS)
+        let m = x.dim(0)?;
+        if m != targets.len() {
+            candle_core::bail!("{m} rows of hidden states for {} targets", targets.len());
+        }
+        let rows: Vec<u32> = (0..m as u32).collect();
+        self.token_scores_slabs(x, &rows, targets, STREAM_SLAB_ELEMS)
+    }
+
+    /// As [`Self::token_scores`], with `targets[i]` scored under row
+    /// `rows[i]` of `x`: a row that predicts several targets (the shared
+    /// node of a [`DocTree`]) costs one row of logits.
+    pub fn token_scores_at(
+        &self,
+        x: &Tensor,
+        rows: &[u32],
+        targets: &[u32],
+    ) -> Result<Vec<TokenScore>> {
+        self.token_scores_slabs(x, rows, targets, STREAM_SLAB_ELEMS)
     }
 
     fn token_scores_slabs(
         &self,
         x: &Tensor,
+        rows: &[u32],
         targets: &[u32],
         slab_elems: usize,
     ) -> Result<Vec<TokenScore>> {
         let (m, k) = x.dims2()?;
-        if m != targets.len() {
-            candle_core::bail!("{m} rows of hidden states for {} targets", targets.len());
+        if rows.len() != targets.len() {
+            candle_core::bail!("{} rows for {} targets", rows.len(), targets.len());
+        }
+        if let Some(r) = rows.iter().find(|&&r| r as usize >= m) {
+            candle_core::bail!("row {r} of {m} rows of hidden states");
         }
         let mut folds = vec![RowFold::EMPTY; m];
+        let mut logits = vec![f32::NAN; targets.len()];
+        let mut fold = |y: &[f32], cols: usize, c0: usize| {
+            fold_slab(&mut folds, y, cols, c0);
+            for ((l, &r), &t) in logits.iter_mut().zip(rows).zip(targets) {
+                if let Some(c) = (t as usize).checked_sub(c0).filter(|&c| c < cols) {
+                    *l = y[r as usize * cols + c];
+                }
+            }
+        };
         match &self.weight {
             Weight::Streamed(q, _) => {
                 let n = q.shape().dims2()?.0;
@@ -369,35 +399,30 @@ impl Linear {
                 };
                 let mut y = vec![0f32; m * slab];
                 each_slab(x, q, slab, |r0, w, xs| {
-                    let rows = w.len() / k;
-                    let y = &mut y[..m * rows];
-                    gemm_into(xs, k, w, y, rows, 0);
+                    let cols = w.len() / k;
+                    let y = &mut y[..m * cols];
+                    gemm_into(xs, k, w, y, cols, 0);
                     if let Some(b) = &bias {
-                        for row in y.chunks_exact_mut(rows) {
-                            for (v, b) in row.iter_mut().zip(&b[r0..r0 + rows]) {
+                        for row in y.chunks_exact_mut(cols) {
+                            for (v, b) in row.iter_mut().zip(&b[r0..r0 + cols]) {
                                 *v += b;
                             }
                         }
                     }
-                    fold_slab(&mut folds, y, rows, r0, targets);
+                    fold(y, cols, r0);
                 })?;
             }
             _ => {
                 let y = self.forward(x)?;
                 let n = y.dim(1)?;
-                fold_slab(
-                    &mut folds,
-                    &y.flatten_all()?.to_vec1::<f32>()?,
-                    n,
-                    0,
-                    targets,
-                );
+                fold(&y.flatten_all()?.to_vec1::<f32>()?, n, 0);
             }
         }
-        Ok(folds
+        Ok(rows
             .iter()
             .zip(targets)
-            .map(|(f, &t)| f.finish(t as usize))
+            .zip(&logits)
+            .map(|((&r, &t), &l)| folds[r as usize].finish(l, t as usize))
             .collect())
     }
 }
@@ -544,15 +569,14 @@ pub struct TokenScore {
     pub greedy: bool,
 }
 
-/// Running log-sum-exp, argmax and target logit of one row of logits seen
-/// slab by slab (columns in order).
+/// Running log-sum-exp and argmax of one row of logits seen slab by slab
+/// (columns in order).
 #[derive(Debug, Clone, Copy)]
 struct RowFold {
     max: f32,
     argmax: usize,
     /// `Σ exp(v - max)` over the columns seen.
     sum: f64,
-    target: f32,
 }
 
 impl RowFold {
@@ -560,11 +584,10 @@ impl RowFold {
         max: f32::NEG_INFINITY,
         argmax: 0,
         sum: 0.0,
-        target: f32::NAN,
     };
 
     /// Folds in columns `c0..c0 + row.len()`.
-    fn add(&mut self, c0: usize, row: &[f32], target: usize) {
+    fn add(&mut self, c0: usize, row: &[f32]) {
         let (mut best, mut best_i) = (f32::NEG_INFINITY, 0usize);
         for (i, &v) in row.iter().enumerate() {
             if v > best {
@@ -581,14 +604,12 @@ impl RowFold {
         // Each term in f32 (relative error ~1e-7, half the cost of f64's
         // exp), summed in f64 over the vocabulary.
         self.sum += row.iter().map(|&v| f64::from((v - m).exp())).sum::<f64>();
-        if (c0..c0 + row.len()).contains(&target) {
-            self.target = row[target - c0];
-        }
     }
 
-    fn finish(&self, target: usize) -> TokenScore {
+    /// The score of `target`, whose logit is `logit`.
+    fn finish(&self, logit: f32, target: usize) -> TokenScore {
         TokenScore {
-            logprob: self.target as f64 - (self.max as f64 + self.sum.ln()),
+            logprob: logit as f64 - (self.max as f64 + self.sum.ln()),
             greedy: self.argmax == target,
         }
     }
@@ -596,16 +617,15 @@ impl RowFold {
 
 /// Folds one slab of logits `y` (`[m, cols]`, columns `c0..`) into
 /// `folds`, rows in parallel.
-fn fold_slab(folds: &mut [RowFold], y: &[f32], cols: usize, c0: usize, targets: &[u32]) {
+fn fold_slab(folds: &mut [RowFold], y: &[f32], cols: usize, c0: usize) {
     use rayon::prelude::*;
     folds
         .par_iter_mut()
         .zip(y.par_chunks_exact(cols))
-        .zip(targets.par_iter())
-        .for_each(|((f, row), &t)| f.add(c0, row, t as usize));
+        .for_each(|(f, row)| f.add(c0, row));
 }
 
-/// Activation of a gated MLP./// Activation of a gated MLP.
+/// Activation of a gated MLP.
 #[derive(Debug, Clone, Copy)]
 pub enum Activation {
     Silu,
@@ -843,31 +863,108 @@ impl KvCache {
     }
 }
 
-/// Where the tokens of one forward sit: after `past` cached positions, as one
-/// causal run, or as several independent branches off the cache (each token
-/// sees the cache and the earlier tokens of its own branch) — how all the
-/// choices of a document are scored in one forward — or as several packed
-/// documents, each a shared context plus branches, that never see each other.
+/// Parent of a token that follows the cached positions directly.
+const ROOT: u32 = u32::MAX;
+
+/// Where the tokens of one forward sit: after `past` cached positions, as a
+/// forest of token trees. Each token sees the cache and its ancestors (and
+/// itself): one chain for a causal run; one chain per branch for several
+/// continuations of the cache; one prefix tree per document for packed
+/// documents, which never see each other.
 ///
-/// Visibility: key j is visible to query i when both belong to the same
-/// document, `pos[j] <= pos[i]`, and j is shared (branch 0) or on i's branch.
+/// Visibility: key j is visible to query i when j is i or an ancestor of i
+/// (a cached key is visible to every query), within the sliding window if
+/// there is one.
 pub struct Span {
     pub past: usize,
     positions: Vec<usize>,
-    /// 0 = shared by every branch of the document; b > 0 = branch b.
-    branch: Vec<u32>,
-    /// Document of each token (all 0 unless packed).
-    doc: Vec<u32>,
+    /// Index of each token's parent in the span, or [`ROOT`].
+    parent: Vec<u32>,
     /// Position ids for the RoPE tables when they are not one contiguous run.
     gather: Option<Tensor>,
     /// Rows whose logits are wanted, when not simply the last ones.
     outputs: Option<Tensor>,
 }
 
-/// One document of a packed forward: its shared context and its branches.
-pub struct PackedDoc<'a> {
-    pub context: &'a [u32],
-    pub branches: Vec<&'a [u32]>,
+/// The choices of one document as a prefix tree of tokens: every distinct
+/// prefix of the sequences `context ++ continuation` (without their last
+/// token, whose output nobody needs) is one node, forwarded once. The
+/// context is shared by all choices, and so are the first tokens two
+/// continuations have in common; the node of the context's last token
+/// predicts every choice's first token. Nodes are in insertion order, so a
+/// parent comes before its children.
+#[derive(Debug, Clone)]
+pub struct DocTree {
+    tokens: Vec<u32>,
+    /// Parent node, or [`ROOT`] for the first token.
+    parent: Vec<u32>,
+    depth: Vec<usize>,
+    /// Every continuation's tokens, choices in order: the scored targets.
+    targets: Vec<u32>,
+    /// For each target, the node whose output predicts it.
+    predictors: Vec<u32>,
+}
+
+impl DocTree {
+    /// The tree of `(context, continuation)` token pairs, one per choice;
+    /// `None` when a choice has an empty context (nothing predicts its first
+    /// token).
+    pub fn new<'a>(pairs: impl IntoIterator<Item = (&'a [u32], &'a [u32])>) -> Option<Self> {
+        let mut tree = Self {
+            tokens: Vec::new(),
+            parent: Vec::new(),
+            depth: Vec::new(),
+            targets: Vec::new(),
+            predictors: Vec::new(),
+        };
+        let mut children = std::collections::HashMap::new();
+        let mut path = Vec::new();
+        for (ctx, cont) in pairs {
+            if ctx.is_empty() {
+                return None;
+            }
+            path.clear();
+            let mut at = ROOT;
+            let inputs = ctx.len() + cont.len() - 1;
+            for (d, &tok) in ctx.iter().chain(cont).take(inputs).enumerate() {
+                at = *children.entry((at, tok)).or_insert_with(|| {
+                    tree.tokens.push(tok);
+                    tree.parent.push(at);
+                    tree.depth.push(d);
+                    tree.tokens.len() as u32 - 1
+                });
+                path.push(at);
+            }
+            tree.targets.extend_from_slice(cont);
+            tree.predictors
+                .extend((0..cont.len()).map(|j| path[ctx.len() - 1 + j]));
+        }
+        Some(tree)
+    }
+
+    /// Tokens to forward.
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// The scored tokens: every continuation's, choices in order.
+    pub fn targets(&self) -> &[u32] {
+        &self.targets
+    }
+}
+
+/// Several documents' trees laid out for one forward with nothing cached.
+pub struct Packed {
+    pub span: Span,
+    pub tokens: Vec<u32>,
+    /// Documents' targets in order.
+    pub targets: Vec<u32>,
+    /// For each target, its row among the span's output rows.
+    pub rows: Vec<u32>,
 }
 
 impl Span {
@@ -876,8 +973,9 @@ impl Span {
         Self {
             past,
             positions: (past..past + t).collect(),
-            branch: vec![0; t],
-            doc: vec![0; t],
+            parent: (0..t as u32)
+                .map(|i| i.checked_sub(1).unwrap_or(ROOT))
+                .collect(),
             gather: None,
             outputs: None,
         }
@@ -886,60 +984,69 @@ impl Span {
     /// Branches of the given lengths, each starting at position `past`.
     pub fn branches(past: usize, lens: &[usize]) -> Result<Self> {
         let mut positions = Vec::new();
-        let mut branch = Vec::new();
-        for (b, &n) in lens.iter().enumerate() {
+        let mut parent = Vec::new();
+        for &n in lens {
+            let first = parent.len() as u32;
             positions.extend(past..past + n);
-            branch.extend(std::iter::repeat_n(b as u32 + 1, n));
+            parent.extend((0..n as u32).map(|i| if i == 0 { ROOT } else { first + i - 1 }));
         }
         let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
         let n = ids.len();
         Ok(Self {
             past,
-            doc: vec![0; n],
             positions,
-            branch,
+            parent,
             gather: Some(Tensor::from_vec(ids, n, &Device::Cpu)?),
             outputs: None,
         })
     }
 
-    /// Documents laid end to end with nothing cached: each document's
-    /// context at positions `0..c`, then each of its branches at `c..`.
-    /// The tokens are the concatenation, document by document, of the
-    /// context then the branches; the output rows are every branch token.
-    pub fn packed(docs: &[PackedDoc<'_>]) -> Result<(Self, Vec<u32>)> {
-        let mut positions = Vec::new();
-        let mut branch = Vec::new();
-        let mut doc = Vec::new();
-        let mut tokens = Vec::new();
+    /// Documents' trees laid end to end with nothing cached, each node at
+    /// its depth's position. The output rows are the nodes that predict a
+    /// target, each once however many targets it predicts.
+    pub fn packed(docs: &[&DocTree]) -> Result<Packed> {
+        let (mut positions, mut parent, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
+        let mut predictors = Vec::new();
+        let mut targets = Vec::new();
+        for tree in docs {
+            let offset = tokens.len() as u32;
+            tokens.extend_from_slice(&tree.tokens);
+            positions.extend_from_slice(&tree.depth);
+            parent.extend(
+                tree.parent
+                    .iter()
+                    .map(|&p| if p == ROOT { ROOT } else { p + offset }),
+            );
+            predictors.extend(tree.predictors.iter().map(|&p| p + offset));
+            targets.extend_from_slice(&tree.targets);
+        }
+        let n = tokens.len();
+        let mut row_of = vec![ROOT; n];
+        for &p in &predictors {
+            row_of[p as usize] = 0;
+        }
         let mut outputs = Vec::new();
-        for (d, pd) in docs.iter().enumerate() {
-            let c = pd.context.len();
-            positions.extend(0..c);
-            branch.extend(std::iter::repeat_n(0u32, c));
-            doc.extend(std::iter::repeat_n(d as u32, c));
-            tokens.extend_from_slice(pd.context);
-            for (b, br) in pd.branches.iter().enumerate() {
-                outputs.extend((tokens.len()..tokens.len() + br.len()).map(|r| r as u32));
-                positions.extend(c..c + br.len());
-                branch.extend(std::iter::repeat_n(b as u32 + 1, br.len()));
-                doc.extend(std::iter::repeat_n(d as u32, br.len()));
-                tokens.extend_from_slice(br);
+        for (i, r) in row_of.iter_mut().enumerate() {
+            if *r == 0 {
+                *r = outputs.len() as u32;
+                outputs.push(i as u32);
             }
         }
+        let rows = predictors.iter().map(|&p| row_of[p as usize]).collect();
         let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
-        let (n, n_out) = (ids.len(), outputs.len());
-        Ok((
-            Self {
+        let n_out = outputs.len();
+        Ok(Packed {
+            span: Self {
                 past: 0,
                 positions,
-                branch,
-                doc,
+                parent,
                 gather: Some(Tensor::from_vec(ids, n, &Device::Cpu)?),
                 outputs: Some(Tensor::from_vec(outputs, n_out, &Device::Cpu)?),
             },
             tokens,
-        ))
+            targets,
+            rows,
+        })
     }
 
     /// Number of output rows when they are selected (packed spans).
@@ -959,8 +1066,8 @@ impl Span {
         self.positions.iter().copied().max().unwrap_or(self.past)
     }
 
-    /// Additive mask `[t, past+t]`: causal within a branch, nothing across
-    /// branches, optionally limited to a sliding window of `window`
+    /// Additive mask `[t, past+t]`: each token sees the cache and its
+    /// ancestors (see [`Span`]), optionally limited to a sliding window of `window`
     /// positions (a query at `q` sees keys at `q - window < k <= q`).
     pub fn mask(&self, window: Option<usize>) -> Result<Option<Tensor>> {
         let t = self.len();
@@ -971,24 +1078,20 @@ impl Span {
             return Ok(None);
         }
         let far = |q: usize, k: usize| window.is_some_and(|w| q >= w + k);
-        let mut m = vec![0f32; t * total];
+        let mut m = vec![f32::NEG_INFINITY; t * total];
         for i in 0..t {
             let q = self.positions[i];
             let row = &mut m[i * total..(i + 1) * total];
             for (k, cell) in row.iter_mut().enumerate().take(self.past) {
-                if far(q, k) {
-                    *cell = f32::NEG_INFINITY;
+                if !far(q, k) {
+                    *cell = 0.0;
                 }
             }
-            for j in 0..t {
-                let kp = self.positions[j];
-                let visible = self.doc[j] == self.doc[i]
-                    && (self.branch[j] == 0 || self.branch[j] == self.branch[i])
-                    && kp <= q
-                    && !far(q, kp);
-                if !visible {
-                    row[self.past + j] = f32::NEG_INFINITY;
-                }
+            // Up the tree: positions only fall, so the first far key ends it.
+            let mut j = i as u32;
+            while j != ROOT && !far(q, self.positions[j as usize]) {
+                row[self.past + j as usize] = 0.0;
+                j = self.parent[j as usize];
             }
         }
         Tensor::from_vec(m, (t, total), &Device::Cpu).map(Some)
@@ -1173,7 +1276,10 @@ mod tests {
             let want = reference(&logits, &targets);
             // One slab, several uneven slabs, a slab of one row.
             for slab in [1 << 20, 70 * k, k] {
-                let got = head.token_scores_slabs(x, &targets, slab).expect("scores");
+                let rows: Vec<u32> = (0..targets.len() as u32).collect();
+                let got = head
+                    .token_scores_slabs(x, &rows, &targets, slab)
+                    .expect("scores");
                 assert_eq!(got.len(), want.len());
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     let what = format!("{} rows, slab {slab}, row {i}", want.len());
@@ -1185,27 +1291,47 @@ mod tests {
                 head.token_scores(x, &targets[1..]).is_err(),
                 "a target per row is required"
             );
+            // Rows shared by several targets, in any order.
+            let rows = [2u32, 0, 2, 1, 2];
+            let picked: Vec<Vec<f32>> = rows.iter().map(|&r| logits[r as usize].clone()).collect();
+            let targets: Vec<u32> = picked.iter().enumerate().map(|(i, r)| pick(i, r)).collect();
+            let want = reference(&picked, &targets);
+            for slab in [1 << 20, 70 * k, k] {
+                let got = head
+                    .token_scores_slabs(x, &rows, &targets, slab)
+                    .expect("scores");
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g.logprob - w.0).abs() <= 1e-5,
+                        "shared rows, slab {slab}, {i}"
+                    );
+                    assert_eq!(g.greedy, w.1, "shared rows, slab {slab}, {i}");
+                }
+            }
+            let m = x.dim(0).expect("rows") as u32;
+            assert!(
+                head.token_scores_at(x, &[m], &[0]).is_err(),
+                "row out of range"
+            );
+            assert!(
+                head.token_scores_at(x, &[0, 1], &[0]).is_err(),
+                "a row per target"
+            );
         }
     }
 
     #[test]
     fn packed_attention_equals_each_document_attended_alone() {
+        let tree = |pairs: &[(&[u32], &[u32])]| DocTree::new(pairs.iter().copied()).expect("tree");
+        // Forwarded: [1 2 3 4 5 6], [7 8 9], [10 11 12].
         let docs = [
-            PackedDoc {
-                context: &[1, 2, 3],
-                branches: vec![&[4], &[5, 6]],
-            },
-            PackedDoc {
-                context: &[7],
-                branches: vec![&[8, 9]],
-            },
-            PackedDoc {
-                context: &[10, 11],
-                branches: vec![&[12]],
-            },
+            tree(&[(&[1, 2, 3], &[4, 9]), (&[1, 2, 3], &[5, 6, 7])]),
+            tree(&[(&[7], &[8, 9, 1])]),
+            tree(&[(&[10, 11], &[12, 2])]),
         ];
         let starts = [(0usize, 6usize), (6, 3), (9, 3)];
-        let (span, tokens) = Span::packed(&docs).expect("span");
+        let all: Vec<&DocTree> = docs.iter().collect();
+        let Packed { span, tokens, .. } = Span::packed(&all).expect("span");
         let t = tokens.len();
         let (heads, kv_heads, d) = (4usize, 2usize, 8usize);
         let val = |n: usize, salt: usize| -> Tensor {
@@ -1235,7 +1361,7 @@ mod tests {
             )
             .expect("packed");
             for (doc, &(a, n)) in starts.iter().enumerate() {
-                let (alone, _) = Span::packed(&docs[doc..doc + 1]).expect("span");
+                let alone = Span::packed(&all[doc..doc + 1]).expect("span").span;
                 let part = |x: &Tensor| x.narrow(2, a, n).expect("narrow");
                 let want = rope_cache_attend(
                     &part(&q),
@@ -1307,22 +1433,27 @@ mod tests {
 
     #[test]
     fn packed_documents_never_see_each_other() {
-        // Doc 0: context [a b], branches [c] and [d e]; doc 1: context [f], branch [g].
-        let docs = [
-            PackedDoc {
-                context: &[1, 2],
-                branches: vec![&[3], &[4, 5]],
-            },
-            PackedDoc {
-                context: &[6],
-                branches: vec![&[7]],
-            },
-        ];
-        let (span, tokens) = Span::packed(&docs).expect("span");
-        assert_eq!(tokens, vec![1, 2, 3, 4, 5, 6, 7]);
-        assert_eq!(span.positions, vec![0, 1, 2, 2, 3, 0, 1]);
-        assert_eq!(span.n_outputs(), Some(4));
-        let m = span.mask(None).expect("mask").expect("some");
+        // Doc 0: context [1 2]; choices [3 4], [3 5], [6], [7 8 9] — the
+        // node of 2 predicts 3, 3, 6 and 7; the node of 3 predicts 4 and 5.
+        // Doc 1: context [10]; choices [11], [12 13].
+        let doc0 = DocTree::new([
+            (&[1u32, 2][..], &[3u32, 4][..]),
+            (&[1, 2], &[3, 5]),
+            (&[1, 2], &[6]),
+            (&[1, 2], &[7, 8, 9]),
+        ])
+        .expect("tree");
+        let doc1 = DocTree::new([(&[10u32][..], &[11u32][..]), (&[10], &[12, 13])]).expect("tree");
+        assert_eq!(doc0.len(), 5, "1 2 3 7 8");
+        assert_eq!(doc0.targets(), &[3, 4, 3, 5, 6, 7, 8, 9]);
+        let p = Span::packed(&[&doc0, &doc1]).expect("span");
+        assert_eq!(p.tokens, vec![1, 2, 3, 7, 8, 10, 12]);
+        assert_eq!(p.span.positions, vec![0, 1, 2, 2, 3, 0, 1]);
+        assert_eq!(p.targets, vec![3, 4, 3, 5, 6, 7, 8, 9, 11, 12, 13]);
+        // Output rows are the nodes 2 3 7 8 | 10 12, each once.
+        assert_eq!(p.span.n_outputs(), Some(6));
+        assert_eq!(p.rows, vec![0, 1, 0, 1, 0, 0, 2, 3, 4, 4, 5]);
+        let m = p.span.mask(None).expect("mask").expect("some");
         let t = true;
         let f = false;
         assert_eq!(
@@ -1337,6 +1468,8 @@ mod tests {
                 vec![f, f, f, f, f, t, t],
             ]
         );
+        // Nothing predicts the first token after an empty context.
+        assert!(DocTree::new([(&[][..], &[1u32][..])]).is_none());
     }
 
     #[test]

@@ -107,21 +107,17 @@ pub trait CausalLm: Send {
         }
     }
 
-    /// Scores several documents in one forward with nothing cached: each a
-    /// shared context plus branches (see [`Span::packed`]). `targets` has
-    /// one token per branch token, documents and branches in order; the
-    /// cache is left empty.
-    fn score_packed(
-        &mut self,
-        docs: &[layers::PackedDoc<'_>],
-        targets: &[u32],
-    ) -> candle_core::Result<Vec<TokenScore>> {
+    /// Scores several documents in one forward with nothing cached, each
+    /// its choices' prefix tree (see [`layers::DocTree`]): every target of
+    /// every document, documents and then choices in order. The cache is
+    /// left empty.
+    fn score_packed(&mut self, docs: &[&layers::DocTree]) -> candle_core::Result<Vec<TokenScore>> {
         self.truncate_cache(0)?;
-        let (span, tokens) = Span::packed(docs)?;
-        let out = self.forward_hidden(&tokens, &span, 0);
+        let p = Span::packed(docs)?;
+        let out = self.forward_hidden(&p.tokens, &p.span, 0);
         self.truncate_cache(0)?;
         match out? {
-            Some(h) => self.head().token_scores(&h, targets),
+            Some(h) => self.head().token_scores_at(&h, &p.rows, &p.targets),
             None => candle_core::bail!("no tokens to score"),
         }
     }
