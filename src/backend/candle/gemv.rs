@@ -403,11 +403,41 @@ mod avx2 {
         let mut acc = [zeroed_m256(); 4];
         let (low4, top2) = (set_splat_i8_m256i(15), set_splat_i8_m256i(0x30));
         let (thirty_two, ones) = (set_splat_i8_m256i(32), set_splat_i16_m256i(1));
+        // Lane patterns: `pair(j)` spreads factors 2j and 2j+1 over the
+        // low and high four lanes; `twice(h)` repeats blocks 4h..4h+3 twice.
+        let pair = |j: i32| {
+            m256i::from([
+                2 * j,
+                2 * j,
+                2 * j,
+                2 * j,
+                2 * j + 1,
+                2 * j + 1,
+                2 * j + 1,
+                2 * j + 1,
+            ])
+        };
+        let pairs_idx = [pair(0), pair(1), pair(2), pair(3)];
+        let twice = [
+            m256i::from([0, 0, 1, 1, 2, 2, 3, 3]),
+            m256i::from([4, 4, 5, 5, 6, 6, 7, 7]),
+        ];
         for (sb, b) in row.chunks_exact(210).enumerate() {
             let d = f16_at(b, 208);
             // d·d_x for the superblock's eight blocks of 32.
-            let dd: [f32; 8] = (set_splat_m256(d) * f32x8(a.d, sb * 8)).into();
-            for half in 0..2 {
+            let dd = set_splat_m256(d) * f32x8(a.d, sb * 8);
+            // The sixteen scales as f32, each times its block's d·d_x:
+            // factors 0-7 for blocks 0-3 (first half), 8-15 for 4-7.
+            let sc: &[u8; 16] = b[192..].first_chunk().expect("16 scales");
+            let sc = load_unaligned_m128i(sc);
+            let factors = [
+                convert_to_m256_from_i32_m256i(convert_to_i32_m256i_from_lower8_i8_m128i(sc))
+                    * shuffle_av_i32_all_m256(dd, twice[0]),
+                convert_to_m256_from_i32_m256i(convert_to_i32_m256i_from_lower8_i8_m128i(
+                    byte_shr_imm_u128_m128i::<8>(sc),
+                )) * shuffle_av_i32_all_m256(dd, twice[1]),
+            ];
+            for (half, &factors) in factors.iter().enumerate() {
                 let (ql, qh) = (64 * half, 128 + 32 * half);
                 let (lo_a, lo_b, hi) = (bytes32(b, ql), bytes32(b, ql + 32), bytes32(b, qh));
                 let groups = [
@@ -429,10 +459,10 @@ mod avx2 {
                     );
                     let p =
                         convert_to_m256_from_i32_m256i(mul_i16_horizontal_add_m256i(pairs, ones));
-                    let sc = 192 + 8 * half + 2 * g;
-                    let (s0, s1) = (f32::from(b[sc] as i8), f32::from(b[sc + 1] as i8));
-                    let scale = m256::from([s0, s0, s0, s0, s1, s1, s1, s1]);
-                    acc[g] = fused_mul_add_m256(p * scale, set_splat_m256(dd[blk]), acc[g]);
+                    // Lanes 0-3 hold weights 0-15 (scale 2g of this half),
+                    // lanes 4-7 weights 16-31 (scale 2g + 1).
+                    let f = shuffle_av_i32_all_m256(factors, pairs_idx[g]);
+                    acc[g] = fused_mul_add_m256(p, f, acc[g]);
                 }
             }
         }
