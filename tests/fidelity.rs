@@ -106,8 +106,9 @@ fn qwen2_quantized_predictions_match_reference() {
 
 /// Choices that share their first tokens, one that is a prefix of another,
 /// one-token choices: scored as prefix trees (several documents packed in
-/// one forward, and one document alone) they equal each choice forwarded
-/// on its own after the context, while each shared prefix is forwarded once.
+/// one forward; one per forward with their head rows in one pass; one
+/// document alone) they equal each choice forwarded on its own after the
+/// context, while each shared prefix is forwarded once.
 /// In f32: the quantized kernels of few-row forwards round activations, so
 /// there the paths differ by design.
 #[test]
@@ -144,6 +145,9 @@ fn prefix_trees_score_like_each_choice_alone() {
     {
         let mut s = scorer("smollm2-135m-instruct", WeightMode::F32);
         let packed = s.score_docs(&requests).expect("packed");
+        // One document per forward, their head rows still in one pass.
+        s.pack_tokens = 12;
+        let apart = s.score_docs(&requests).expect("apart");
         let single: Vec<_> = docs
             .iter()
             .map(|(c, k)| s.score_doc(c, k).expect("single"))
@@ -161,7 +165,7 @@ fn prefix_trees_score_like_each_choice_alone() {
                     nodes.insert(all[..n].to_vec());
                 }
             }
-            for got in [&packed[i], &single[i]] {
+            for got in [&packed[i], &single[i], &apart[i]] {
                 assert_eq!(got.tokens_forwarded, nodes.len(), "doc {i}");
                 for (j, (g, w)) in got.choices.iter().zip(&alone.choices).enumerate() {
                     let what = format!("doc {i} choice {j}: {g:?} vs {w:?}");

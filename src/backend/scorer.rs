@@ -3,8 +3,9 @@
 //! [`CausalLm`].
 
 use crate::backend::candle::layers::{DocTree, TokenScore};
-use crate::backend::candle::CausalLm;
+use crate::backend::candle::{CausalLm, PackedHidden};
 use crate::tokenizer::{TextTokenizer, TokenizerError};
+use candle_core::Tensor;
 
 /// Log-likelihood of one continuation.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,6 +131,39 @@ impl Encoded {
     }
 }
 
+/// A pack forwarded, waiting for the output head.
+struct Forwarded {
+    ids: Vec<usize>,
+    pack: Vec<Encoded>,
+    hidden: PackedHidden,
+    /// Its forward's time.
+    ms: f64,
+}
+
+/// Output-head rows gathered from several packs for one pass over the
+/// head: the head's dequantization and GEMM packing (its whole vocabulary,
+/// 168M weights for Gemma 3) are paid per pass, not per row.
+const HEAD_ROWS: usize = 1024;
+
+/// The scores of a pack's documents from `rest` (their targets in order),
+/// each document's share of the pack's `ms` by its tokens.
+fn doc_scores(pack: &[Encoded], rest: &mut &[TokenScore], ms: f64) -> Vec<DocScore> {
+    let total: usize = pack.iter().map(Encoded::tokens).sum();
+    pack.iter()
+        .map(|e| DocScore {
+            choices: e
+                .pairs
+                .iter()
+                .map(|(_, cont)| choice_score(rest, cont.len()))
+                .collect(),
+            truncated: false,
+            tokens_forwarded: e.tokens(),
+            peak_cached_tokens: total,
+            shared_ms: Some(ms * e.tokens() as f64 / total.max(1) as f64),
+        })
+        .collect()
+}
+
 impl CandleScorer {
     pub fn new(model: Box<dyn CausalLm>, tokenizer: TextTokenizer, max_length: usize) -> Self {
         Self {
@@ -178,18 +212,64 @@ impl CandleScorer {
         Ok(d)
     }
 
-    /// Scores the pending pack (if any) into `out` and empties it.
+    /// Forwards the pending pack (if any) into `waiting` and empties it;
+    /// runs the head over the waiting packs once they hold [`HEAD_ROWS`].
     fn flush_pack(
         &mut self,
         pack: &mut Vec<Encoded>,
         ids: &mut Vec<usize>,
+        waiting: &mut Vec<Forwarded>,
         out: &mut [Option<DocScore>],
     ) -> Result<(), ScoreError> {
         if !pack.is_empty() {
-            for (i, s) in ids.drain(..).zip(self.score_pack(pack)?) {
-                out[i] = Some(s);
+            let trees: Vec<&DocTree> = pack.iter().map(|e| &e.tree).collect();
+            let t0 = std::time::Instant::now();
+            let hidden = self.model.hidden_packed(&trees)?;
+            waiting.push(Forwarded {
+                ids: std::mem::take(ids),
+                pack: std::mem::take(pack),
+                hidden,
+                ms: t0.elapsed().as_secs_f64() * 1e3,
+            });
+        }
+        let rows: usize = waiting.iter().map(|f| f.hidden.rows.len()).sum();
+        if rows >= HEAD_ROWS {
+            self.finish_packs(waiting, out)?;
+        }
+        Ok(())
+    }
+
+    /// One pass of the output head over the rows of every waiting pack;
+    /// their documents' scores go to `out`.
+    fn finish_packs(
+        &mut self,
+        waiting: &mut Vec<Forwarded>,
+        out: &mut [Option<DocScore>],
+    ) -> Result<(), ScoreError> {
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        let t0 = std::time::Instant::now();
+        let h = Tensor::cat(&waiting.iter().map(|f| &f.hidden.h).collect::<Vec<_>>(), 0)?;
+        let (mut rows, mut targets, mut offset) = (Vec::new(), Vec::new(), 0u32);
+        for f in waiting.iter() {
+            rows.extend(f.hidden.rows.iter().map(|r| r + offset));
+            targets.extend_from_slice(&f.hidden.targets);
+            offset += f.hidden.h.dim(0)? as u32;
+        }
+        let scores = self.model.head().token_scores_at(&h, &rows, &targets)?;
+        let head_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut rest = scores.as_slice();
+        for f in waiting.drain(..) {
+            // The head's time shared by targets, the pack's by tokens.
+            let share = head_ms * f.hidden.targets.len() as f64 / targets.len().max(1) as f64;
+            for (i, d) in f
+                .ids
+                .iter()
+                .zip(doc_scores(&f.pack, &mut rest, f.ms + share))
+            {
+                out[*i] = Some(d);
             }
-            pack.clear();
         }
         Ok(())
     }
@@ -199,28 +279,8 @@ impl CandleScorer {
         let trees: Vec<&DocTree> = pack.iter().map(|e| &e.tree).collect();
         let t0 = std::time::Instant::now();
         let scores = self.model.score_packed(&trees)?;
-        let total: usize = pack.iter().map(Encoded::tokens).sum();
-        let mut rest = scores.as_slice();
-        let mut out = Vec::with_capacity(pack.len());
-        for e in pack {
-            out.push(DocScore {
-                choices: e
-                    .pairs
-                    .iter()
-                    .map(|(_, cont)| choice_score(&mut rest, cont.len()))
-                    .collect(),
-                truncated: false,
-                tokens_forwarded: e.tokens(),
-                peak_cached_tokens: total,
-                shared_ms: None,
-            });
-        }
-        // Gathering is part of the cost: time the whole pack, then share it.
         let ms = t0.elapsed().as_secs_f64() * 1e3;
-        for (d, e) in out.iter_mut().zip(pack) {
-            d.shared_ms = Some(ms * e.tokens() as f64 / total.max(1) as f64);
-        }
-        Ok(out)
+        Ok(doc_scores(pack, &mut scores.as_slice(), ms))
     }
 
     fn forward_chunked(&mut self, tokens: &[u32]) -> candle_core::Result<()> {
@@ -287,13 +347,14 @@ impl Scorer for CandleScorer {
         let mut out: Vec<Option<DocScore>> = vec![None; docs.len()];
         let mut pack: Vec<Encoded> = Vec::new();
         let mut pack_ids: Vec<usize> = Vec::new();
+        let mut waiting: Vec<Forwarded> = Vec::new();
         for (i, (context, continuations)) in docs.iter().enumerate() {
             let pairs = self.encode(context, continuations)?;
             match self.packable(pairs) {
                 Ok(e) => {
                     let used: usize = pack.iter().map(Encoded::tokens).sum();
                     if !pack.is_empty() && used + e.tokens() > self.pack_tokens {
-                        self.flush_pack(&mut pack, &mut pack_ids, &mut out)?;
+                        self.flush_pack(&mut pack, &mut pack_ids, &mut waiting, &mut out)?;
                     }
                     pack.push(e);
                     pack_ids.push(i);
@@ -301,7 +362,8 @@ impl Scorer for CandleScorer {
                 Err(pairs) => out[i] = Some(self.score_timed(pairs)?),
             }
         }
-        self.flush_pack(&mut pack, &mut pack_ids, &mut out)?;
+        self.flush_pack(&mut pack, &mut pack_ids, &mut waiting, &mut out)?;
+        self.finish_packs(&mut waiting, &mut out)?;
         out.into_iter()
             .map(|s| {
                 s.ok_or_else(|| {

@@ -45,6 +45,16 @@ pub struct ModelInfo {
     pub weights: layers::WeightStats,
 }
 
+/// Hidden states of a packed forward, ready for the output head.
+pub struct PackedHidden {
+    /// `[rows, hidden]`: each row that predicts a target, once.
+    pub h: Tensor,
+    /// For each target, its row of `h`.
+    pub rows: Vec<u32>,
+    /// The targets, documents and then choices in order.
+    pub targets: Vec<u32>,
+}
+
 /// A causal LM with a KV cache that can be cut back to a shared prefix.
 pub trait CausalLm: Send {
     /// Runs `tokens` placed as `span` says after the cached positions,
@@ -107,19 +117,30 @@ pub trait CausalLm: Send {
         }
     }
 
-    /// Scores several documents in one forward with nothing cached, each
-    /// its choices' prefix tree (see [`layers::DocTree`]): every target of
-    /// every document, documents and then choices in order. The cache is
-    /// left empty.
-    fn score_packed(&mut self, docs: &[&layers::DocTree]) -> candle_core::Result<Vec<TokenScore>> {
+    /// The forward of [`Self::score_packed`] without the head: the
+    /// final-normed hidden states of several documents' prefix trees (see
+    /// [`layers::DocTree`]) packed in one forward with nothing cached, at
+    /// the rows that predict a target. The cache is left empty.
+    fn hidden_packed(&mut self, docs: &[&layers::DocTree]) -> candle_core::Result<PackedHidden> {
         self.truncate_cache(0)?;
         let p = Span::packed(docs)?;
         let out = self.forward_hidden(&p.tokens, &p.span, 0);
         self.truncate_cache(0)?;
         match out? {
-            Some(h) => self.head().token_scores_at(&h, &p.rows, &p.targets),
+            Some(h) => Ok(PackedHidden {
+                h,
+                rows: p.rows,
+                targets: p.targets,
+            }),
             None => candle_core::bail!("no tokens to score"),
         }
+    }
+
+    /// Scores every target of every document, documents and then choices
+    /// in order: [`Self::hidden_packed`], then the head.
+    fn score_packed(&mut self, docs: &[&layers::DocTree]) -> candle_core::Result<Vec<TokenScore>> {
+        let p = self.hidden_packed(docs)?;
+        self.head().token_scores_at(&p.h, &p.rows, &p.targets)
     }
 
     /// Number of cached positions.
