@@ -232,7 +232,7 @@ impl CandleScorer {
                 ms: t0.elapsed().as_secs_f64() * 1e3,
             });
         }
-        let rows: usize = waiting.iter().map(|f| f.hidden.rows.len()).sum();
+        let rows: usize = waiting.iter().map(|f| f.hidden.h.dims()[0]).sum();
         if rows >= HEAD_ROWS {
             self.finish_packs(waiting, out)?;
         }
