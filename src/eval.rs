@@ -195,8 +195,8 @@ pub fn load_model(
     let path = got.path.clone();
     let rss0 = crate::measure::rss_bytes();
     let t0 = Instant::now();
-    let (mut gguf, tokenizer) = open_model(&effective_spec(spec, &got), &path)?;
-    gguf.release_large_arrays();
+    let effective = effective_spec(spec, &got);
+    let mut gguf = open_weights(&effective, &path)?;
     let dtype = dtype_override.unwrap_or(spec.dtype);
     let mode = weight_mode(dtype);
     let weight_types: BTreeMap<String, (usize, u64)> = gguf
@@ -204,7 +204,15 @@ pub fn load_model(
         .into_iter()
         .map(|(t, n, b)| (t, (n, b)))
         .collect();
-    let model = crate::backend::candle::load(&mut gguf, mode)?;
+    // The tokenizer (Gemma 3's 262k vocabulary: ~1 s of building maps) and
+    // the weights are independent: built side by side on the pool.
+    let meta = gguf.split_metadata();
+    let (tokenizer, model) = rayon::join(
+        || open_tokenizer(&effective, &path, &meta),
+        || crate::backend::candle::load(&mut gguf, mode),
+    );
+    drop(meta);
+    let (tokenizer, model) = (tokenizer?, model?);
     let info = model.info().clone();
     let max_len = got.context_length.unwrap_or(info.context_length);
     let weight_bytes_file: u64 = weight_types.values().map(|(_, b)| b).sum();
@@ -268,20 +276,35 @@ pub fn weight_mode(dtype: Dtype) -> WeightMode {
 
 /// Opens a model file (GGUF) or folder (safetensors) and its tokenizer.
 pub fn open_model(spec: &ModelSpec, path: &Path) -> Result<(GgufFile, TextTokenizer), EvalError> {
-    let gguf = match spec.format {
+    let gguf = open_weights(spec, path)?;
+    let tokenizer = open_tokenizer(spec, path, &gguf)?;
+    Ok((gguf, tokenizer))
+}
+
+/// A model file (GGUF) or folder (safetensors), metadata read, tensors not.
+fn open_weights(spec: &ModelSpec, path: &Path) -> Result<GgufFile, EvalError> {
+    Ok(match spec.format {
         Format::Gguf => GgufFile::open(path)?,
         Format::Safetensors => {
             crate::safetensors::open_dir(path).map_err(|e| EvalError::Other(e.to_string()))?
         }
-    };
-    let tokenizer = match (&spec.tokenizer, spec.format) {
-        (Some(p), _) => TextTokenizer::from_json_file(p, Some(&gguf))?,
+    })
+}
+
+/// The model's tokenizer: `spec.tokenizer`, the folder's `tokenizer.json`
+/// or the GGUF metadata of `gguf`.
+fn open_tokenizer(
+    spec: &ModelSpec,
+    path: &Path,
+    gguf: &GgufFile,
+) -> Result<TextTokenizer, EvalError> {
+    Ok(match (&spec.tokenizer, spec.format) {
+        (Some(p), _) => TextTokenizer::from_json_file(p, Some(gguf))?,
         (None, Format::Safetensors) => {
-            TextTokenizer::from_json_file(&path.join("tokenizer.json"), Some(&gguf))?
+            TextTokenizer::from_json_file(&path.join("tokenizer.json"), Some(gguf))?
         }
-        (None, Format::Gguf) => TextTokenizer::from_gguf(&gguf)?,
-    };
-    Ok((gguf, tokenizer))
+        (None, Format::Gguf) => TextTokenizer::from_gguf(gguf)?,
+    })
 }
 
 fn sample_metrics(metrics: &[Metric], s: &SampleScore) -> Map<String, Value> {

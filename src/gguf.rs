@@ -190,12 +190,26 @@ impl GgufFile {
         self.string("general.architecture")
     }
 
-    /// Drops metadata arrays of more than 1,024 items (the tokenizer's
-    /// vocabulary, scores and merges: tens of MB for a 262k vocabulary) once
-    /// the tokenizer has been built from them; scalars stay.
-    pub fn release_large_arrays(&mut self) {
-        self.metadata
-            .retain(|_, v| !matches!(v, Value::Array(a) if a.len() > 1024));
+    /// Moves the metadata out into a metadata-only `GgufFile` (no tensors)
+    /// and keeps here all but its arrays of more than 1,024 items (the
+    /// tokenizer's vocabulary, scores and merges: tens of MB for a 262k
+    /// vocabulary; the weights' loader reads scalars only). The tokenizer
+    /// is built from the returned half while the weights load from this one.
+    pub fn split_metadata(&mut self) -> GgufFile {
+        let kept = self
+            .metadata
+            .iter()
+            .filter(|(_, v)| !matches!(v, Value::Array(a) if a.len() > 1024))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        GgufFile {
+            path: self.path.clone(),
+            metadata: std::mem::replace(&mut self.metadata, kept),
+            backing: Backing::Tensors(crate::safetensors::TensorMap {
+                tensors: HashMap::new(),
+                file_bytes: 0,
+            }),
+        }
     }
 
     /// All metadata entries (unordered).

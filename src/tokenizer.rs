@@ -7,7 +7,6 @@
 //! SentencePiece-style BPE (merges derived from scores, byte fallback) for
 //! `tokenizer.ggml.model = llama`. An unknown pre-tokenizer is an error.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -211,7 +210,7 @@ impl GgufBpe {
         json
     }
 
-    fn build(self, g: &GgufFile) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    fn build(mut self, g: &GgufFile) -> Result<tokenizers::Tokenizer, TokenizerError> {
         let err = |reason: String| TokenizerError::Build {
             path: g.path.clone(),
             reason,
@@ -220,7 +219,7 @@ impl GgufBpe {
         let mut bpe = tokenizers::models::bpe::BPE::builder()
             .vocab_and_merges(
                 self.vocab::<tokenizers::models::bpe::Vocab>(),
-                self.merges.clone(),
+                std::mem::take(&mut self.merges),
             )
             .fuse_unk(flag("fuse_unk"))
             .byte_fallback(flag("byte_fallback"))
@@ -311,35 +310,46 @@ fn gpt2_shell(g: &GgufFile, pre: &str) -> Result<Value, TokenizerError> {
 /// SentencePiece BPE as a `tokenizers` BPE: merges are every split of a
 /// normal piece into two known pieces, ranked by the merged piece's score
 /// (SentencePiece merges the pair whose result scores highest).
+///
+/// Gemma 3's 262k pieces give ~0.5M merges; the splits are looked up in
+/// an `ahash` map (the hasher `tokenizers` itself uses), the right half
+/// only when the left one is known, and the pieces are split on rayon's
+/// threads: this took 0.8 s of every Gemma 3 start with std's SipHash on
+/// one thread.
 fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<(String, String)> {
-    let index: HashMap<&str, usize> = tokens
+    use rayon::prelude::*;
+    let index: ahash::AHashMap<&str, u32> = tokens
         .iter()
         .enumerate()
         .rev()
-        .map(|(i, t)| (t.as_str(), i))
+        .map(|(i, t)| (t.as_str(), i as u32))
         .collect();
-    let mut merges: Vec<(f32, usize, usize, usize)> = Vec::new();
-    for (id, piece) in tokens.iter().enumerate() {
-        if types.get(id).copied().unwrap_or(TOKEN_NORMAL) != TOKEN_NORMAL {
-            continue;
-        }
-        let score = scores.get(id).copied().unwrap_or(0.0);
-        for (cut, _) in piece.char_indices().skip(1) {
-            let (l, r) = piece.split_at(cut);
-            if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
-                merges.push((score, id, li, ri));
-            }
-        }
-    }
-    merges.sort_by(|a, b| {
+    let index = &index;
+    let mut merges: Vec<(f32, u32, u32, u32)> = tokens
+        .par_iter()
+        .enumerate()
+        .filter(|&(id, _)| types.get(id).copied().unwrap_or(TOKEN_NORMAL) == TOKEN_NORMAL)
+        .flat_map_iter(|(id, piece)| {
+            let score = scores.get(id).copied().unwrap_or(0.0);
+            piece.char_indices().skip(1).filter_map(move |(cut, _)| {
+                let (l, r) = piece.split_at(cut);
+                let li = *index.get(l)?;
+                let ri = *index.get(r)?;
+                Some((score, id as u32, li, ri))
+            })
+        })
+        .collect();
+    // (score, id, left, right) is unique per merge: an unstable sort gives
+    // the one order.
+    merges.par_sort_unstable_by(|a, b| {
         b.0.total_cmp(&a.0)
             .then(a.1.cmp(&b.1))
             .then(a.2.cmp(&b.2))
             .then(a.3.cmp(&b.3))
     });
     merges
-        .iter()
-        .map(|&(_, _, l, r)| (tokens[l].clone(), tokens[r].clone()))
+        .par_iter()
+        .map(|&(_, _, l, r)| (tokens[l as usize].clone(), tokens[r as usize].clone()))
         .collect()
 }
 
