@@ -105,10 +105,11 @@ fn qwen2_quantized_predictions_match_reference() {
 }
 
 /// Choices that share their first tokens, one that is a prefix of another,
-/// one-token choices: scored as prefix trees (several documents packed in
-/// one forward; one per forward with their head rows in one pass; one
-/// document alone) they equal each choice forwarded on its own after the
-/// context, while each shared prefix is forwarded once.
+/// one-token choices, two documents that begin alike: scored as prefix
+/// trees (several documents packed in one forward, their trees merged; one
+/// per forward with their head rows in one pass; one document alone) they
+/// equal each choice forwarded on its own after the context, while each
+/// shared prefix is forwarded once.
 /// In f32: the quantized kernels of few-row forwards round activations, so
 /// there the paths differ by design.
 #[test]
@@ -139,6 +140,12 @@ fn prefix_trees_score_like_each_choice_alone() {
                 " he got a hole in his sock.",
             ]),
         ),
+        // Begins like document 1: in one pack, `Question: What do` is
+        // forwarded once for both.
+        (
+            "Question: What do animals need to live?\nAnswer:",
+            strings(&[" food and water", " sunlight"]),
+        ),
     ];
     let requests: Vec<(&str, &[String])> = docs.iter().map(|(c, k)| (*c, k.as_slice())).collect();
     let mut worst = 0f64;
@@ -153,6 +160,8 @@ fn prefix_trees_score_like_each_choice_alone() {
             .map(|(c, k)| s.score_doc(c, k).expect("single"))
             .collect();
         s.batch_choices = false;
+        // Nodes brought by earlier documents of the (one) pack.
+        let mut seen = std::collections::HashSet::new();
         for (i, (ctx, conts)) in docs.iter().enumerate() {
             let alone = s.score_doc(ctx, conts).expect("alone");
             // Each distinct prefix of context ++ continuation (less its last token).
@@ -165,8 +174,14 @@ fn prefix_trees_score_like_each_choice_alone() {
                     nodes.insert(all[..n].to_vec());
                 }
             }
-            for got in [&packed[i], &single[i], &apart[i]] {
+            let new = nodes.iter().filter(|n| !seen.contains(*n)).count();
+            assert_eq!(packed[i].tokens_forwarded, new, "doc {i} packed");
+            assert!(i != 3 || new + 4 <= nodes.len(), "doc 3 shares its start");
+            seen.extend(nodes.iter().cloned());
+            for got in [&single[i], &apart[i]] {
                 assert_eq!(got.tokens_forwarded, nodes.len(), "doc {i}");
+            }
+            for got in [&packed[i], &single[i], &apart[i]] {
                 for (j, (g, w)) in got.choices.iter().zip(&alone.choices).enumerate() {
                     let what = format!("doc {i} choice {j}: {g:?} vs {w:?}");
                     worst = worst.max((g.loglikelihood - w.loglikelihood).abs());

@@ -146,20 +146,27 @@ struct Forwarded {
 const HEAD_ROWS: usize = 1024;
 
 /// The scores of a pack's documents from `rest` (their targets in order),
-/// each document's share of the pack's `ms` by its tokens.
-fn doc_scores(pack: &[Encoded], rest: &mut &[TokenScore], ms: f64) -> Vec<DocScore> {
-    let total: usize = pack.iter().map(Encoded::tokens).sum();
+/// each document's share of the pack's `ms` by the tokens it brought to the
+/// forward (`tokens`, one per document).
+fn doc_scores(
+    pack: &[Encoded],
+    tokens: &[usize],
+    rest: &mut &[TokenScore],
+    ms: f64,
+) -> Vec<DocScore> {
+    let total: usize = tokens.iter().sum();
     pack.iter()
-        .map(|e| DocScore {
+        .zip(tokens)
+        .map(|(e, &n)| DocScore {
             choices: e
                 .pairs
                 .iter()
                 .map(|(_, cont)| choice_score(rest, cont.len()))
                 .collect(),
             truncated: false,
-            tokens_forwarded: e.tokens(),
+            tokens_forwarded: n,
             peak_cached_tokens: total,
-            shared_ms: Some(ms * e.tokens() as f64 / total.max(1) as f64),
+            shared_ms: Some(ms * n as f64 / total.max(1) as f64),
         })
         .collect()
 }
@@ -263,11 +270,12 @@ impl CandleScorer {
         for f in waiting.drain(..) {
             // The head's time shared by targets, the pack's by tokens.
             let share = head_ms * f.hidden.targets.len() as f64 / targets.len().max(1) as f64;
-            for (i, d) in f
-                .ids
-                .iter()
-                .zip(doc_scores(&f.pack, &mut rest, f.ms + share))
-            {
+            for (i, d) in f.ids.iter().zip(doc_scores(
+                &f.pack,
+                &f.hidden.doc_tokens,
+                &mut rest,
+                f.ms + share,
+            )) {
                 out[*i] = Some(d);
             }
         }
@@ -278,9 +286,13 @@ impl CandleScorer {
     fn score_pack(&mut self, pack: &[Encoded]) -> Result<Vec<DocScore>, ScoreError> {
         let trees: Vec<&DocTree> = pack.iter().map(|e| &e.tree).collect();
         let t0 = std::time::Instant::now();
-        let scores = self.model.score_packed(&trees)?;
+        let p = self.model.hidden_packed(&trees)?;
+        let scores = self
+            .model
+            .head()
+            .token_scores_at(&p.h, &p.rows, &p.targets)?;
         let ms = t0.elapsed().as_secs_f64() * 1e3;
-        Ok(doc_scores(pack, &mut scores.as_slice(), ms))
+        Ok(doc_scores(pack, &p.doc_tokens, &mut scores.as_slice(), ms))
     }
 
     fn forward_chunked(&mut self, tokens: &[u32]) -> candle_core::Result<()> {

@@ -79,6 +79,16 @@ pub fn attention(
                         None => vec![(0, s); t],
                         Some(m) => m.chunks_exact(s).map(visible_range).collect(),
                     };
+                    // Per block of queries (the mask is the same for every
+                    // head): its visible keys when gathering them pays.
+                    let gathers: Vec<Option<Vec<usize>>> = match m {
+                        None => vec![None; t.div_ceil(QUERY_BLOCK)],
+                        Some(m) => m
+                            .chunks(QUERY_BLOCK * s)
+                            .zip(ranges.chunks(QUERY_BLOCK))
+                            .map(|(m, r)| sparse_keys(m, s, r))
+                            .collect(),
+                    };
                     // Work items: (head, block of queries, its output rows).
                     let items: Vec<(usize, usize, &mut [f32])> = by_head
                         .chunks_mut(t * d)
@@ -97,6 +107,7 @@ pub fn attention(
                             v: &v[g * s * d..][..s * d],
                             mask: m.map(|m| &m[i0 * s..][..n * s]),
                             ranges: &ranges[i0..i0 + n],
+                            gather: gathers[i0 / QUERY_BLOCK].as_deref(),
                             d,
                             scale,
                         };
@@ -135,6 +146,48 @@ fn visible_range(row: &[f32]) -> (usize, usize) {
     }
 }
 
+/// The keys a block of query rows (`m`: their mask rows, `ranges`: their
+/// visible ranges) sees, when they are under three quarters of the span
+/// from the first to the last of them: packed documents that begin alike
+/// share their first nodes, which sit at the start of the pack, far before
+/// the rest of a later document's keys.
+fn sparse_keys(m: &[f32], s: usize, ranges: &[(usize, usize)]) -> Option<Vec<usize>> {
+    let lo = ranges.iter().map(|r| r.0).min()?;
+    let hi = ranges.iter().map(|r| r.1).max()?;
+    if hi <= lo {
+        return None;
+    }
+    let mut seen = vec![false; hi - lo];
+    for row in m.chunks_exact(s) {
+        for (u, &x) in seen.iter_mut().zip(&row[lo..hi]) {
+            *u |= x != f32::NEG_INFINITY;
+        }
+    }
+    let keys: Vec<usize> = (lo..hi).filter(|&j| seen[j - lo]).collect();
+    (keys.len() * 4 < (hi - lo) * 3).then_some(keys)
+}
+
+/// Mask rows as a block reads them: row `r`'s cells for the block's keys
+/// start at `r · stride + offset`.
+#[derive(Clone, Copy)]
+struct MaskRows<'a> {
+    m: &'a [f32],
+    stride: usize,
+    offset: usize,
+}
+
+impl<'a> MaskRows<'a> {
+    fn row(&self, r: usize, w: usize) -> &'a [f32] {
+        &self.m[r * self.stride + self.offset..][..w]
+    }
+}
+
+thread_local! {
+    /// A gathered block's keys, values and mask rows, per rayon worker.
+    static GATHERED: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+}
+
 /// One head's block of query rows and what it attends over.
 struct Block<'a> {
     /// `[n, d]` queries.
@@ -146,6 +199,8 @@ struct Block<'a> {
     mask: Option<&'a [f32]>,
     /// Each row's visible key range.
     ranges: &'a [(usize, usize)],
+    /// The block's visible keys, when they are gathered (see [`sparse_keys`]).
+    gather: Option<&'a [usize]>,
     d: usize,
     scale: f32,
 }
@@ -153,15 +208,51 @@ struct Block<'a> {
 impl Block<'_> {
     /// Writes the block's `[n, d]` outputs into `out`.
     fn attend(&self, out: &mut [f32]) {
-        let (n, d) = (self.ranges.len(), self.d);
+        let d = self.d;
         let lo = self.ranges.iter().map(|r| r.0).min().unwrap_or(0);
         let hi = self.ranges.iter().map(|r| r.1).max().unwrap_or(0);
         if hi <= lo {
             out.fill(0.0);
             return;
         }
-        let (w, s) = (hi - lo, self.k.len() / d);
-        let (keys, values) = (&self.k[lo * d..hi * d], &self.v[lo * d..hi * d]);
+        let s = self.k.len() / d;
+        match (self.gather, self.mask) {
+            (Some(keys), Some(m)) => GATHERED.with(|cell| {
+                let (kg, vg, mg) = &mut *cell.borrow_mut();
+                let w = keys.len();
+                kg.clear();
+                vg.clear();
+                mg.clear();
+                for &j in keys {
+                    kg.extend_from_slice(&self.k[j * d..][..d]);
+                    vg.extend_from_slice(&self.v[j * d..][..d]);
+                }
+                for row in m.chunks_exact(s) {
+                    mg.extend(keys.iter().map(|&j| row[j]));
+                }
+                let mask = MaskRows {
+                    m: mg,
+                    stride: w,
+                    offset: 0,
+                };
+                self.attend_over(kg, vg, Some(mask), out);
+            }),
+            _ => {
+                let mask = self.mask.map(|m| MaskRows {
+                    m,
+                    stride: s,
+                    offset: lo,
+                });
+                self.attend_over(&self.k[lo * d..hi * d], &self.v[lo * d..hi * d], mask, out);
+            }
+        }
+    }
+
+    /// Attention of the block's queries over `keys`/`values` (`[w, d]`)
+    /// with `mask`'s rows over the same keys.
+    fn attend_over(&self, keys: &[f32], values: &[f32], mask: Option<MaskRows>, out: &mut [f32]) {
+        let (n, d) = (self.ranges.len(), self.d);
+        let w = keys.len() / d;
         SCORES.with(|cell| {
             let mut buf = cell.borrow_mut();
             if buf.len() < n * w {
@@ -169,7 +260,7 @@ impl Block<'_> {
             }
             let p = &mut buf[..n * w];
             if n <= DIRECT_ROWS {
-                return self.attend_direct(keys, values, lo, p, out);
+                return self.attend_direct(keys, values, mask, p, out);
             }
             // Scores [n, w] row-major, computed as their transpose K·Qᵀ into a
             // column-major view (faer's row-major destinations are unsafe to
@@ -183,8 +274,7 @@ impl Block<'_> {
                 Par::Seq,
             );
             for (r, row) in p.chunks_exact_mut(w).enumerate() {
-                let mask = self.mask.map(|m| &m[r * s + lo..r * s + hi]);
-                softmax_row(row, mask, self.scale);
+                softmax_row(row, mask.map(|m| m.row(r, w)), self.scale);
             }
             // Outputs [n, d] = P·V, as Vᵀ·Pᵀ into a column-major view.
             matmul(
@@ -197,23 +287,21 @@ impl Block<'_> {
             );
         });
     }
-}
 
-impl Block<'_> {
-    /// The same arithmetic as [`Block::attend`] in plain loops, for blocks of
-    /// a few rows (decoding, short branches), where a GEMM call costs more
-    /// in set-up than the work: per row, dot products with the visible keys,
-    /// the softmax, then the probabilities' weighted sum of values.
+    /// The same arithmetic as [`Block::attend_over`] in plain loops, for
+    /// blocks of a few rows (decoding, short branches), where a GEMM call
+    /// costs more in set-up than the work: per row, dot products with the
+    /// keys, the softmax, then the probabilities' weighted sum of values.
     fn attend_direct(
         &self,
         keys: &[f32],
         values: &[f32],
-        lo: usize,
+        mask: Option<MaskRows>,
         p: &mut [f32],
         out: &mut [f32],
     ) {
         let d = self.d;
-        let (w, s) = (keys.len() / d, self.k.len() / d);
+        let w = keys.len() / d;
         for (r, (row, o)) in p
             .chunks_exact_mut(w)
             .zip(out.chunks_exact_mut(d))
@@ -223,7 +311,7 @@ impl Block<'_> {
             for (x, key) in row.iter_mut().zip(keys.chunks_exact(d)) {
                 *x = dot(qr, key);
             }
-            softmax_row(row, self.mask.map(|m| &m[r * s + lo..][..w]), self.scale);
+            softmax_row(row, mask.map(|m| m.row(r, w)), self.scale);
             o.fill(0.0);
             for (&pj, value) in row.iter().zip(values.chunks_exact(d)) {
                 if pj != 0.0 {
@@ -366,6 +454,47 @@ mod tests {
                 let diff = max_diff(&got, &want);
                 assert!(diff < 1e-5, "past {past} t {t}: max diff {diff}");
             }
+        }
+    }
+
+    #[test]
+    fn blocks_that_see_a_shared_start_and_their_own_keys_gather_them() {
+        use super::super::layers::{DocTree, Span};
+        // Packed documents that begin with the same two tokens: the later
+        // blocks see keys 0-1 and their own document's, far apart, and are
+        // gathered (plain loops for the last block of 4 rows, GEMMs else).
+        let doc = |first: u32, n: u32| {
+            let ctx: Vec<u32> = [1, 2].into_iter().chain(first..first + n).collect();
+            DocTree::new([(ctx, vec![7u32])].iter().map(|(c, k)| (&c[..], &k[..]))).expect("tree")
+        };
+        let docs = [doc(10, 40), doc(100, 30), doc(200, 28)];
+        let packed = Span::packed(&docs.iter().collect::<Vec<_>>()).expect("span");
+        let t = packed.tokens.len();
+        assert_eq!(t, 2 + 40 + 30 + 28);
+        let mask = packed.span.mask(None).expect("mask").expect("some");
+        let m: Vec<f32> = mask.flatten_all().and_then(|m| m.to_vec1()).expect("mask");
+        let ranges: Vec<(usize, usize)> = m.chunks_exact(t).map(visible_range).collect();
+        let block = |b: usize| {
+            let rows = b * QUERY_BLOCK..((b + 1) * QUERY_BLOCK).min(t);
+            sparse_keys(&m[rows.start * t..rows.end * t], t, &ranges[rows])
+        };
+        assert_eq!(block(0), None, "the first block's keys are one run");
+        let last = block(3).expect("gathered");
+        assert_eq!(&last[..2], &[0, 1]);
+        assert_eq!(
+            last.len(),
+            2 + 28,
+            "the shared start and the third document"
+        );
+        for (heads, kv_heads) in [(6, 2), (2, 1)] {
+            let d = 16;
+            let q = values((1, heads, t, d), 1);
+            let k = values((1, kv_heads, t, d), 2);
+            let v = values((1, kv_heads, t, d), 3);
+            let got = attention(&q, &k, &v, Some(&mask), 0.25).expect("test tensor");
+            let want = reference(&q, &k, &v, Some(&mask), 0.25);
+            let diff = max_diff(&got, &want);
+            assert!(diff < 1e-5, "max diff {diff}");
         }
     }
 

@@ -881,8 +881,9 @@ const ROOT: u32 = u32::MAX;
 /// Where the tokens of one forward sit: after `past` cached positions, as a
 /// forest of token trees. Each token sees the cache and its ancestors (and
 /// itself): one chain for a causal run; one chain per branch for several
-/// continuations of the cache; one prefix tree per document for packed
-/// documents, which never see each other.
+/// continuations of the cache; the documents' prefix trees, merged where
+/// they begin alike, for packed documents (which see only their own
+/// prefixes).
 ///
 /// Visibility: key j is visible to query i when j is i or an ancestor of i
 /// (a cached key is visible to every query), within the sliding window if
@@ -977,6 +978,9 @@ pub struct Packed {
     pub targets: Vec<u32>,
     /// For each target, its row among the span's output rows.
     pub rows: Vec<u32>,
+    /// Tokens each document added to the forward (its tree's nodes less
+    /// those an earlier document of the pack brought).
+    pub doc_tokens: Vec<usize>,
 }
 
 impl Span {
@@ -1013,24 +1017,36 @@ impl Span {
         })
     }
 
-    /// Documents' trees laid end to end with nothing cached, each node at
-    /// its depth's position. The output rows are the nodes that predict a
-    /// target, each once however many targets it predicts.
+    /// Documents' trees laid out for one forward with nothing cached, each
+    /// node at its depth's position, merged into one forest: a node whose
+    /// parent and token another document's tree already brought (the BOS
+    /// token, `Question:`, a repeated context) is forwarded once. Its
+    /// hidden state is the same either way — it sees only its ancestors —
+    /// so documents still never see anything but their own prefixes. The
+    /// output rows are the nodes that predict a target, each once however
+    /// many targets (of however many documents) it predicts.
     pub fn packed(docs: &[&DocTree]) -> Result<Packed> {
         let (mut positions, mut parent, mut tokens) = (Vec::new(), Vec::new(), Vec::new());
-        let mut predictors = Vec::new();
-        let mut targets = Vec::new();
+        let (mut predictors, mut targets, mut doc_tokens) = (Vec::new(), Vec::new(), Vec::new());
+        let mut node_of = std::collections::HashMap::new();
+        let mut here = Vec::new();
         for tree in docs {
-            let offset = tokens.len() as u32;
-            tokens.extend_from_slice(&tree.tokens);
-            positions.extend_from_slice(&tree.depth);
-            parent.extend(
-                tree.parent
-                    .iter()
-                    .map(|&p| if p == ROOT { ROOT } else { p + offset }),
-            );
-            predictors.extend(tree.predictors.iter().map(|&p| p + offset));
+            let before = tokens.len();
+            here.clear();
+            for ((&tok, &p), &depth) in tree.tokens.iter().zip(&tree.parent).zip(&tree.depth) {
+                // Parents come first, so `here` already maps `p`.
+                let up = if p == ROOT { ROOT } else { here[p as usize] };
+                let node = *node_of.entry((up, tok)).or_insert_with(|| {
+                    tokens.push(tok);
+                    positions.push(depth);
+                    parent.push(up);
+                    tokens.len() as u32 - 1
+                });
+                here.push(node);
+            }
+            predictors.extend(tree.predictors.iter().map(|&p| here[p as usize]));
             targets.extend_from_slice(&tree.targets);
+            doc_tokens.push(tokens.len() - before);
         }
         let n = tokens.len();
         let mut row_of = vec![ROOT; n];
@@ -1058,6 +1074,7 @@ impl Span {
             tokens,
             targets,
             rows,
+            doc_tokens,
         })
     }
 
@@ -1489,6 +1506,37 @@ mod tests {
         );
         // Nothing predicts the first token after an empty context.
         assert!(DocTree::new([(&[][..], &[1u32][..])]).is_none());
+    }
+
+    #[test]
+    fn packed_documents_share_the_nodes_they_begin_with() {
+        // Doc 0: context [1 2]; choices [3 4], [3 5] (nodes 1 2 3).
+        // Doc 1: context [1 2 3]; choice [9]: all its nodes are doc 0's,
+        // its target predicted by doc 0's node 3.
+        // Doc 2: context [1 6]; choice [7]: shares node 1 only.
+        let doc0 =
+            DocTree::new([(&[1u32, 2][..], &[3u32, 4][..]), (&[1, 2], &[3, 5])]).expect("tree");
+        let doc1 = DocTree::new([(&[1u32, 2, 3][..], &[9u32][..])]).expect("tree");
+        let doc2 = DocTree::new([(&[1u32, 6][..], &[7u32][..])]).expect("tree");
+        let p = Span::packed(&[&doc0, &doc1, &doc2]).expect("span");
+        assert_eq!(p.tokens, vec![1, 2, 3, 6]);
+        assert_eq!(p.span.positions, vec![0, 1, 2, 1]);
+        assert_eq!(p.doc_tokens, vec![3, 0, 1]);
+        assert_eq!(p.targets, vec![3, 4, 3, 5, 9, 7]);
+        // Output rows: nodes 2, 3 (shared by docs 0 and 1), 6.
+        assert_eq!(p.span.n_outputs(), Some(3));
+        assert_eq!(p.rows, vec![0, 1, 0, 1, 1, 2]);
+        let m = p.span.mask(None).expect("mask").expect("some");
+        let (t, f) = (true, false);
+        assert_eq!(
+            visible(&m),
+            vec![
+                vec![t, f, f, f],
+                vec![t, t, f, f],
+                vec![t, t, t, f],
+                vec![t, f, f, t],
+            ]
+        );
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct PackedHidden {
     pub rows: Vec<u32>,
     /// The targets, documents and then choices in order.
     pub targets: Vec<u32>,
+    /// Tokens forwarded for each document (see [`layers::Packed::doc_tokens`]).
+    pub doc_tokens: Vec<usize>,
 }
 
 /// A causal LM with a KV cache that can be cut back to a shared prefix.
@@ -117,10 +119,11 @@ pub trait CausalLm: Send {
         }
     }
 
-    /// The forward of [`Self::score_packed`] without the head: the
-    /// final-normed hidden states of several documents' prefix trees (see
-    /// [`layers::DocTree`]) packed in one forward with nothing cached, at
-    /// the rows that predict a target. The cache is left empty.
+    /// The final-normed hidden states of several documents' prefix trees
+    /// (see [`layers::DocTree`], merged by [`Span::packed`]) forwarded
+    /// together with nothing cached, at the rows that predict a target
+    /// (the head runs on them later, over several packs' rows at once).
+    /// The cache is left empty.
     fn hidden_packed(&mut self, docs: &[&layers::DocTree]) -> candle_core::Result<PackedHidden> {
         self.truncate_cache(0)?;
         let p = Span::packed(docs)?;
@@ -131,16 +134,10 @@ pub trait CausalLm: Send {
                 h,
                 rows: p.rows,
                 targets: p.targets,
+                doc_tokens: p.doc_tokens,
             }),
             None => candle_core::bail!("no tokens to score"),
         }
-    }
-
-    /// Scores every target of every document, documents and then choices
-    /// in order: [`Self::hidden_packed`], then the head.
-    fn score_packed(&mut self, docs: &[&layers::DocTree]) -> candle_core::Result<Vec<TokenScore>> {
-        let p = self.hidden_packed(docs)?;
-        self.head().token_scores_at(&p.h, &p.rows, &p.targets)
     }
 
     /// Number of cached positions.
