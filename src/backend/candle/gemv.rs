@@ -369,11 +369,21 @@ mod avx2 {
     pub(super) fn dot_q4k(row: &[u8], a: &Act) -> f32 {
         let (mut acc, mut acc_m) = ([zeroed_m256(); 4], zeroed_m256());
         let mask = set_splat_i8_m256i(15);
-        for (sb, b) in row.chunks_exact(144).enumerate() {
+        // Each superblock's bytes, activations, scales and sums as arrays,
+        // so that the loop below indexes them with constants and carries no
+        // bounds checks (decoding is bound by the weights' loads; fewer
+        // instructions per superblock keep more of them in flight).
+        let superblocks = row
+            .chunks_exact(144)
+            .zip(a.q.chunks_exact(256))
+            .zip(a.d.chunks_exact(8).zip(a.sums.chunks_exact(8)));
+        for ((b, q), (dx, sums)) in superblocks {
+            let b: &[u8; 144] = b.try_into().expect("superblocks of 144 bytes");
+            let q: &[i8; 256] = q.try_into().expect("activations in superblocks");
             let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
             let (sc, mn) = scales_mins_k4(&b[4..16]);
-            let scale: [f32; 8] = (sc * set_splat_m256(d) * f32x8(a.d, sb * 8)).into();
-            acc_m = fused_mul_add_m256(mn * set_splat_m256(dmin), f32x8(a.sums, sb * 8), acc_m);
+            let scale: [f32; 8] = (sc * set_splat_m256(d) * f32x8(dx, 0)).into();
+            acc_m = fused_mul_add_m256(mn * set_splat_m256(dmin), f32x8(sums, 0), acc_m);
             for pair in 0..4 {
                 let qs = bytes32(b, 16 + 32 * pair);
                 let halves = [
@@ -382,7 +392,7 @@ mod avx2 {
                 ];
                 for (h, w) in halves.into_iter().enumerate() {
                     let j = 2 * pair + h;
-                    let p = int_dot(w, &a.q[(sb * 8 + j) * QK..]);
+                    let p = int_dot(w, &q[j * QK..]);
                     acc[j % 4] = fused_mul_add_m256(set_splat_m256(scale[j]), p, acc[j % 4]);
                 }
             }
@@ -422,10 +432,17 @@ mod avx2 {
             m256i::from([0, 0, 1, 1, 2, 2, 3, 3]),
             m256i::from([4, 4, 5, 5, 6, 6, 7, 7]),
         ];
-        for (sb, b) in row.chunks_exact(210).enumerate() {
+        // As arrays per superblock: constant indices, no bounds checks.
+        let superblocks = row
+            .chunks_exact(210)
+            .zip(a.q.chunks_exact(256))
+            .zip(a.d.chunks_exact(8));
+        for ((b, q), dx) in superblocks {
+            let b: &[u8; 210] = b.try_into().expect("superblocks of 210 bytes");
+            let q: &[i8; 256] = q.try_into().expect("activations in superblocks");
             let d = f16_at(b, 208);
             // d·d_x for the superblock's eight blocks of 32.
-            let dd = set_splat_m256(d) * f32x8(a.d, sb * 8);
+            let dd = set_splat_m256(d) * f32x8(dx, 0);
             // The sixteen scales as f32, each times its block's d·d_x:
             // factors 0-7 for blocks 0-3 (first half), 8-15 for 4-7.
             let sc: &[u8; 16] = b[192..].first_chunk().expect("16 scales");
@@ -449,7 +466,7 @@ mod avx2 {
                 ];
                 for (g, w) in groups.into_iter().enumerate() {
                     let blk = half * 4 + g;
-                    let qx: &[i8; QK] = a.q[(sb * 8 + blk) * QK..]
+                    let qx: &[i8; QK] = q[blk * QK..]
                         .first_chunk()
                         .expect("activations in blocks of 32");
                     let qx = load_unaligned_m256i(qx);
