@@ -79,14 +79,18 @@ pub fn attention(
                         None => vec![(0, s); t],
                         Some(m) => m.chunks_exact(s).map(visible_range).collect(),
                     };
-                    // Per block of queries (the mask is the same for every
-                    // head): its visible keys when gathering them pays.
-                    let gathers: Vec<Option<Vec<usize>>> = match m {
-                        None => vec![None; t.div_ceil(QUERY_BLOCK)],
+                    // Per block of queries, when gathering its visible keys
+                    // pays: their mask cells (the same for every head) and,
+                    // per KV group, their keys and values, gathered once.
+                    let blocks = t.div_ceil(QUERY_BLOCK);
+                    let gathers: Vec<Option<Gathered>> = match m {
+                        None => (0..blocks).map(|_| None).collect(),
                         Some(m) => m
                             .chunks(QUERY_BLOCK * s)
                             .zip(ranges.chunks(QUERY_BLOCK))
-                            .map(|(m, r)| sparse_keys(m, s, r))
+                            .map(|(m, r)| {
+                                sparse_keys(m, s, r).map(|keys| Gathered::new(&keys, m, k, v, s, d))
+                            })
                             .collect(),
                     };
                     // Work items: (head, block of queries, its output rows).
@@ -107,7 +111,7 @@ pub fn attention(
                             v: &v[g * s * d..][..s * d],
                             mask: m.map(|m| &m[i0 * s..][..n * s]),
                             ranges: &ranges[i0..i0 + n],
-                            gather: gathers[i0 / QUERY_BLOCK].as_deref(),
+                            gather: gathers[i0 / QUERY_BLOCK].as_ref().map(|b| b.group(g)),
                             d,
                             scale,
                         };
@@ -182,10 +186,47 @@ impl<'a> MaskRows<'a> {
     }
 }
 
-thread_local! {
-    /// A gathered block's keys, values and mask rows, per rayon worker.
-    static GATHERED: RefCell<(Vec<f32>, Vec<f32>, Vec<f32>)> =
-        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+/// A block of queries' visible keys gathered: its mask cells `[n, w]`, and
+/// for every KV group the keys and values `[w, d]`.
+struct Gathered {
+    mask: Vec<f32>,
+    /// `[kv_heads, w, d]` each.
+    k: Vec<f32>,
+    v: Vec<f32>,
+    groups: usize,
+}
+
+impl Gathered {
+    /// Gathers `keys` from the block's mask rows `m` (`[n, s]`) and from
+    /// every KV group of `k`, `v` (`[kv_heads, s, d]`).
+    fn new(keys: &[usize], m: &[f32], k: &[f32], v: &[f32], s: usize, d: usize) -> Self {
+        let mask = m
+            .chunks_exact(s)
+            .flat_map(|row| keys.iter().map(move |&j| row[j]))
+            .collect();
+        let gather = |x: &[f32]| -> Vec<f32> {
+            x.chunks_exact(s * d)
+                .flat_map(|group| keys.iter().flat_map(move |&j| &group[j * d..][..d]))
+                .copied()
+                .collect()
+        };
+        Self {
+            mask,
+            k: gather(k),
+            v: gather(v),
+            groups: k.len() / (s * d),
+        }
+    }
+
+    /// KV group `g`'s view: (keys, values, mask rows).
+    fn group(&self, g: usize) -> (&[f32], &[f32], &[f32]) {
+        let size = self.k.len() / self.groups;
+        (
+            &self.k[g * size..][..size],
+            &self.v[g * size..][..size],
+            &self.mask,
+        )
+    }
 }
 
 /// One head's block of query rows and what it attends over.
@@ -199,8 +240,9 @@ struct Block<'a> {
     mask: Option<&'a [f32]>,
     /// Each row's visible key range.
     ranges: &'a [(usize, usize)],
-    /// The block's visible keys, when they are gathered (see [`sparse_keys`]).
-    gather: Option<&'a [usize]>,
+    /// The block's visible keys, values and mask cells, when they are
+    /// gathered (see [`sparse_keys`]).
+    gather: Option<(&'a [f32], &'a [f32], &'a [f32])>,
     d: usize,
     scale: f32,
 }
@@ -216,28 +258,17 @@ impl Block<'_> {
             return;
         }
         let s = self.k.len() / d;
-        match (self.gather, self.mask) {
-            (Some(keys), Some(m)) => GATHERED.with(|cell| {
-                let (kg, vg, mg) = &mut *cell.borrow_mut();
-                let w = keys.len();
-                kg.clear();
-                vg.clear();
-                mg.clear();
-                for &j in keys {
-                    kg.extend_from_slice(&self.k[j * d..][..d]);
-                    vg.extend_from_slice(&self.v[j * d..][..d]);
-                }
-                for row in m.chunks_exact(s) {
-                    mg.extend(keys.iter().map(|&j| row[j]));
-                }
+        match self.gather {
+            Some((keys, values, m)) => {
+                let w = keys.len() / d;
                 let mask = MaskRows {
-                    m: mg,
+                    m,
                     stride: w,
                     offset: 0,
                 };
-                self.attend_over(kg, vg, Some(mask), out);
-            }),
-            _ => {
+                self.attend_over(keys, values, Some(mask), out);
+            }
+            None => {
                 let mask = self.mask.map(|m| MaskRows {
                     m,
                     stride: s,
