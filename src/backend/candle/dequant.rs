@@ -33,25 +33,32 @@ fn layout(dtype: GgmlDType) -> Option<(usize, usize, Block)> {
 }
 
 /// Dequantizes the rows in `data` (each `k` weights of `dtype`) into `out`
-/// (`rows · k` values), rows split across rayon's threads. `false` when
-/// `dtype` has no routine here (nothing written).
-pub fn rows_into(dtype: GgmlDType, data: &[u8], k: usize, out: &mut [f32]) -> bool {
+/// (`rows · k` values), rows split across rayon's threads when `parallel`
+/// (else all on the calling thread, for callers that are already one of
+/// several parallel tasks). `false` when `dtype` has no routine here
+/// (nothing written).
+pub fn rows_into(dtype: GgmlDType, data: &[u8], k: usize, out: &mut [f32], parallel: bool) -> bool {
     let Some((weights, bytes, block)) = layout(dtype) else {
         return false;
     };
     let row_bytes = k / weights * bytes;
     let rows = data.len() / row_bytes;
-    let per = rows
-        .div_ceil(4 * rayon::current_num_threads().max(1))
-        .max(1);
-    out[..rows * k]
-        .par_chunks_mut(per * k)
-        .zip(data.par_chunks(per * row_bytes))
-        .for_each(|(y, b)| {
-            for (y, b) in y.chunks_exact_mut(weights).zip(b.chunks_exact(bytes)) {
-                block(b, y);
-            }
-        });
+    let out = &mut out[..rows * k];
+    let blocks = |(y, b): (&mut [f32], &[u8])| {
+        for (y, b) in y.chunks_exact_mut(weights).zip(b.chunks_exact(bytes)) {
+            block(b, y);
+        }
+    };
+    if parallel {
+        let per = rows
+            .div_ceil(4 * rayon::current_num_threads().max(1))
+            .max(1);
+        out.par_chunks_mut(per * k)
+            .zip(data.par_chunks(per * row_bytes))
+            .for_each(blocks);
+    } else {
+        blocks((out, data));
+    }
     true
 }
 
@@ -181,17 +188,24 @@ mod tests {
                 .flatten_all()
                 .and_then(|t| t.to_vec1::<f32>())
                 .expect("values");
-            let mut got = vec![f32::NAN; n * k];
-            assert!(
-                rows_into(dtype, &q.data().expect("bytes"), k, &mut got),
-                "{dtype:?}"
-            );
-            let same = got
-                .iter()
-                .zip(&want)
-                .all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same, "{dtype:?}: {:?} vs {:?}", &got[..8], &want[..8]);
+            for parallel in [true, false] {
+                let mut got = vec![f32::NAN; n * k];
+                assert!(
+                    rows_into(dtype, &q.data().expect("bytes"), k, &mut got, parallel),
+                    "{dtype:?}"
+                );
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{dtype:?} ({parallel}): {:?} vs {:?}",
+                    &got[..8],
+                    &want[..8]
+                );
+            }
         }
-        assert!(!rows_into(GgmlDType::Q5K, &[], k, &mut []));
+        assert!(!rows_into(GgmlDType::Q5K, &[], k, &mut [], true));
     }
 }

@@ -431,19 +431,49 @@ impl Linear {
 }
 
 /// `x [rows, k] · Wᵀ` for a quantized `W [n, k]`: slabs of output rows are
-/// dequantized in parallel (rayon) and multiplied with the f32 GEMM, so the
-/// f32 copy never exceeds [`STREAM_SLAB_ELEMS`] elements.
+/// dequantized and multiplied with the f32 GEMM, so no f32 copy exceeds
+/// [`STREAM_SLAB_ELEMS`] elements. The slabs are rayon's tasks, each
+/// dequantized and multiplied on one thread into its own rows of `outᵀ`
+/// (a buffer per thread), in a count that is a multiple of the threads
+/// and of near-equal size: parallel GEMMs over one slab at a time scaled
+/// 1.6× on two threads for Qwen's prefill on a Zen 4, where both threads
+/// shared each slab's packing and waited at its end.
 fn streamed_matmul(x: &Tensor, q: &QTensor) -> Result<Tensor> {
     streamed_matmul_slabs(x, q, STREAM_SLAB_ELEMS)
 }
 
 fn streamed_matmul_slabs(x: &Tensor, q: &QTensor, slab_elems: usize) -> Result<Tensor> {
+    use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
+    use rayon::prelude::*;
     let (n, k) = q.shape().dims2()?;
     let m = x.dim(0)?;
-    let slab = (slab_elems / k).clamp(1, n);
-    // Each slab's product is written straight into its columns of `out`.
+    let threads = rayon::current_num_threads().max(1);
+    let most = (slab_elems / k).clamp(1, n);
+    let count = n.div_ceil(most).div_ceil(threads) * threads;
+    let slab = n.div_ceil(count.min(n));
     let mut out = vec![0f32; m * n];
-    each_slab(x, q, slab, |r0, w, xs| gemm_into(xs, k, w, &mut out, n, r0))?;
+    with_rows(x, |xs| {
+        // `out` row-major [m, n] is `outᵀ` column-major [n, m]; its row
+        // ranges are the slabs' disjoint destinations.
+        let mut parts = Vec::with_capacity(count);
+        let mut rest = MatMut::from_column_major_slice_mut(&mut out, n, m);
+        for r0 in (0..n).step_by(slab) {
+            let rows = slab.min(n - r0);
+            let (part, tail) = rest.split_at_row_mut(rows);
+            parts.push((r0, part));
+            rest = tail;
+        }
+        let rhs = MatRef::from_row_major_slice(xs, m, k).transpose();
+        parts.into_par_iter().try_for_each(|(r0, dst)| {
+            with_slab(|buf| {
+                let rows = dst.nrows();
+                let w = dequantize_slab(q, r0, rows, buf, false)?;
+                let lhs = MatRef::from_row_major_slice(w, rows, k);
+                matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
+                Ok(())
+            })
+        })
+    })?;
     Tensor::from_vec(out, (m, n), &Device::Cpu)
 }
 
@@ -459,7 +489,7 @@ fn each_slab(
     with_slab(|buf| {
         with_rows(x, |xs| {
             for r0 in (0..n).step_by(slab) {
-                let w = dequantize_slab(q, r0, slab.min(n - r0), buf)?;
+                let w = dequantize_slab(q, r0, slab.min(n - r0), buf, true)?;
                 f(r0, w, xs);
             }
             Ok(())
@@ -496,13 +526,15 @@ pub(super) fn with_rows<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> R
 }
 
 /// Rows `r0..r0 + rows` of `q` as f32 in `buf` (grown as needed; the
-/// returned slice is exactly `rows · k`): [`super::dequant`]'s routines, or
-/// candle's for other types.
+/// returned slice is exactly `rows · k`): [`super::dequant`]'s routines
+/// (on rayon's threads when `parallel`, else on this one), or candle's for
+/// other types.
 fn dequantize_slab<'b>(
     q: &QTensor,
     r0: usize,
     rows: usize,
     buf: &'b mut Vec<f32>,
+    parallel: bool,
 ) -> Result<&'b [f32]> {
     let (_, k) = q.shape().dims2()?;
     let dtype = q.dtype();
@@ -513,7 +545,7 @@ fn dequantize_slab<'b>(
     let w = &mut buf[..rows * k];
     let data = q.data()?;
     let bytes = &data[r0 * row_bytes..(r0 + rows) * row_bytes];
-    if !super::dequant::rows_into(dtype, bytes, k, w) {
+    if !super::dequant::rows_into(dtype, bytes, k, w, parallel) {
         w.copy_from_slice(
             &dequantize_rows(q, r0, rows)?
                 .flatten_all()?
