@@ -28,7 +28,10 @@ models=("$@")
 [ -x "$SLMBENCH" ] || cargo build --release --quiet
 [ -x /usr/bin/time ] || { echo "benches/sitting.sh: /usr/bin/time is missing (apt-get install time)" >&2; exit 2; }
 
-echo "# sitting $(date -u +%FT%TZ) on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) threads"
+cpu_field() { grep -m1 "^$1" /proc/cpuinfo | cut -d: -f2 | xargs; }
+# Machines of one name differ (sessions 6-8 ran on a Zen 3, 9 on a Zen 4): say which.
+simd=$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -xE 'avx2|avx512f|avx512_vnni|avx512_bf16|amx_tile' | xargs)
+echo "# sitting $(date -u +%FT%TZ) on $(cpu_field 'model name') (family $(cpu_field 'cpu family'), model $(cpu_field 'model'); $simd), $(nproc) threads"
 echo "# slmbench $("$SLMBENCH" --version), load $(cut -d' ' -f1-3 /proc/loadavg)"
 
 for m in "${models[@]}"; do
