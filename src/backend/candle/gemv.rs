@@ -257,7 +257,14 @@ mod avx2 {
     #[inline(always)]
     fn int_dot(w: m256i, q: &[i8]) -> m256 {
         let q: &[i8; QK] = q.first_chunk().expect("activations in blocks of 32");
-        let pairs = mul_u8i8_add_horizontal_saturating_m256i(w, load_unaligned_m256i(q));
+        products(w, load_unaligned_m256i(q))
+    }
+
+    /// `Σ w_j q_j` for unsigned bytes `w` and signed bytes `q` whose pair
+    /// sums fit in i16, in eight f32 lanes.
+    #[inline(always)]
+    fn products(w: m256i, q: m256i) -> m256 {
+        let pairs = mul_u8i8_add_horizontal_saturating_m256i(w, q);
         convert_to_m256_from_i32_m256i(mul_i16_horizontal_add_m256i(pairs, set_splat_i16_m256i(1)))
     }
 
@@ -334,15 +341,13 @@ mod avx2 {
     /// `d·d_x·Σ q q_x`. `vpmaddubsw` wants one unsigned operand: `|q|`
     /// times `q_x` with `q`'s sign (a pair is at most 2·128·127 < 2¹⁵).
     pub(super) fn dot_q8_0(row: &[u8], a: &Act) -> f32 {
-        let ones = set_splat_i16_m256i(1);
         row_dot(row, a, 34, |b, q, dx, _, acc, _| {
             let w = bytes32(b, 2);
             let q: &[i8; QK] = q.first_chunk().expect("activations in blocks of 32");
-            let pairs = mul_u8i8_add_horizontal_saturating_m256i(
+            let p = products(
                 abs_i8_m256i(w),
                 sign_apply_i8_m256i(load_unaligned_m256i(q), w),
             );
-            let p = convert_to_m256_from_i32_m256i(mul_i16_horizontal_add_m256i(pairs, ones));
             *acc = fused_mul_add_m256(set_splat_m256(f16_at(b, 0) * dx), p, *acc);
         })
     }

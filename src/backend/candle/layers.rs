@@ -404,7 +404,8 @@ impl Linear {
                 each_slab(x, q, slab, |r0, w, xs| {
                     let cols = w.len() / k;
                     let y = &mut y[..m * cols];
-                    gemm_into(xs, k, w, y, cols, 0);
+                    let dst = faer::MatMut::from_column_major_slice_mut(&mut *y, cols, m);
+                    gemm_t(dst, xs, k, w, faer::Par::rayon(0));
                     if let Some(b) = &bias {
                         for row in y.chunks_exact_mut(cols) {
                             for (v, b) in row.iter_mut().zip(&b[r0..r0 + cols]) {
@@ -444,7 +445,6 @@ fn streamed_matmul(x: &Tensor, q: &QTensor) -> Result<Tensor> {
 }
 
 fn streamed_matmul_slabs(x: &Tensor, q: &QTensor, slab_elems: usize) -> Result<Tensor> {
-    use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
     use rayon::prelude::*;
     let (n, k) = q.shape().dims2()?;
     let m = x.dim(0)?;
@@ -457,20 +457,17 @@ fn streamed_matmul_slabs(x: &Tensor, q: &QTensor, slab_elems: usize) -> Result<T
         // `out` row-major [m, n] is `outᵀ` column-major [n, m]; its row
         // ranges are the slabs' disjoint destinations.
         let mut parts = Vec::with_capacity(count);
-        let mut rest = MatMut::from_column_major_slice_mut(&mut out, n, m);
+        let mut rest = faer::MatMut::from_column_major_slice_mut(&mut out, n, m);
         for r0 in (0..n).step_by(slab) {
             let rows = slab.min(n - r0);
             let (part, tail) = rest.split_at_row_mut(rows);
             parts.push((r0, part));
             rest = tail;
         }
-        let rhs = MatRef::from_row_major_slice(xs, m, k).transpose();
         parts.into_par_iter().try_for_each(|(r0, dst)| {
             with_slab(|buf| {
-                let rows = dst.nrows();
-                let w = dequantize_slab(q, r0, rows, buf, false)?;
-                let lhs = MatRef::from_row_major_slice(w, rows, k);
-                matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::Seq);
+                let w = dequantize_slab(q, r0, dst.nrows(), buf, false)?;
+                gemm_t(dst, xs, k, w, faer::Par::Seq);
                 Ok(())
             })
         })
@@ -556,18 +553,18 @@ fn dequantize_slab<'b>(
     Ok(w)
 }
 
-/// `out[:, c0..c0 + rows] = x · wᵀ` for `x [m, k]`, `w [rows, k]` and `out`
-/// row-major with `n` columns (f32 GEMM, faer, on rayon's threads). Written
-/// as `outᵀ = w · xᵀ` into a column-major view: faer 0.24.4's matmul into
-/// a row-major strided view gave wrong values or crashed on this project's
-/// machine (AVX2), the column-major form is right for every shape tried.
-fn gemm_into(x: &[f32], k: usize, w: &[f32], out: &mut [f32], n: usize, c0: usize) {
-    use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
+/// `dst = w · xᵀ` for `x [m, k]`, `w [rows, k]` and `dst [rows, m]` a
+/// column-major view of a row-major `[m, ·]` output (`outᵀ`), so that
+/// `out = x · wᵀ` (f32 GEMM, faer, `par` its threads). Written this way
+/// because faer 0.24.4's matmul into a row-major strided view gave wrong
+/// values or crashed on this project's machine (AVX2); the column-major
+/// form is right for every shape tried.
+fn gemm_t(dst: faer::MatMut<'_, f32>, x: &[f32], k: usize, w: &[f32], par: faer::Par) {
+    use faer::{linalg::matmul::matmul, Accum, MatRef};
     let (m, rows) = (x.len() / k, w.len() / k);
     let lhs = MatRef::from_row_major_slice(w, rows, k);
     let rhs = MatRef::from_row_major_slice(x, m, k).transpose();
-    let dst = MatMut::from_column_major_slice_with_stride_mut(&mut out[c0..], rows, m, n);
-    matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, Par::rayon(0));
+    matmul(dst, Accum::Replace, lhs, rhs, 1.0f32, par);
 }
 
 /// Rows `r0..r0 + rows` of a quantized `[n, k]` matrix as f32; each thread
