@@ -8,8 +8,8 @@
 use candle_core::{Result, Tensor};
 
 use super::layers::{
-    rope_cache_attend, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm, Rope,
-    Span,
+    rope_attend, rope_cache, Activation, Embedding, Finish, GatedMlp, KvCache, Linear, Loader,
+    RmsNorm, Rope, Span,
 };
 use super::{CausalLm, LoadError, ModelInfo};
 use crate::gguf::LAYER_ORIGIN_KEY;
@@ -78,26 +78,27 @@ impl Attention {
         cache: &mut KvCache,
         span: &Span,
         mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let q = self
-            .q
-            .forward(x)?
-            .reshape((b, t, self.n_head, self.head_dim))?;
-        let k = self
-            .k
-            .forward(x)?
-            .reshape((b, t, self.n_kv_head, self.head_dim))?;
-        let v = self
-            .v
-            .forward(x)?
-            .reshape((b, t, self.n_kv_head, self.head_dim))?;
-        let q = self.q_norm.forward(&q)?.transpose(1, 2)?;
+        finish: Option<&Finish>,
+    ) -> Result<Option<Tensor>> {
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            let (b, t, _) = y.dims3()?;
+            y.reshape((b, t, n, self.head_dim))
+        };
+        let k = heads(self.k.forward(x)?, self.n_kv_head)?;
+        let v = heads(self.v.forward(x)?, self.n_kv_head)?;
         let k = self.k_norm.forward(&k)?.transpose(1, 2)?;
         let v = v.transpose(1, 2)?;
+        let (k, v) = rope_cache(&k, &v, rope, cache, span)?;
+        let (x, queries, mask) = match finish {
+            None => (x.clone(), span, mask.cloned()),
+            Some(f) if f.is_empty() => return Ok(None),
+            Some(f) => (f.select(x)?, f.queries(), f.mask(mask)?),
+        };
+        let q = heads(self.q.forward(&x)?, self.n_head)?;
+        let q = self.q_norm.forward(&q)?.transpose(1, 2)?;
         // llama.cpp: 1/sqrt(head_dim) (query_pre_attn_scalar = head_dim) for all but 27B.
-        let y = rope_cache_attend(&q, &k, &v, rope, cache, span, mask)?;
-        self.o.forward(&y)
+        let y = rope_attend(&q, &k, &v, rope, queries, mask.as_ref())?;
+        self.o.forward(&y).map(Some)
     }
 }
 
@@ -196,19 +197,31 @@ impl CausalLm for Model {
         let global_mask = span.mask(None)?;
         let window = self.layers.iter().find_map(|l| l.attn.window);
         let local_mask = span.mask(window)?;
-        for layer in self.layers.iter_mut() {
+        let finish = span.finish(n_out)?;
+        let last = self.layers.len().wrapping_sub(1);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
             let (rope, mask) = if layer.attn.window.is_some() {
                 (&mut self.rope_local, local_mask.as_ref())
             } else {
                 (&mut self.rope_global, global_mask.as_ref())
             };
+            let f = finish.as_ref().filter(|_| i == last);
             let h = layer.attn_norm.forward(&x)?;
-            let h = layer.attn.forward(&h, rope, &mut layer.cache, span, mask)?;
+            let Some(h) = layer
+                .attn
+                .forward(&h, rope, &mut layer.cache, span, mask, f)?
+            else {
+                return Ok(None);
+            };
+            if let Some(f) = f {
+                x = f.select(&x)?;
+            }
             x = (x + layer.post_attn_norm.forward(&h)?)?;
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + layer.post_ffn_norm.forward(&h)?)?;
         }
-        super::layers::output_rows(&x, span, n_out, &self.norm)
+        let finished = finish.as_ref().filter(|_| !self.layers.is_empty());
+        super::layers::output_rows(&x, span, n_out, &self.norm, finished)
     }
 
     fn head(&self) -> &super::layers::Linear {

@@ -1108,6 +1108,38 @@ impl Span {
         })
     }
 
+    /// The rows the last layer has to finish (see [`Finish`]), or `None`
+    /// when that is every row, or when so few rows (under
+    /// [`STREAM_MIN_ROWS`], of a span of more) would move the layer's
+    /// matmuls onto the quantized kernels, which round activations to 8
+    /// bits where the full-width layer runs the f32 GEMM. Spans of two or
+    /// more tokens always have a mask, whose rows the queries take; a
+    /// single token is all or none of the rows.
+    pub fn finish(&self, n_out: usize) -> Result<Option<Finish>> {
+        let t = self.len();
+        let rows: Vec<u32> = match &self.outputs {
+            Some(o) => o.to_vec1()?,
+            None => (t.saturating_sub(n_out) as u32..t as u32).collect(),
+        };
+        let n = rows.len();
+        if n == t || (n > 0 && n < STREAM_MIN_ROWS && t >= STREAM_MIN_ROWS) {
+            return Ok(None);
+        }
+        let positions: Vec<usize> = rows.iter().map(|&r| self.positions[r as usize]).collect();
+        let ids: Vec<u32> = positions.iter().map(|&p| p as u32).collect();
+        Ok(Some(Finish {
+            rows: Tensor::from_vec(rows, n, &Device::Cpu)?,
+            n,
+            queries: Span {
+                past: self.past,
+                positions,
+                parent: vec![ROOT; n],
+                gather: Some(Tensor::from_vec(ids, n, &Device::Cpu)?),
+                outputs: None,
+            },
+        }))
+    }
+
     /// Number of output rows when they are selected (packed spans).
     pub fn n_outputs(&self) -> Option<usize> {
         self.outputs.as_ref().map(|o| o.elem_count())
@@ -1169,14 +1201,76 @@ pub fn rope_cache_attend(
     span: &Span,
     mask: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let head_dim = q.dim(3)?;
-    let q = rope.apply(q, span)?;
+    let (k, v) = rope_cache(k, v, rope, cache, span)?;
+    rope_attend(q, &k, &v, rope, span, mask)
+}
+
+/// RoPE on the span's keys `k` (`[1, kv_heads, t, d]`), then `k`/`v`
+/// appended to the cache: returns every cached key and value.
+pub fn rope_cache(
+    k: &Tensor,
+    v: &Tensor,
+    rope: &mut Rope,
+    cache: &mut KvCache,
+    span: &Span,
+) -> Result<(Tensor, Tensor)> {
     let k = rope.apply(k, span)?;
-    let (k, v) = cache.append(k, v.contiguous()?)?;
-    let scale = 1.0 / (head_dim as f64).sqrt();
+    cache.append(k, v.contiguous()?)
+}
+
+/// RoPE on the queries `q` (`[1, heads, n, d]`, at the positions of
+/// `queries`), then attention over the cached keys and values with `mask`
+/// (`[n, keys]`) and `1/sqrt(d)` scaling: `[1, n, heads*d]`.
+pub fn rope_attend(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rope: &mut Rope,
+    queries: &Span,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    let scale = 1.0 / (q.dim(3)? as f64).sqrt();
+    let q = rope.apply(q, queries)?;
     // Packed documents need no split: each block of queries attends only
     // over the keys its mask lets it see.
-    super::attend::attention(&q, &k, &v, mask, scale)
+    super::attend::attention(&q, k, v, mask, scale)
+}
+
+/// The rows of a forward that its last layer finishes. Every row of the
+/// last layer needs its keys and values (later rows attend to them, the
+/// cache keeps them); only the rows whose hidden states leave the model
+/// (the span's output rows, or its last `n_out`) need its queries,
+/// attention, output projection and MLP. On the packed suite workload that
+/// is about half the rows; with no output rows (a context forwarded for the
+/// cache) the last layer computes only keys and values.
+pub struct Finish {
+    /// Indices of the rows in the span, in output order.
+    rows: Tensor,
+    n: usize,
+    /// The rows as a span of queries: their positions, for RoPE.
+    queries: Span,
+}
+
+impl Finish {
+    /// The finishing rows of `x` (`[1, t, h]` → `[1, n, h]`).
+    pub fn select(&self, x: &Tensor) -> Result<Tensor> {
+        x.index_select(&self.rows, 1)
+    }
+
+    /// No row leaves the model: the last layer needs only keys and values.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// The rows as queries (for [`rope_attend`]).
+    pub fn queries(&self) -> &Span {
+        &self.queries
+    }
+
+    /// The rows of an attention mask (`[t, keys]` → `[n, keys]`).
+    pub fn mask(&self, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
+        mask.map(|m| m.index_select(&self.rows, 0)).transpose()
+    }
 }
 
 /// The token embedding and the output head (tied to the embedding when the
@@ -1196,14 +1290,18 @@ pub fn embedding_and_head(
 
 /// The final-normed hidden states `[n, hidden]` of the span's output rows
 /// of `x`, or else of its last `n_out` positions (`None` for none): what
-/// the output head turns into logits.
+/// the output head turns into logits. After a last layer that `finished`
+/// only those rows, `x` is them.
 pub fn output_rows(
     x: &Tensor,
     span: &Span,
     n_out: usize,
     norm: &RmsNorm,
+    finished: Option<&Finish>,
 ) -> Result<Option<Tensor>> {
     let rows = match &span.outputs {
+        // The last layer ran on the output rows alone, in order.
+        _ if finished.is_some() => x.squeeze(0)?,
         Some(rows) if rows.elem_count() > 0 => x.squeeze(0)?.index_select(rows, 0)?,
         Some(_) => return Ok(None),
         None if n_out == 0 => return Ok(None),
@@ -1432,16 +1530,62 @@ mod tests {
                     alone.mask(window).expect("mask").as_ref(),
                 )
                 .expect("alone");
-                let got = packed.narrow(1, a, n).expect("rows");
-                let diff = (got - want)
-                    .and_then(|x| x.abs())
-                    .and_then(|x| x.flatten_all())
-                    .and_then(|x| x.max(0))
-                    .and_then(|x| x.to_scalar::<f32>())
-                    .expect("diff");
+                let diff = max_diff(&packed.narrow(1, a, n).expect("rows"), &want);
                 assert!(diff < 1e-5, "window {window:?}, doc {doc}: max diff {diff}");
             }
+            // A last layer's way: the output rows alone as queries, over
+            // every row's keys.
+            let f = span.finish(0).expect("finish").expect("9 of 12 rows");
+            assert_eq!(f.n, 9);
+            let (ck, cv) =
+                rope_cache(&k, &v, &mut rope, &mut KvCache::default(), &span).expect("cache");
+            let q_rows = q.index_select(&f.rows, 2).expect("q rows");
+            let f_mask = f.mask(mask.as_ref()).expect("mask rows");
+            let got = rope_attend(&q_rows, &ck, &cv, &mut rope, f.queries(), f_mask.as_ref())
+                .expect("finish");
+            let diff = max_diff(&got, &f.select(&packed).expect("rows"));
+            assert!(
+                diff < 1e-6,
+                "window {window:?}, output rows: max diff {diff}"
+            );
         }
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .and_then(|x| x.abs())
+            .and_then(|x| x.flatten_all())
+            .and_then(|x| x.max(0))
+            .and_then(|x| x.to_scalar::<f32>())
+            .expect("diff")
+    }
+
+    #[test]
+    fn the_last_layer_finishes_only_rows_that_leave_the_model() {
+        let rows = |s: &Span, n_out: usize| {
+            s.finish(n_out)
+                .expect("finish")
+                .map(|f| f.rows.to_vec1::<u32>().expect("rows"))
+        };
+        let long = Span::causal(3, 40);
+        assert_eq!(rows(&long, 40), None, "every row");
+        assert_eq!(rows(&long, 60), None, "more than every row");
+        assert_eq!(rows(&long, 16), Some((24..40).collect()));
+        // Four rows would take the matmuls onto the 8-bit kernels.
+        assert_eq!(rows(&long, 4), None);
+        assert_eq!(rows(&long, 0), Some(vec![]), "keys and values only");
+        let short = Span::causal(0, 6);
+        assert_eq!(
+            rows(&short, 2),
+            Some(vec![4, 5]),
+            "a short span stays on one path"
+        );
+        let one = Span::causal(5, 1);
+        assert_eq!(rows(&one, 1), None);
+        assert_eq!(rows(&one, 0), Some(vec![]));
+        let f = long.finish(16).expect("finish").expect("rows");
+        assert_eq!(f.queries().positions, (27..43).collect::<Vec<_>>());
+        assert!(!f.is_empty() && long.finish(0).expect("f").expect("e").is_empty());
     }
 
     #[test]

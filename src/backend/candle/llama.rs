@@ -7,8 +7,8 @@
 use candle_core::{Result, Tensor};
 
 use super::layers::{
-    rope_cache_attend, Activation, Embedding, GatedMlp, KvCache, Linear, Loader, RmsNorm, Rope,
-    Span,
+    rope_attend, rope_cache, Activation, Embedding, Finish, GatedMlp, KvCache, Linear, Loader,
+    RmsNorm, Rope, Span,
 };
 use super::{CausalLm, LoadError, ModelInfo};
 
@@ -74,16 +74,23 @@ impl Attention {
         cache: &mut KvCache,
         span: &Span,
         mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
+        finish: Option<&Finish>,
+    ) -> Result<Option<Tensor>> {
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            let (b, t, _) = y.dims3()?;
             y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)
         };
-        let q = heads(self.q.forward(x)?, self.n_head)?;
         let k = heads(self.k.forward(x)?, self.n_kv_head)?;
         let v = heads(self.v.forward(x)?, self.n_kv_head)?;
-        let y = rope_cache_attend(&q, &k, &v, rope, cache, span, mask)?;
-        self.o.forward(&y)
+        let (k, v) = rope_cache(&k, &v, rope, cache, span)?;
+        let (x, queries, mask) = match finish {
+            None => (x.clone(), span, mask.cloned()),
+            Some(f) if f.is_empty() => return Ok(None),
+            Some(f) => (f.select(x)?, f.queries(), f.mask(mask)?),
+        };
+        let q = heads(self.q.forward(&x)?, self.n_head)?;
+        let y = rope_attend(&q, &k, &v, rope, queries, mask.as_ref())?;
+        self.o.forward(&y).map(Some)
     }
 }
 
@@ -158,17 +165,27 @@ impl CausalLm for Model {
     ) -> Result<Option<Tensor>> {
         let mut x = self.embed.forward(tokens)?;
         let mask = span.mask(None)?;
-        for layer in self.layers.iter_mut() {
+        let finish = span.finish(n_out)?;
+        let last = self.layers.len().wrapping_sub(1);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let f = finish.as_ref().filter(|_| i == last);
             let h = layer.attn_norm.forward(&x)?;
-            let h =
-                layer
-                    .attn
-                    .forward(&h, &mut self.rope, &mut layer.cache, span, mask.as_ref())?;
+            let rope = &mut self.rope;
+            let Some(h) = layer
+                .attn
+                .forward(&h, rope, &mut layer.cache, span, mask.as_ref(), f)?
+            else {
+                return Ok(None);
+            };
+            if let Some(f) = f {
+                x = f.select(&x)?;
+            }
             x = (x + h)?;
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + h)?;
         }
-        super::layers::output_rows(&x, span, n_out, &self.norm)
+        let finished = finish.as_ref().filter(|_| !self.layers.is_empty());
+        super::layers::output_rows(&x, span, n_out, &self.norm, finished)
     }
 
     fn head(&self) -> &super::layers::Linear {
