@@ -204,11 +204,16 @@ impl Gathered {
             .chunks_exact(s)
             .flat_map(|row| keys.iter().map(move |&j| row[j]))
             .collect();
+        // A copy per key row (an element-wise `flat_map` was 1.7% of
+        // SmolLM2's scoring).
         let gather = |x: &[f32]| -> Vec<f32> {
-            x.chunks_exact(s * d)
-                .flat_map(|group| keys.iter().flat_map(move |&j| &group[j * d..][..d]))
-                .copied()
-                .collect()
+            let mut out = Vec::with_capacity(x.len() / s * keys.len());
+            for group in x.chunks_exact(s * d) {
+                for &j in keys {
+                    out.extend_from_slice(&group[j * d..][..d]);
+                }
+            }
+            out
         };
         Self {
             mask,
