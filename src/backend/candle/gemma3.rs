@@ -89,10 +89,8 @@ impl Attention {
         let k = self.k_norm.forward(&k)?.transpose(1, 2)?;
         let v = v.transpose(1, 2)?;
         let (k, v) = rope_cache(&k, &v, rope, cache, span)?;
-        let (x, queries, mask) = match finish {
-            None => (x.clone(), span, mask.cloned()),
-            Some(f) if f.is_empty() => return Ok(None),
-            Some(f) => (f.select(x)?, f.queries(), f.mask(mask)?),
+        let Some((x, queries, mask)) = Finish::queries_of(finish, x, span, mask)? else {
+            return Ok(None);
         };
         let q = heads(self.q.forward(&x)?, self.n_head)?;
         let q = self.q_norm.forward(&q)?.transpose(1, 2)?;

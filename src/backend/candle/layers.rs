@@ -1236,6 +1236,9 @@ pub fn rope_attend(
     super::attend::attention(&q, k, v, mask, scale)
 }
 
+/// A layer's query input: rows, their span, their mask rows.
+pub type Queries<'a> = (Tensor, &'a Span, Option<Tensor>);
+
 /// The rows of a forward that its last layer finishes. Every row of the
 /// last layer needs its keys and values (later rows attend to them, the
 /// cache keeps them); only the rows whose hidden states leave the model
@@ -1270,6 +1273,22 @@ impl Finish {
     /// The rows of an attention mask (`[t, keys]` → `[n, keys]`).
     pub fn mask(&self, mask: Option<&Tensor>) -> Result<Option<Tensor>> {
         mask.map(|m| m.index_select(&self.rows, 0)).transpose()
+    }
+
+    /// What a layer's queries come from: the input rows `x`, the span
+    /// they sit at and their mask rows — all of them without `finish`,
+    /// the finishing rows with it, `None` when no row is to finish.
+    pub fn queries_of<'a>(
+        finish: Option<&'a Self>,
+        x: &Tensor,
+        span: &'a Span,
+        mask: Option<&Tensor>,
+    ) -> Result<Option<Queries<'a>>> {
+        Ok(match finish {
+            None => Some((x.clone(), span, mask.cloned())),
+            Some(f) if f.is_empty() => None,
+            Some(f) => Some((f.select(x)?, f.queries(), f.mask(mask)?)),
+        })
     }
 }
 

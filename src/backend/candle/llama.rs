@@ -83,10 +83,8 @@ impl Attention {
         let k = heads(self.k.forward(x)?, self.n_kv_head)?;
         let v = heads(self.v.forward(x)?, self.n_kv_head)?;
         let (k, v) = rope_cache(&k, &v, rope, cache, span)?;
-        let (x, queries, mask) = match finish {
-            None => (x.clone(), span, mask.cloned()),
-            Some(f) if f.is_empty() => return Ok(None),
-            Some(f) => (f.select(x)?, f.queries(), f.mask(mask)?),
+        let Some((x, queries, mask)) = Finish::queries_of(finish, x, span, mask)? else {
+            return Ok(None);
         };
         let q = heads(self.q.forward(&x)?, self.n_head)?;
         let y = rope_attend(&q, &k, &v, rope, queries, mask.as_ref())?;
