@@ -195,7 +195,11 @@ impl CausalLm for Model {
         let global_mask = span.mask(None)?;
         let window = self.layers.iter().find_map(|l| l.attn.window);
         let local_mask = span.mask(window)?;
-        let finish = span.finish(n_out)?;
+        let finish = if self.layers.is_empty() {
+            None
+        } else {
+            span.finish(n_out)?
+        };
         let last = self.layers.len().wrapping_sub(1);
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let (rope, mask) = if layer.attn.window.is_some() {
@@ -218,8 +222,7 @@ impl CausalLm for Model {
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + layer.post_ffn_norm.forward(&h)?)?;
         }
-        let finished = finish.as_ref().filter(|_| !self.layers.is_empty());
-        super::layers::output_rows(&x, span, n_out, &self.norm, finished)
+        super::layers::output_rows(&x, span, n_out, &self.norm, finish.as_ref())
     }
 
     fn head(&self) -> &super::layers::Linear {

@@ -1189,22 +1189,6 @@ impl Span {
     }
 }
 
-/// The part of self-attention after the projections: RoPE on `q`/`k`
-/// (`[1, heads, t, d]`), append `k`/`v` to the cache, attend with
-/// `1/sqrt(d)` scaling. Returns `[1, t, heads*d]` for the output projection.
-pub fn rope_cache_attend(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    rope: &mut Rope,
-    cache: &mut KvCache,
-    span: &Span,
-    mask: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (k, v) = rope_cache(k, v, rope, cache, span)?;
-    rope_attend(q, &k, &v, rope, span, mask)
-}
-
 /// RoPE on the span's keys `k` (`[1, kv_heads, t, d]`), then `k`/`v`
 /// appended to the cache: returns every cached key and value.
 pub fn rope_cache(
@@ -1338,6 +1322,21 @@ pub fn last_positions(x: &Tensor, n: usize) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`rope_cache`] then [`rope_attend`] over the same span, as a layer
+    /// without [`Finish`] runs them: `[1, t, heads*d]`.
+    fn rope_cache_attend(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rope: &mut Rope,
+        cache: &mut KvCache,
+        span: &Span,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (k, v) = rope_cache(k, v, rope, cache, span)?;
+        rope_attend(q, &k, &v, rope, span, mask)
+    }
 
     fn visible(m: &Tensor) -> Vec<Vec<bool>> {
         m.to_vec2::<f32>()

@@ -163,7 +163,11 @@ impl CausalLm for Model {
     ) -> Result<Option<Tensor>> {
         let mut x = self.embed.forward(tokens)?;
         let mask = span.mask(None)?;
-        let finish = span.finish(n_out)?;
+        let finish = if self.layers.is_empty() {
+            None
+        } else {
+            span.finish(n_out)?
+        };
         let last = self.layers.len().wrapping_sub(1);
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let f = finish.as_ref().filter(|_| i == last);
@@ -182,8 +186,7 @@ impl CausalLm for Model {
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + h)?;
         }
-        let finished = finish.as_ref().filter(|_| !self.layers.is_empty());
-        super::layers::output_rows(&x, span, n_out, &self.norm, finished)
+        super::layers::output_rows(&x, span, n_out, &self.norm, finish.as_ref())
     }
 
     fn head(&self) -> &super::layers::Linear {
