@@ -180,25 +180,25 @@ pub fn matmul(x: &Tensor, q: &QTensor) -> Result<Option<Tensor>> {
         (Vec::new(), Vec::new(), Vec::new(), Vec::new())
     };
     let blocks = k / QK;
-    let act = |i: usize| Act {
-        x: &xs[i * k..(i + 1) * k],
-        sums: &sums[i * blocks..(i + 1) * blocks],
-        q: xq.get(i * k..(i + 1) * k).unwrap_or_default(),
-        d: xd.get(i * blocks..(i + 1) * blocks).unwrap_or_default(),
-        mult: xm.get(i * blocks..(i + 1) * blocks).unwrap_or_default(),
-        sbd: xs_d.get(i * k / 256..(i + 1) * k / 256).unwrap_or_default(),
-    };
+    let acts: Vec<Act> = (0..m)
+        .map(|i| Act {
+            x: &xs[i * k..(i + 1) * k],
+            sums: &sums[i * blocks..(i + 1) * blocks],
+            q: xq.get(i * k..(i + 1) * k).unwrap_or_default(),
+            d: xd.get(i * blocks..(i + 1) * blocks).unwrap_or_default(),
+            mult: xm.get(i * blocks..(i + 1) * blocks).unwrap_or_default(),
+            sbd: xs_d.get(i * k / 256..(i + 1) * k / 256).unwrap_or_default(),
+        })
+        .collect();
     // Output transposed ([n, m]) so that each task owns a contiguous run.
     let mut out_t = vec![0f32; n * m];
     out_t
         .par_chunks_mut(ROWS_PER_TASK * m)
-        .enumerate()
-        .for_each(|(task, chunk)| {
-            for (j, out) in chunk.chunks_exact_mut(m).enumerate() {
-                let r = task * ROWS_PER_TASK + j;
-                let row = &data[r * row_bytes..(r + 1) * row_bytes];
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = dot(row, &act(i));
+        .zip(data.par_chunks(ROWS_PER_TASK * row_bytes))
+        .for_each(|(chunk, rows)| {
+            for (out, row) in chunk.chunks_exact_mut(m).zip(rows.chunks_exact(row_bytes)) {
+                for (o, a) in out.iter_mut().zip(&acts) {
+                    *o = dot(row, a);
                 }
             }
         });
