@@ -195,12 +195,7 @@ impl CausalLm for Model {
         let global_mask = span.mask(None)?;
         let window = self.layers.iter().find_map(|l| l.attn.window);
         let local_mask = span.mask(window)?;
-        let finish = if self.layers.is_empty() {
-            None
-        } else {
-            span.finish(n_out)?
-        };
-        let last = self.layers.len().wrapping_sub(1);
+        let (finish, last) = span.finish_last(self.layers.len(), n_out)?;
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let (rope, mask) = if layer.attn.window.is_some() {
                 (&mut self.rope_local, local_mask.as_ref())

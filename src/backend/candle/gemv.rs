@@ -415,6 +415,24 @@ mod avx2 {
         m256i::from(*v)
     }
 
+    /// Byte-shuffle controls for `shuffle_av_i8z_half_m256i` over eight
+    /// i16 scales per 128-bit half: control `j` gives every i16 lane of the
+    /// low half scale `stride·j`, of the high half scale `stride·j + high`.
+    const fn scale_picks<const N: usize>(stride: u8, high: u8) -> [[u8; 32]; N] {
+        let mut t = [[0u8; 32]; N];
+        let mut j = 0;
+        while j < N {
+            let mut l = 0;
+            while l < 32 {
+                let scale = stride * j as u8 + if l >= 16 { high } else { 0 };
+                t[j][l] = 2 * scale + (l % 2) as u8;
+                l += 1;
+            }
+            j += 1;
+        }
+        t
+    }
+
     /// Eight consecutive values of `v` from `i`.
     #[inline(always)]
     fn f32x8(v: &[f32], i: usize) -> m256 {
@@ -434,19 +452,7 @@ mod avx2 {
         let mut acc = zeroed_m256();
         let mask = set_splat_i8_m256i(15);
         // `PICK[j]`: every i16 lane gets scale j of the eight in each half.
-        const PICK: [[u8; 32]; 8] = {
-            let mut t = [[0u8; 32]; 8];
-            let mut j = 0;
-            while j < 8 {
-                let mut l = 0;
-                while l < 32 {
-                    t[j][l] = 2 * j as u8 + (l % 2) as u8;
-                    l += 1;
-                }
-                j += 1;
-            }
-            t
-        };
+        const PICK: [[u8; 32]; 8] = scale_picks(1, 0);
         let superblocks = row
             .chunks_exact(144)
             .zip(a.q.chunks_exact(256))
@@ -511,19 +517,7 @@ mod avx2 {
         let thirty_two = set_splat_i8_m256i(32);
         // `PICK[g]`: the low half's i16 lanes get scale 2g of the eight in
         // that half, the high half's scale 2g + 1.
-        const PICK: [[u8; 32]; 4] = {
-            let mut t = [[0u8; 32]; 4];
-            let mut g = 0;
-            while g < 4 {
-                let mut l = 0;
-                while l < 32 {
-                    t[g][l] = 4 * g as u8 + (l % 2) as u8 + 2 * (l / 16) as u8;
-                    l += 1;
-                }
-                g += 1;
-            }
-            t
-        };
+        const PICK: [[u8; 32]; 4] = scale_picks(2, 1);
         let superblocks = row
             .chunks_exact(210)
             .zip(a.q.chunks_exact(256))

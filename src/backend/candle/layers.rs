@@ -1108,6 +1108,17 @@ impl Span {
         })
     }
 
+    /// [`Span::finish`] for a model of `layers` layers (`None` without
+    /// any), with the index of the last layer, which applies it.
+    pub fn finish_last(&self, layers: usize, n_out: usize) -> Result<(Option<Finish>, usize)> {
+        let finish = if layers == 0 {
+            None
+        } else {
+            self.finish(n_out)?
+        };
+        Ok((finish, layers.wrapping_sub(1)))
+    }
+
     /// The rows the last layer has to finish (see [`Finish`]), or `None`
     /// when that is every row, or when so few rows (under
     /// [`STREAM_MIN_ROWS`], of a span of more) would move the layer's

@@ -163,12 +163,7 @@ impl CausalLm for Model {
     ) -> Result<Option<Tensor>> {
         let mut x = self.embed.forward(tokens)?;
         let mask = span.mask(None)?;
-        let finish = if self.layers.is_empty() {
-            None
-        } else {
-            span.finish(n_out)?
-        };
-        let last = self.layers.len().wrapping_sub(1);
+        let (finish, last) = span.finish_last(self.layers.len(), n_out)?;
         for (i, layer) in self.layers.iter_mut().enumerate() {
             let f = finish.as_ref().filter(|_| i == last);
             let h = layer.attn_norm.forward(&x)?;
