@@ -80,13 +80,25 @@ fn quantize_activations(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut q = Vec::with_capacity(x.len());
     let mut d = Vec::with_capacity(x.len() / QK);
     for b in x.chunks_exact(QK) {
-        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-        q.extend(b.iter().map(|v| (v * inv).round() as i8));
+        let scale = amax(b) / 127.0;
+        round_block(b, scale, &mut q);
         d.push(scale);
     }
     (q, d)
+}
+
+/// The largest magnitude of `b`.
+fn amax(b: &[f32]) -> f32 {
+    b.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// `b / step` rounded to 8 bits, onto `q` (zeros for a zero step).
+fn round_block(b: &[f32], step: f32, q: &mut Vec<i8>) {
+    let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
+    q.extend(
+        b.iter()
+            .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+    );
 }
 
 /// Activations quantized per superblock of 256 for the k-quant kernels:
@@ -104,20 +116,16 @@ fn quantize_activations_k(x: &[f32]) -> (Vec<i8>, Vec<f32>, Vec<i16>, Vec<f32>) 
     let mut mult = Vec::with_capacity(x.len() / QK);
     let mut sbd = Vec::with_capacity(x.len() / 256);
     for sb in x.chunks_exact(256) {
-        let top = sb.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        let maxima: Vec<f32> = sb.chunks_exact(QK).map(amax).collect();
+        let top = maxima.iter().fold(0f32, |m, &v| m.max(v)) / 127.0;
         sbd.push(top / 128.0);
-        for b in sb.chunks_exact(QK) {
-            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (b, &block_max) in sb.chunks_exact(QK).zip(&maxima) {
             let mut e = 0;
-            while e < 7 && amax <= top / (1 << (e + 1)) as f32 * 127.0 {
+            while e < 7 && block_max <= top / (1 << (e + 1)) as f32 * 127.0 {
                 e += 1;
             }
             let step = top / (1 << e) as f32;
-            let inv = if step > 0.0 { 1.0 / step } else { 0.0 };
-            q.extend(
-                b.iter()
-                    .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
-            );
+            round_block(b, step, &mut q);
             d.push(step);
             mult.push(1 << (7 - e));
         }
@@ -729,7 +737,7 @@ mod tests {
             let step = d[j];
             assert!(mult[j].count_ones() == 1 && (1..=128).contains(&mult[j]));
             assert_eq!(step, sbd[j / 8] * f32::from(mult[j]), "block {j}");
-            let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let amax = amax(b);
             for (&v, &qv) in b.iter().zip(&q[j * QK..]) {
                 assert!((v - step * f32::from(qv)).abs() <= step / 2.0 * (1.0 + 1e-6));
             }
