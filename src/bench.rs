@@ -5,12 +5,12 @@
 //!
 //! Each thread count runs in a child process (`slmbench bench --worker`), so
 //! the thread pools are sized once and measurements do not share a heap.
-
-use std::time::Instant;
+//! The timing itself is the backend's ([`Throughput`]); a backend without it
+//! has no `bench`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::candle::CausalLm;
+use crate::backend::{ScoreError, Throughput};
 
 /// One measured test of one configuration.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,41 +59,6 @@ fn mean_sd(xs: &[f64]) -> (f64, Option<f64>) {
     (mean, sd)
 }
 
-/// Prompt processing: seconds for one forward over `prompt` from an empty cache.
-pub fn time_pp(model: &mut dyn CausalLm, prompt: &[u32]) -> candle_core::Result<f64> {
-    model.truncate_cache(0)?;
-    let t = Instant::now();
-    for (i, chunk) in prompt.chunks(512).enumerate() {
-        let last = (i + 1) * 512 >= prompt.len();
-        model.forward(chunk, usize::from(last))?;
-    }
-    let s = t.elapsed().as_secs_f64();
-    model.truncate_cache(0)?;
-    Ok(s)
-}
-
-/// Greedy decoding of `n` tokens after `first`; returns seconds and the tokens.
-pub fn time_tg(
-    model: &mut dyn CausalLm,
-    first: u32,
-    n: usize,
-) -> candle_core::Result<(f64, Vec<u32>)> {
-    model.truncate_cache(0)?;
-    let mut tok = first;
-    let mut out = Vec::with_capacity(n);
-    let t = Instant::now();
-    for _ in 0..n {
-        let logits = model
-            .forward(&[tok], 1)?
-            .ok_or_else(|| candle_core::Error::Msg("no logits".into()))?;
-        tok = logits.squeeze(0)?.argmax(0)?.to_scalar::<u32>()?;
-        out.push(tok);
-    }
-    let s = t.elapsed().as_secs_f64();
-    model.truncate_cache(0)?;
-    Ok((s, out))
-}
-
 /// What the rows share about the model and machine.
 pub struct RowContext {
     pub model: String,
@@ -106,14 +71,14 @@ pub struct RowContext {
 
 /// Runs the pp and tg tests on a loaded model (one warm-up run each first).
 pub fn run_tests(
-    model: &mut dyn CausalLm,
+    model: &mut dyn Throughput,
     ctx: &RowContext,
     prompts: &[usize],
     gens: &[usize],
     reps: usize,
-) -> candle_core::Result<Vec<BenchRow>> {
-    let env = crate::environment::fingerprint(ctx.threads);
-    let vocab = model.info().vocab;
+) -> Result<Vec<BenchRow>, ScoreError> {
+    let env = crate::measure::environment::fingerprint(ctx.threads);
+    let vocab = model.vocab();
     let row = |test: String, n: usize, tps: &[f64], ttft: Option<f64>| BenchRow {
         model: ctx.model.clone(),
         model_file: ctx.model_file.clone(),
@@ -136,20 +101,20 @@ pub fn run_tests(
     let mut rows = Vec::new();
     for &p in prompts.iter().filter(|&&p| p > 0) {
         let prompt = prompt_tokens(p, vocab);
-        time_pp(model, &prompt)?;
+        model.time_pp(&prompt)?;
         let secs: Vec<f64> = (0..reps)
-            .map(|_| time_pp(model, &prompt))
-            .collect::<candle_core::Result<_>>()?;
+            .map(|_| model.time_pp(&prompt))
+            .collect::<Result<_, ScoreError>>()?;
         let tps: Vec<f64> = secs.iter().map(|s| p as f64 / s).collect();
         let ttft = mean_sd(&secs).0 * 1e3;
         rows.push(row(format!("pp{p}"), p, &tps, Some(ttft)));
     }
     for &n in gens.iter().filter(|&&n| n > 0) {
         let first = prompt_tokens(1, vocab)[0];
-        time_tg(model, first, n.min(4))?;
+        model.time_tg(first, n.min(4))?;
         let tps: Vec<f64> = (0..reps)
-            .map(|_| time_tg(model, first, n).map(|(s, _)| n as f64 / s))
-            .collect::<candle_core::Result<_>>()?;
+            .map(|_| model.time_tg(first, n).map(|(s, _)| n as f64 / s))
+            .collect::<Result<_, ScoreError>>()?;
         rows.push(row(format!("tg{n}"), n, &tps, None));
     }
     Ok(rows)

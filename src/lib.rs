@@ -1,27 +1,24 @@
 //! slmbench: evaluate and benchmark small and large language models and their
 //! compressed variants on lm-eval-compatible task suites.
 //!
-//! Data flow: `models`/`task` (specs) → `run` (plan) → `eval` (cells through a
-//! `backend`) → `record` (files). See ARCHITECTURE.md.
+//! The modules in pipeline order: `spec` (inputs) → `plan` (a run resolved)
+//! → `eval` (cells through a `backend`, with `measure` probes) → `record`
+//! (files) → `report` (tables, charts, HTML, verdicts). `cli` is the only
+//! layer that prints. See ARCHITECTURE.md.
 
 pub mod backend;
 pub mod bench;
 pub mod cli;
-pub mod energy;
-pub mod environment;
 pub mod eval;
-pub mod fetch;
-pub mod gguf;
-pub mod gpu_energy;
 pub mod measure;
 pub mod metrics;
-pub mod models;
-pub mod parquet;
+pub mod model;
+pub mod obtain;
+pub mod plan;
+pub mod pyrandom;
 pub mod record;
 pub mod report;
-pub mod run;
-pub mod safetensors;
-pub mod smoke;
+pub mod spec;
 pub mod task;
-pub mod tokenizer;
+pub mod text_table;
 pub mod variant;

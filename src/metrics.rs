@@ -9,7 +9,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::task::pyrandom::PyRandom;
+use crate::pyrandom::PyRandom;
 
 /// A metric named in a task's `metric_list`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -181,7 +181,7 @@ pub struct CellResult {
 /// Energy of a cell: total, per document, per 1k tokens, and CO2e.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CellEnergy {
-    pub method: crate::energy::EnergyMethod,
+    pub method: crate::measure::energy::EnergyMethod,
     /// How it was measured or estimated, in words.
     pub note: String,
     pub energy_j: f64,
@@ -254,23 +254,72 @@ pub enum CellStatus {
     Failed,
 }
 
-/// Facts about a loaded model for provenance.
+impl CellResult {
+    /// A failed cell, recorded so the run can go on.
+    pub fn failed(model: &str, task: &str, num_fewshot: usize, err: &str) -> CellResult {
+        CellResult {
+            model: model.to_string(),
+            task: task.to_string(),
+            status: CellStatus::Failed,
+            metrics: Vec::new(),
+            n: 0,
+            num_fewshot,
+            truncated: 0,
+            wall_time_s: 0.0,
+            tokens_forwarded: 0,
+            tokens_per_s: None,
+            latency: None,
+            peak_rss: None,
+            kv_cache_peak_bytes: None,
+            energy: None,
+            resumed_samples: 0,
+            error: Some(err.to_string()),
+        }
+    }
+}
+
+impl RunRecord {
+    /// Replaces the cell for (model, task) or appends it.
+    pub fn upsert(&mut self, cell: CellResult) {
+        match self
+            .cells
+            .iter_mut()
+            .find(|c| c.model == cell.model && c.task == cell.task)
+        {
+            Some(c) => *c = cell,
+            None => self.cells.push(cell),
+        }
+    }
+}
+
+/// Facts about a loaded model for provenance. File and architecture facts
+/// are `None` where the engine cannot know them (a model behind an endpoint).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct ModelRecord {
-    pub file: String,
+    /// The engine that ran the model (`engine:` of its spec, e.g. `local`);
+    /// empty in records written before engines were named (all ran the
+    /// built-in engine).
+    #[serde(default)]
+    pub backend: String,
+    pub file: Option<String>,
     pub sha256: Option<String>,
-    pub architecture: String,
+    pub architecture: Option<String>,
     pub dtype: String,
-    pub file_bytes: u64,
-    pub n_layer: usize,
-    pub hidden: usize,
-    pub vocab: usize,
+    pub file_bytes: Option<u64>,
+    pub n_layer: Option<usize>,
+    pub hidden: Option<usize>,
+    pub vocab: Option<usize>,
     pub context_length: usize,
     pub load_time_s: f64,
     /// Resident memory added by loading the model.
     #[serde(default)]
     pub load_rss_delta_bytes: Option<u64>,
+    /// The file's quantization as llama.cpp names it (`general.file_type`,
+    /// e.g. `Q4_K_M`), else its weights' most common type.
+    #[serde(default)]
+    pub quant_type: Option<String>,
     /// GGML type → (tensor count, bytes).
+    #[serde(default)]
     pub weight_types: BTreeMap<String, (usize, u64)>,
     /// Number of weights (all tensors; a low-rank pair counts its factors).
     #[serde(default)]
@@ -312,30 +361,7 @@ pub struct Lineage {
     pub source: Option<String>,
 }
 
-/// Where and how the run happened.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Environment {
-    pub slmbench_version: String,
-    pub git_hash: String,
-    pub build_profile: String,
-    pub cpu: String,
-    pub cores_logical: usize,
-    pub threads: usize,
-    pub os: String,
-    pub total_memory_bytes: Option<u64>,
-    /// `rustc --version` of the build.
-    #[serde(default)]
-    pub rustc: String,
-    /// Versions of the crates that shape the numbers (candle, tokenizers, …).
-    #[serde(default)]
-    pub crate_versions: String,
-    /// Instruction-set features detected at run time (avx2, fma, avx512f, …).
-    #[serde(default)]
-    pub isa_flags: Vec<String>,
-    /// Set when timings are not representative (e.g. a debug build).
-    #[serde(default)]
-    pub measurement_warning: Option<String>,
-}
+pub use crate::measure::environment::Environment;
 
 /// Everything `results.json` holds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -1,9 +1,149 @@
-//! Backends compute log-likelihoods of continuations given a context.
+//! The engine seam. A backend scores a document's continuations given its
+//! context ([`Scorer`]), on strings: it owns its tokenizer and its model.
+//! [`open`] turns an obtained model into a [`Loaded`] scorer and its record;
+//! it is the only place that names an engine.
 //!
-//! The request construction shared by all backends (lm-eval's `_encode_pair`)
-//! lives here; a backend only sees token ids.
+//! Add an engine: a folder beside `candle/` with a type implementing
+//! [`Scorer`], one arm in [`open`] (see ARCHITECTURE.md).
 
 pub mod candle;
-pub mod scorer;
+pub mod request;
 
-pub use scorer::{ChoiceScore, DocScore, Scorer};
+use crate::model::tokenizer::TokenizerError;
+use crate::obtain::Obtained;
+use crate::record::ModelRecord;
+use crate::spec::models::{Dtype, Engine, ModelSpec};
+
+/// Log-likelihood of one continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChoiceScore {
+    /// Sum of the continuation tokens' log-probabilities (nats).
+    pub loglikelihood: f64,
+    /// Whether every continuation token was the argmax.
+    pub is_greedy: bool,
+    pub n_tokens: usize,
+}
+
+/// Scores of all choices of one document.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocScore {
+    pub choices: Vec<ChoiceScore>,
+    /// The context had to be left-truncated to fit the model's window.
+    pub truncated: bool,
+    /// Tokens run through the model for this document.
+    pub tokens_forwarded: usize,
+    /// Most positions held in the KV cache at once for this document.
+    pub peak_cached_tokens: usize,
+    /// Compute time attributed to this document by [`Scorer::score_docs`]:
+    /// its own forwards' time, or, when it shared a packed forward, that
+    /// forward's time × its share of the tokens.
+    pub shared_ms: Option<f64>,
+}
+
+/// A scoring failure, engine-neutral: the tokenizer's, or the engine's own
+/// error boxed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("model forward failed: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ScoreError {
+    /// An engine's error (or a message) as a scoring failure.
+    pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        ScoreError::Backend(e.into())
+    }
+}
+
+/// Something that scores a context against its candidate continuations.
+pub trait Scorer {
+    fn score_doc(
+        &mut self,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<DocScore, ScoreError>;
+    /// Scores several documents, in order; a scorer may pack them into
+    /// fewer forwards. The default scores them one at a time.
+    fn score_docs(&mut self, docs: &[(&str, &[String])]) -> Result<Vec<DocScore>, ScoreError> {
+        docs.iter().map(|(c, k)| self.score_doc(c, k)).collect()
+    }
+    /// Longest token sequence the scorer feeds the model.
+    fn max_length(&self) -> usize;
+    /// KV-cache bytes one cached position takes, when known.
+    fn kv_bytes_per_token(&self) -> Option<usize> {
+        None
+    }
+    /// The engine's throughput timing for `slmbench bench`, when it has one.
+    fn throughput(&mut self) -> Option<&mut dyn Throughput> {
+        None
+    }
+}
+
+/// Prompt-processing and greedy-decoding timing, llama-bench style.
+pub trait Throughput {
+    /// Token ids are drawn from `[10, vocab)`.
+    fn vocab(&self) -> usize;
+    /// Seconds for one forward over `prompt` from an empty cache.
+    fn time_pp(&mut self, prompt: &[u32]) -> Result<f64, ScoreError>;
+    /// Greedy decoding of `n` tokens after `first`: seconds and the tokens.
+    fn time_tg(&mut self, first: u32, n: usize) -> Result<(f64, Vec<u32>), ScoreError>;
+}
+
+/// What a backend is opened with, besides the model itself.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendOptions {
+    /// Overrides the spec's `dtype` (how the weights are computed with).
+    pub dtype: Option<Dtype>,
+    /// Token budget of one packed forward (0 = one document per forward),
+    /// for engines that pack documents.
+    pub pack_tokens: usize,
+}
+
+impl Default for BackendOptions {
+    fn default() -> Self {
+        Self {
+            dtype: None,
+            pack_tokens: DEFAULT_PACK_TOKENS,
+        }
+    }
+}
+
+/// Default token budget of a packed forward: past the point where the
+/// matmuls run at full speed, short of where the block-diagonal attention
+/// (quadratic in the packed length) costs more than it saves.
+pub const DEFAULT_PACK_TOKENS: usize = 512;
+
+/// A model opened by a backend: its scorer and its provenance record.
+pub struct Loaded {
+    pub scorer: Box<dyn Scorer + Send>,
+    pub record: ModelRecord,
+}
+
+/// Errors opening a model in a backend.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Open(#[from] crate::model::open::OpenError),
+    #[error(transparent)]
+    Engine(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Sizes the compute threads to `n`: rayon's pool (GEMM, dequantization)
+/// and each engine's own.
+pub fn set_threads(n: usize) {
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    candle::set_threads(n);
+}
+
+/// Opens an obtained model in the engine its spec names.
+pub fn open(
+    spec: &ModelSpec,
+    got: &Obtained,
+    opts: &BackendOptions,
+) -> Result<Loaded, BackendError> {
+    match spec.engine {
+        Engine::Local => candle::open::open(spec, got, opts),
+    }
+}

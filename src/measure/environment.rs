@@ -1,6 +1,31 @@
 //! The system fingerprint recorded with every run.
 
-use crate::record::Environment;
+use serde::{Deserialize, Serialize};
+
+/// Where and how the run happened.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Environment {
+    pub slmbench_version: String,
+    pub git_hash: String,
+    pub build_profile: String,
+    pub cpu: String,
+    pub cores_logical: usize,
+    pub threads: usize,
+    pub os: String,
+    pub total_memory_bytes: Option<u64>,
+    /// `rustc --version` of the build.
+    #[serde(default)]
+    pub rustc: String,
+    /// Versions of the crates that shape the numbers (candle, tokenizers, …).
+    #[serde(default)]
+    pub crate_versions: String,
+    /// Instruction-set features detected at run time (avx2, fma, avx512f, …).
+    #[serde(default)]
+    pub isa_flags: Vec<String>,
+    /// Set when timings are not representative (e.g. a debug build).
+    #[serde(default)]
+    pub measurement_warning: Option<String>,
+}
 
 /// CPU model, core count, OS, memory and build facts.
 pub fn fingerprint(threads: usize) -> Environment {

@@ -8,7 +8,7 @@
 //! for the CPU package. The candle backend computes on the CPU, so on a GPU
 //! machine this measures the GPU's idle draw during the cell.
 
-use crate::energy::EnergyReading;
+use crate::measure::energy::EnergyReading;
 
 /// GPU energy between [`GpuEnergyMeter::start`] and [`GpuEnergyMeter::finish`].
 pub struct GpuEnergyMeter {
@@ -47,7 +47,7 @@ impl GpuEnergyMeter {
                 }
                 let ids: Vec<String> = start_mj.iter().map(|(i, _)| i.to_string()).collect();
                 Some(EnergyReading {
-                    method: crate::energy::EnergyMethod::Nvml,
+                    method: crate::measure::energy::EnergyMethod::Nvml,
                     joules: mj as f64 / 1e3,
                     note: format!("NVML total energy of GPU {}", ids.join(",")),
                 })
@@ -104,7 +104,7 @@ fn probe() -> State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::energy::EnergyMethod;
+    use crate::measure::energy::EnergyMethod;
 
     /// This machine has no NVIDIA driver: the probe must say why, not fail.
     #[test]

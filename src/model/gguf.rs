@@ -53,7 +53,7 @@ enum Backing {
         file_len: u64,
     },
     /// Tensors of a safetensors directory, already renamed and converted.
-    Tensors(crate::safetensors::TensorMap),
+    Tensors(crate::model::file::TensorMap),
 }
 
 impl GgufFile {
@@ -84,7 +84,7 @@ impl GgufFile {
     pub fn from_parts(
         path: PathBuf,
         metadata: HashMap<String, Value>,
-        tensors: crate::safetensors::TensorMap,
+        tensors: crate::model::file::TensorMap,
     ) -> Self {
         Self {
             path,
@@ -205,7 +205,7 @@ impl GgufFile {
         GgufFile {
             path: self.path.clone(),
             metadata: std::mem::replace(&mut self.metadata, kept),
-            backing: Backing::Tensors(crate::safetensors::TensorMap {
+            backing: Backing::Tensors(crate::model::file::TensorMap {
                 tensors: HashMap::new(),
                 file_bytes: 0,
             }),
@@ -240,7 +240,7 @@ impl GgufFile {
                 content, reader, ..
             } => content.tensor(reader, name, &Device::Cpu),
             Backing::Tensors(t) => match t.tensors.get(name) {
-                Some(tensor) => QTensor::quantize(tensor, crate::safetensors::storage_type(tensor)),
+                Some(tensor) => QTensor::quantize(tensor, crate::model::file::storage_type(tensor)),
                 None => Err(candle_core::Error::Msg("no such tensor".into())),
             },
         };
@@ -269,7 +269,7 @@ impl GgufFile {
             Backing::Tensors(t) => {
                 for tensor in t.tensors.values() {
                     add(
-                        crate::safetensors::storage_type(tensor),
+                        crate::model::file::storage_type(tensor),
                         tensor.elem_count() as u64,
                     );
                 }

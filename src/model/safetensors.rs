@@ -9,31 +9,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::Value;
-use candle_core::quantized::GgmlDType;
+
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value as Json;
 
-use crate::gguf::GgufFile;
+use crate::model::file::TensorMap;
+use crate::model::gguf::GgufFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SafetensorsError {
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
-}
-
-/// Tensors under llama.cpp names, in f32.
-pub struct TensorMap {
-    pub tensors: HashMap<String, Tensor>,
-    pub file_bytes: u64,
-}
-
-/// GGML storage type matching a tensor's dtype.
-pub fn storage_type(t: &Tensor) -> GgmlDType {
-    match t.dtype() {
-        DType::F16 => GgmlDType::F16,
-        DType::BF16 => GgmlDType::BF16,
-        _ => GgmlDType::F32,
-    }
 }
 
 fn invalid(path: &Path, message: impl Into<String>) -> SafetensorsError {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
-use crate::gguf::{GgufError, GgufFile};
+use crate::model::gguf::{GgufError, GgufFile};
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_NORMAL: i32 = 1;
@@ -314,8 +314,8 @@ fn gpt2_shell(g: &GgufFile, pre: &str) -> Result<Value, TokenizerError> {
 /// Gemma 3's 262k pieces give ~0.5M merges; the splits are looked up in
 /// an `ahash` map (the hasher `tokenizers` itself uses), the right half
 /// only when the left one is known, and the pieces are split on rayon's
-/// threads: this took 0.8 s of every Gemma 3 start with std's SipHash on
-/// one thread.
+/// threads (std's SipHash on one thread made it a visible part of every
+/// Gemma 3 start).
 fn spm_merges(tokens: &[String], types: &[i32], scores: &[f32]) -> Vec<(String, String)> {
     use rayon::prelude::*;
     let index: ahash::AHashMap<&str, u32> = tokens

@@ -10,8 +10,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::html::esc;
-use super::stats::{mcnemar_exact, paired_diff, unpaired_diff, z_test_p, PairedDiff};
-use super::{primary_metric, sample_correct, ReportError, Run};
+use super::stats::{
+    mcnemar_exact, paired_diff, sample_correct, unpaired_diff, z_test_p, PairedDiff,
+};
+use super::{primary_metric, ReportError, Run};
 use crate::record::{CellResult, CellStatus};
 
 /// What counts as a regression. Ratios are current / baseline; `None`
@@ -64,7 +66,7 @@ impl Policy {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ReportError::Input(format!("{file}: cannot read: {e}")))?;
         let p: Policy = serde_saphyr::from_str(&text)
-            .map_err(|e| ReportError::Input(crate::models::yaml_error_line(&file, &e)))?;
+            .map_err(|e| ReportError::Input(crate::spec::yaml::yaml_error_line(&file, &e)))?;
         p.validate()
             .map_err(|m| ReportError::Input(format!("{file}: {m}")))?;
         Ok(p)
@@ -189,7 +191,7 @@ fn correctness(
     Ok(run
         .samples(&cell.model, &cell.task)?
         .iter()
-        .map(|s| (s.doc_id, sample_correct(s, metric)))
+        .filter_map(|s| Some((s.doc_id, sample_correct(s, metric)?)))
         .collect())
 }
 

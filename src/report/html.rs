@@ -6,11 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use super::charts::Chart;
+use super::stats::sample_correct;
 use super::table::value_pm;
-use super::{
-    label_of, model_labels, ok_cells, primary_metric, sample_correct, ModelPoint, ReportError, Row,
-    Run,
-};
+use super::{label_of, model_labels, ok_cells, primary_metric, ModelPoint, ReportError, Row, Run};
 
 /// Failing samples shown per model × task.
 pub const FAILING_SAMPLES: usize = 3;
@@ -158,7 +156,7 @@ fn failing_samples(runs: &[Run], out: &mut String) -> Result<(), ReportError> {
         let samples = runs[i].samples(&c.model, &c.task)?;
         let wrong: Vec<_> = samples
             .iter()
-            .filter(|s| sample_correct(s, &metric.name) < 0.5)
+            .filter(|s| sample_correct(s, &metric.name).map_or(s.pred != s.gold, |v| v < 0.5))
             .take(FAILING_SAMPLES)
             .collect();
         if wrong.is_empty() {

@@ -3,15 +3,18 @@
 //! a paired 95 % interval and McNemar's exact test over the documents both
 //! scored, and latency / memory / energy ratios.
 //!
-//! Pure: takes a [`RunRecord`] and the per-sample records, returns rows and
-//! renders tables; reads no file and knows no tensor, so any report can
-//! reuse it.
+//! [`compare`] is pure: it takes a [`RunRecord`] and the per-sample records,
+//! returns rows and renders tables; [`comparison`] reads them from a run
+//! directory. The statistics are [`super::stats`]'s, as for `compare`.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::record::{CellResult, CellStatus, ModelRecord, RunRecord, SampleRecord};
+use std::path::Path;
+
+use super::stats::{mcnemar_exact, paired_diff, sample_correct};
+use crate::record::{CellResult, CellStatus, ModelRecord, RecordError, RunRecord, SampleRecord};
 
 /// Size facts of a model and its reference (parent or teacher).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -25,8 +28,8 @@ pub struct ModelRow {
     pub reference_bits_per_weight: Option<f64>,
     /// Reference bits per weight / model bits per weight.
     pub compression_ratio: Option<f64>,
-    pub file_bytes: u64,
-    pub reference_file_bytes: u64,
+    pub file_bytes: Option<u64>,
+    pub reference_file_bytes: Option<u64>,
     pub weight_bytes_memory: Option<u64>,
     pub reference_weight_bytes_memory: Option<u64>,
     pub params: Option<u64>,
@@ -50,8 +53,8 @@ pub struct TaskRow {
     /// The cells' standard errors (over all their documents).
     pub stderr: Option<f64>,
     pub reference_stderr: Option<f64>,
-    /// `value − reference_value`, with `± 1.96 · sd(d) / √n` of the
-    /// per-document differences `d`.
+    /// `value − reference_value`, with the 95 % interval of
+    /// [`paired_diff`] over the per-document differences.
     pub delta: f64,
     pub ci_low: f64,
     pub ci_high: f64,
@@ -78,50 +81,34 @@ pub struct Comparison {
 /// `(model, task)` → that cell's sample records.
 pub type Samples = BTreeMap<(String, String), Vec<SampleRecord>>;
 
-/// Two-sided exact McNemar p-value for `b` and `c` discordant pairs:
-/// `min(1, 2 · P(X ≤ min(b, c)))` with `X ~ Binomial(b + c, 1/2)`.
-pub fn mcnemar_exact(b: usize, c: usize) -> f64 {
-    let n = b + c;
-    if n == 0 {
-        return 1.0;
+/// Each model of the run in `dir` with a parent (or teacher) in the same
+/// run, compared with it from `results.json` and the sample files.
+pub fn comparison(dir: &Path) -> Result<Comparison, RecordError> {
+    let rec = RunRecord::read(dir)?;
+    let mut samples = Samples::new();
+    let related: std::collections::BTreeSet<&str> = rec
+        .models
+        .iter()
+        .filter_map(|(n, m)| {
+            let p = &m.lineage.as_ref()?.parent;
+            rec.models
+                .contains_key(p)
+                .then_some([n.as_str(), p.as_str()])
+        })
+        .flatten()
+        .collect();
+    for c in rec
+        .cells
+        .iter()
+        .filter(|c| related.contains(c.model.as_str()))
+    {
+        let path = crate::record::samples_path(dir, &c.model, &c.task);
+        samples.insert(
+            (c.model.clone(), c.task.clone()),
+            crate::record::read_samples(&path)?,
+        );
     }
-    let k = b.min(c);
-    // log C(n, i) − n·ln 2, summed in a numerically safe way.
-    let ln2n = n as f64 * std::f64::consts::LN_2;
-    let mut log_c = 0.0; // ln C(n, 0)
-    let mut terms = Vec::with_capacity(k + 1);
-    for i in 0..=k {
-        if i > 0 {
-            log_c += ((n - i + 1) as f64).ln() - (i as f64).ln();
-        }
-        terms.push(log_c - ln2n);
-    }
-    let m = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let tail = m.exp() * terms.iter().map(|t| (t - m).exp()).sum::<f64>();
-    (2.0 * tail).min(1.0)
-}
-
-/// Mean and 95 % half-width (`1.96 · sd / √n`, sample sd) of `d`.
-pub fn paired_interval(d: &[f64]) -> (f64, f64) {
-    let n = d.len();
-    if n == 0 {
-        return (0.0, 0.0);
-    }
-    let mean = d.iter().sum::<f64>() / n as f64;
-    if n < 2 {
-        return (mean, f64::NAN);
-    }
-    let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
-    (mean, 1.96 * var.sqrt() / (n as f64).sqrt())
-}
-
-/// Whether a sample is right under `metric` (acc: `pred`, acc_norm: `pred_norm`).
-fn correct(s: &SampleRecord, metric: &str) -> Option<bool> {
-    match metric {
-        "acc" => Some(s.pred == s.gold),
-        "acc_norm" => Some(s.pred_norm == s.gold),
-        _ => None,
-    }
+    Ok(compare(&rec, &samples))
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
@@ -199,27 +186,27 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
                     .iter()
                     .find(|x| x.name == mv.name)
                     .and_then(|x| x.stderr);
-                let mut d = Vec::new();
+                let (mut xs, mut ys) = (Vec::new(), Vec::new());
                 let (mut sum_m, mut sum_r, mut b, mut cc) = (0.0, 0.0, 0, 0);
                 for s in ms {
                     let Some(t) = by_doc.get(&s.doc_id) else {
                         continue;
                     };
-                    let (Some(x), Some(y)) = (correct(s, metric), correct(t, metric)) else {
+                    let (Some(x), Some(y)) = (sample_correct(s, metric), sample_correct(t, metric))
+                    else {
                         continue;
                     };
-                    let (x, y) = (f64::from(u8::from(x)), f64::from(u8::from(y)));
                     sum_m += x;
                     sum_r += y;
                     b += usize::from(x > y);
                     cc += usize::from(y > x);
-                    d.push(x - y);
+                    xs.push(x);
+                    ys.push(y);
                 }
-                if d.is_empty() {
+                let Some(diff) = paired_diff(&ys, &xs) else {
                     continue;
-                }
-                let n = d.len();
-                let (delta, half) = paired_interval(&d);
+                };
+                let n = diff.n;
                 out.tasks.push(TaskRow {
                     model: name.clone(),
                     reference: lin.parent.clone(),
@@ -230,12 +217,12 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
                     reference_value: sum_r / n as f64,
                     stderr: mv.stderr,
                     reference_stderr: ref_stderr,
-                    delta,
-                    ci_low: delta - half,
-                    ci_high: delta + half,
+                    delta: diff.mean,
+                    ci_low: diff.ci_low,
+                    ci_high: diff.ci_high,
                     only_model: b,
                     only_reference: cc,
-                    mcnemar_p: mcnemar_exact(b, cc),
+                    mcnemar_p: mcnemar_exact(b as u64, cc as u64),
                     latency_ratio: ratio(
                         c.latency.as_ref().map(|l| l.p50_ms),
                         rc.latency.as_ref().map(|l| l.p50_ms),
@@ -288,11 +275,7 @@ pub fn render(c: &Comparison) -> String {
                 opt(m.reference_bits_per_weight, 2)
             ),
             opt(m.compression_ratio, 2).to_string() + "×",
-            format!(
-                "{} vs {}",
-                mb(Some(m.file_bytes)),
-                mb(Some(m.reference_file_bytes))
-            ),
+            format!("{} vs {}", mb(m.file_bytes), mb(m.reference_file_bytes)),
             format!(
                 "{} vs {}",
                 mb(m.weight_bytes_memory),
@@ -307,7 +290,7 @@ pub fn render(c: &Comparison) -> String {
             ),
         ]);
     }
-    let mut s = table(&rows);
+    let mut s = crate::text_table::table(&rows);
     let mut rows = vec![vec![
         "model".to_string(),
         "task".into(),
@@ -347,34 +330,7 @@ pub fn render(c: &Comparison) -> String {
         ]);
     }
     s.push('\n');
-    s.push_str(&table(&rows));
-    s
-}
-
-/// A Markdown table with padded columns; the first row is the header.
-pub fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut s = String::new();
-    for (k, r) in rows.iter().enumerate() {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        s.push_str(&format!("| {} |\n", line.join(" | ")));
-        if k == 0 {
-            let sep: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            s.push_str(&format!("|-{}-|\n", sep.join("-|-")));
-        }
-    }
+    s.push_str(&crate::text_table::table(&rows));
     s
 }
 
@@ -382,27 +338,6 @@ pub fn table(rows: &[Vec<String>]) -> String {
 mod tests {
     use super::*;
     use crate::record::{Lineage, MetricValue};
-
-    #[test]
-    fn mcnemar_matches_the_binomial_tail() {
-        assert_eq!(mcnemar_exact(0, 0), 1.0);
-        // b=0, c=5: 2 · 0.5⁵ = 0.0625.
-        assert!((mcnemar_exact(0, 5) - 0.0625).abs() < 1e-12);
-        // b=2, c=8: 2 · (1 + 10 + 45) / 1024 = 0.109375.
-        assert!((mcnemar_exact(2, 8) - 0.109375).abs() < 1e-12);
-        assert_eq!(mcnemar_exact(7, 7), 1.0);
-        // Large counts stay finite.
-        let p = mcnemar_exact(400, 600);
-        assert!(p > 0.0 && p < 1e-9, "{p}");
-    }
-
-    #[test]
-    fn paired_interval_is_mean_and_1_96_se() {
-        let (m, h) = paired_interval(&[1.0, 0.0, -1.0, 0.0]);
-        assert_eq!(m, 0.0);
-        // sd = sqrt(2/3); half = 1.96 · sd / 2.
-        assert!((h - 1.96 * (2.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12);
-    }
 
     fn sample(doc_id: usize, pred: usize) -> SampleRecord {
         SampleRecord {
@@ -423,8 +358,6 @@ mod tests {
 
     fn cell(model: &str) -> CellResult {
         CellResult {
-            model: model.into(),
-            task: "t".into(),
             status: CellStatus::Ok,
             metrics: vec![MetricValue {
                 name: "acc".into(),
@@ -432,17 +365,8 @@ mod tests {
                 stderr: None,
             }],
             n: 4,
-            num_fewshot: 0,
-            truncated: 0,
-            wall_time_s: 0.0,
-            tokens_forwarded: 0,
-            tokens_per_s: None,
-            latency: None,
-            peak_rss: None,
-            kv_cache_peak_bytes: None,
-            energy: None,
-            resumed_samples: 0,
             error: None,
+            ..CellResult::failed(model, "t", 0, "")
         }
     }
 

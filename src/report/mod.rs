@@ -9,8 +9,10 @@
 pub mod charts;
 pub mod compare;
 pub mod html;
+pub mod lineage;
 pub mod stats;
 pub mod table;
+pub mod text;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -68,14 +70,6 @@ pub fn primary_metric(cell: &CellResult) -> Option<&crate::record::MetricValue> 
         .iter()
         .find(|m| m.name == "acc")
         .or_else(|| cell.metrics.first())
-}
-
-/// Whether a sample counts as correct under the cell's primary metric.
-pub fn sample_correct(s: &SampleRecord, metric: &str) -> f64 {
-    match s.metrics.get(metric).and_then(|v| v.as_f64()) {
-        Some(v) => v,
-        None => f64::from(u8::from(s.pred == s.gold)),
-    }
 }
 
 /// One row of the long table: a run × model × task × metric.
@@ -204,7 +198,7 @@ pub fn long_rows(runs: &[Run]) -> Vec<Row> {
                     .as_ref()
                     .and_then(|e| serde_json::to_value(e.method).ok())
                     .and_then(|v| v.as_str().map(String::from)),
-                file_bytes: model_rec.map(|m| m.file_bytes),
+                file_bytes: model_rec.and_then(|m| m.file_bytes),
                 n_params: model_rec.and_then(|m| m.params),
             };
             if c.metrics.is_empty() {
@@ -284,7 +278,7 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
                 .and_then(|v| v.as_str().map(String::from));
         }
         if let Some(m) = runs[i].record.models.get(&c.model) {
-            a.file_bytes = Some(m.file_bytes);
+            a.file_bytes = m.file_bytes;
             a.n_params = m.params;
         }
     }

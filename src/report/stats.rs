@@ -1,6 +1,10 @@
 //! Paired statistics for comparing two runs on the same documents: the exact
 //! McNemar test on per-sample correctness and a confidence interval for the
-//! mean paired difference. Pure functions; no I/O, no polars, no candle.
+//! mean paired difference, and what counts as a right sample. The only
+//! statistics of `compare` and of the variant lineage. Pure functions; no
+//! I/O, no polars, no candle.
+
+use crate::record::SampleRecord;
 
 /// Two-sided exact McNemar p-value from the discordant counts: `b` documents
 /// right in the baseline and wrong now, `c` wrong before and right now.
@@ -124,6 +128,20 @@ pub fn pareto_frontier(points: &[(f64, f64)]) -> Vec<usize> {
         }
     }
     out
+}
+
+/// A sample's correctness under `metric` (1 right, 0 wrong, or the
+/// sample's own score for that metric); `None` for corpus-level metrics
+/// (f1, mcc), which have no per-document correctness to pair.
+pub fn sample_correct(s: &SampleRecord, metric: &str) -> Option<f64> {
+    if let Some(v) = s.metrics.get(metric).and_then(|v| v.as_f64()) {
+        return Some(v);
+    }
+    match metric {
+        "acc_norm" => Some(f64::from(u8::from(s.pred_norm == s.gold))),
+        "f1" | "mcc" => None,
+        _ => Some(f64::from(u8::from(s.pred == s.gold))),
+    }
 }
 
 #[cfg(test)]

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::fetch::{FetchSpec, Source};
+use crate::spec::sources::{FetchSpec, Source};
 
 /// The registry shipped in the binary (the repository's `models.yaml`).
-pub const BUILTIN_MODELS_YAML: &str = include_str!("../models.yaml");
+pub const BUILTIN_MODELS_YAML: &str = include_str!("../../models.yaml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelsError {
@@ -44,6 +44,24 @@ pub enum Format {
     Safetensors,
 }
 
+/// The engine that runs a model (`engine:` in `models.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// The built-in CPU engine: a GGUF file or safetensors folder scored in
+    /// this process.
+    #[default]
+    Local,
+}
+
+impl Engine {
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Local => "local",
+        }
+    }
+}
+
 /// How weights are computed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -51,7 +69,7 @@ pub enum Dtype {
     /// The file's own (quantized) types kept in memory; matmuls over many
     /// rows dequantize a slab at a time for the f32 GEMM, matmuls over a few
     /// rows use candle's quantized kernels (see
-    /// `backend::candle::layers::WeightMode::Auto`).
+    /// `backend::candle::WeightMode::Auto`).
     #[default]
     Quantized,
     /// Every matmul through the quantized kernels (activations quantized to
@@ -93,6 +111,9 @@ impl std::fmt::Display for Dtype {
 pub struct ModelSpec {
     #[serde(default)]
     pub description: Option<String>,
+    /// The engine that runs it (default: the built-in one).
+    #[serde(default)]
+    pub engine: Engine,
     #[serde(default)]
     pub format: Format,
     /// The model file's name in the cache (empty for a variant).
@@ -122,7 +143,7 @@ pub struct ModelSpec {
     pub distilled_from: Option<String>,
     /// `steps` parsed (filled by validation).
     #[serde(skip)]
-    pub parsed_steps: Vec<crate::variant::spec::Step>,
+    pub parsed_steps: Vec<crate::spec::steps::Step>,
 }
 
 impl ModelSpec {
@@ -148,14 +169,6 @@ pub struct Registry {
     pub models: BTreeMap<String, ModelSpec>,
 }
 
-/// First line of a YAML error, prefixed by the file: `file: line L column C: message`.
-pub fn yaml_error_line(file: &str, err: &dyn std::fmt::Display) -> String {
-    let text = err.to_string();
-    let first = text.lines().next().unwrap_or("invalid YAML");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    format!("{first} — fix the YAML in {file}")
-}
-
 impl Registry {
     pub fn builtin() -> Result<Self, ModelsError> {
         Self::parse(BUILTIN_MODELS_YAML, "<built-in models.yaml>")
@@ -172,7 +185,7 @@ impl Registry {
     pub fn parse(text: &str, origin: &str) -> Result<Self, ModelsError> {
         let file: ModelsFile = serde_saphyr::from_str(text).map_err(|e| ModelsError::Parse {
             file: origin.to_string(),
-            message: yaml_error_line(origin, &e),
+            message: crate::spec::yaml::yaml_error_line(origin, &e),
         })?;
         let mut reg = Self {
             origin: origin.to_string(),
@@ -197,7 +210,7 @@ impl Registry {
                 ));
             }
             m.parsed_steps =
-                crate::variant::spec::parse_steps(&m.steps).map_err(|e| invalid(name, e))?;
+                crate::spec::steps::parse_steps(&m.steps).map_err(|e| invalid(name, e))?;
         }
         self.validate_lineage()?;
         for (name, m) in &self.models {
@@ -320,64 +333,6 @@ impl Registry {
             file: self.origin.clone(),
             known: self.models.keys().cloned().collect::<Vec<_>>().join(", "),
         })
-    }
-
-    /// Obtains `name`'s model: a GGUF file, or a safetensors folder (a `path`
-    /// source naming a folder is used in place; a `hub` source's files are
-    /// fetched side by side into `<cache>/models/<name>/<file>/`).
-    pub fn obtain(
-        &self,
-        name: &str,
-        home: &Path,
-        opts: &crate::fetch::FetchOptions,
-    ) -> Result<PathBuf, crate::fetch::FetchError> {
-        let m = self.models.get(name);
-        let Some(m) = m.filter(|m| m.format == Format::Safetensors) else {
-            let spec =
-                self.fetch_spec(name)
-                    .map_err(|e| crate::fetch::FetchError::InvalidSpec {
-                        name: name.to_string(),
-                        reason: e.to_string(),
-                    })?;
-            return crate::fetch::obtain(&spec, home, opts);
-        };
-        for s in &m.sources {
-            if let Source::Path(p) = s {
-                if p.is_dir() {
-                    return Ok(p.clone());
-                }
-            }
-        }
-        let dir_name = format!("{name}/{}", m.file);
-        let mut last = None;
-        for s in &m.sources {
-            let Source::Hub(h) = s else { continue };
-            let mut ok = true;
-            for f in &h.files {
-                let spec = FetchSpec {
-                    name: dir_name.clone(),
-                    file_name: f.clone(),
-                    sha256: m.sha256_files.get(f).cloned(),
-                    sources: vec![Source::Hub(crate::fetch::HubSource {
-                        repo: h.repo.clone(),
-                        revision: h.revision.clone(),
-                        files: vec![f.clone()],
-                    })],
-                };
-                if let Err(e) = crate::fetch::obtain(&spec, home, opts) {
-                    last = Some(e);
-                    ok = false;
-                    break;
-                }
-            }
-            if ok {
-                return Ok(home.join("models").join(&dir_name));
-            }
-        }
-        Err(last.unwrap_or_else(|| crate::fetch::FetchError::InvalidSpec {
-            name: name.to_string(),
-            reason: "a safetensors model needs a `path` source naming a folder or a `hub` source listing its files".into(),
-        }))
     }
 
     /// What the fetcher needs to obtain `name`'s file.

@@ -11,7 +11,6 @@
 //!   - low_rank: {rank_ratio: 0.5}                     # or {energy: 0.9}; targets: [ffn_up, …]
 //! ```
 
-use candle_core::quantized::GgmlDType;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -48,18 +47,6 @@ impl QuantType {
             QuantType::Q4_0 => "q4_0",
             QuantType::Q3k => "q3k",
             QuantType::Q2k => "q2k",
-        }
-    }
-
-    pub fn ggml(self) -> GgmlDType {
-        match self {
-            QuantType::Q8_0 => GgmlDType::Q8_0,
-            QuantType::Q6k => GgmlDType::Q6K,
-            QuantType::Q5k => GgmlDType::Q5K,
-            QuantType::Q4k => GgmlDType::Q4K,
-            QuantType::Q4_0 => GgmlDType::Q4_0,
-            QuantType::Q3k => GgmlDType::Q3K,
-            QuantType::Q2k => GgmlDType::Q2K,
         }
     }
 

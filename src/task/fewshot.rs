@@ -2,14 +2,14 @@
 //! (`default`: seeded `random.Random(seed).sample`) and `FirstNSampler`
 //! (`first_n`), including when and how the evaluated document is excluded.
 //!
-//! The random draws are CPython's exactly (see [`super::pyrandom`]): one
+//! The random draws are CPython's exactly (see [`crate::pyrandom`]): one
 //! sampler, seeded once per task, is consumed document after document in
 //! evaluation order, so the same seed and `--limit` give lm-eval's prompts.
 
 use serde_json::Value as Json;
 
-use super::pyrandom::PyRandom;
 use super::spec::{SamplerKind, TaskSpec};
+use crate::pyrandom::PyRandom;
 
 /// Draws few-shot examples (as indices into the pool) for successive documents.
 pub(crate) struct FewshotSampler<'a> {

@@ -1,16 +1,16 @@
 //! The `low_rank` step: each target matrix `W` (`[out, in]`) replaced by
 //! the truncated SVD `W ≈ B·A` with `A = √S_r·V_rᵀ` (`[r, in]`, stored as
 //! `<name>.lr_a`) and `B = U_r·√S_r` (`[out, r]`, `<name>.lr_b`); the model
-//! then runs two thinner matmuls (`layers::Linear`). The SVD is faer's, in
+//! then runs two thinner matmuls (`backend::candle::nn::linear::Linear`). The SVD is faer's, in
 //! f64. The relative Frobenius error of a rank-`r` truncation is
 //! `sqrt(Σ_{i≥r} s_i² / Σ s_i²)` (Eckart–Young), which the report shows.
 
 use candle_core::{Device, Tensor};
 use faer::Mat;
 
-use super::spec::RankRule;
 use super::tensors::{matrix_name, rel_error, WTensor, Working};
 use super::{TensorRow, VariantError};
+use crate::spec::steps::RankRule;
 
 /// A truncated factorization of one matrix.
 pub struct Factors {

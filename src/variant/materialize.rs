@@ -15,96 +15,22 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file::Value;
 use sha2::{Digest, Sha256};
 
-use super::spec::{Prune, Step};
 use super::tensors::Working;
 use super::{low_rank, prune, quantize, VariantError, VariantReport};
-use crate::fetch::FetchOptions;
-use crate::gguf::GgufFile;
-use crate::models::{Format, Registry};
-use crate::record::Lineage;
+use crate::model::gguf::GgufFile;
+use crate::spec::models::{Format, Registry};
+use crate::spec::steps::{Prune, Step};
 
 /// Bump when a transformation changes its output for the same input, so
 /// cached variants are rebuilt.
 pub const ALGORITHM_VERSION: u32 = 1;
 
-/// A model ready to open: its file (or folder) and what came with it.
-#[derive(Debug, Clone)]
-pub struct Obtained {
-    pub path: PathBuf,
+/// The parent a variant is built from, as obtained.
+pub struct ParentFile<'a> {
+    pub path: &'a Path,
     pub format: Format,
-    /// A `tokenizer.json` to use instead of the GGUF's vocabulary.
-    pub tokenizer: Option<PathBuf>,
-    pub context_length: Option<usize>,
-    /// Parent (variant) or teacher (`distilled_from`).
-    pub lineage: Option<Lineage>,
-    /// The sidecar report of a variant.
-    pub report: Option<VariantReport>,
-    /// Content key: a variant's cache key, or a plain model's pinned sha256.
-    key: Option<String>,
-}
-
-/// Obtains `name`: a plain model is fetched as usual; a variant is
-/// materialized (with its parents) unless its cache entry exists.
-pub fn obtain(
-    reg: &Registry,
-    name: &str,
-    home: &Path,
-    opts: &FetchOptions,
-) -> Result<Obtained, VariantError> {
-    let spec = reg.get(name)?;
-    let Some(parent) = &spec.parent else {
-        let path = reg.obtain(name, home, opts)?;
-        return Ok(Obtained {
-            path,
-            format: spec.format,
-            tokenizer: spec.tokenizer.clone(),
-            context_length: spec.context_length,
-            lineage: spec.distilled_from.as_ref().map(|t| Lineage {
-                relation: "distilled_from".into(),
-                parent: t.clone(),
-                ..Lineage::default()
-            }),
-            report: None,
-            key: spec.sha256.clone(),
-        });
-    };
-    let p = obtain(reg, parent, home, opts)?;
-    let parent_key = match &p.key {
-        Some(k) => k.clone(),
-        None => content_key(&p)?,
-    };
-    let steps_json = serde_json::to_value(&spec.parsed_steps).map_err(|e| VariantError::Io {
-        path: reg.origin.clone(),
-        message: e.to_string(),
-    })?;
-    let key = cache_key(&parent_key, &steps_json);
-    let dir = home.join("variants");
-    let path = dir.join(format!("{name}-{}.gguf", &key[..16]));
-    let sidecar = sidecar_path(&path);
-    if !(path.is_file() && sidecar.is_file()) {
-        materialize(reg, name, &p, &key, &path)?;
-    }
-    let report = read_report(&sidecar)?;
-    let tokenizer = match (&p.tokenizer, p.format) {
-        (Some(t), _) => Some(t.clone()),
-        (None, Format::Safetensors) => Some(p.path.join("tokenizer.json")),
-        (None, Format::Gguf) => None,
-    };
-    Ok(Obtained {
-        path,
-        format: Format::Gguf,
-        tokenizer,
-        context_length: spec.context_length.or(p.context_length),
-        lineage: Some(Lineage {
-            relation: "variant".into(),
-            parent: parent.clone(),
-            steps: steps_json,
-            cache_key: Some(key.clone()),
-            source: Some(report.source.clone()),
-        }),
-        report: Some(report),
-        key: Some(key),
-    })
+    /// The parent's own variant report, when it is a variant.
+    pub report: Option<&'a VariantReport>,
 }
 
 /// `<file>.gguf.json`.
@@ -138,15 +64,15 @@ pub fn cache_key(parent_key: &str, steps: &serde_json::Value) -> String {
 
 /// A plain model's content: its file's sha256, or for a folder the sha256
 /// of its `config.json` and weight files' digests.
-fn content_key(p: &Obtained) -> Result<String, VariantError> {
-    if p.path.is_file() {
-        return Ok(crate::fetch::sha256_file(&p.path, false)?);
+pub fn content_key(path: &Path) -> Result<String, VariantError> {
+    if path.is_file() {
+        return Ok(crate::model::fetch::sha256_file(path, false)?);
     }
     let io = |e: std::io::Error| VariantError::Io {
-        path: p.path.display().to_string(),
+        path: path.display().to_string(),
         message: e.to_string(),
     };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&p.path)
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(io)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|f| {
@@ -157,7 +83,7 @@ fn content_key(p: &Obtained) -> Result<String, VariantError> {
     files.sort();
     let mut h = Sha256::new();
     for f in files {
-        h.update(crate::fetch::sha256_file(&f, false)?.as_bytes());
+        h.update(crate::model::fetch::sha256_file(&f, false)?.as_bytes());
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
@@ -172,10 +98,10 @@ fn spec_err(reg: &Registry, name: &str, field: String, message: String) -> Varia
 }
 
 /// Builds the variant file `path` (and its sidecar) from the parent `p`.
-fn materialize(
+pub fn materialize(
     reg: &Registry,
     name: &str,
-    p: &Obtained,
+    p: &ParentFile<'_>,
     key: &str,
     path: &Path,
 ) -> Result<(), VariantError> {
@@ -192,9 +118,9 @@ fn materialize(
         }
     );
     let mut g = match p.format {
-        Format::Gguf => GgufFile::open(&p.path)?,
+        Format::Gguf => GgufFile::open(p.path)?,
         Format::Safetensors => {
-            crate::safetensors::open_dir(&p.path).map_err(|e| VariantError::Io {
+            crate::model::safetensors::open_dir(p.path).map_err(|e| VariantError::Io {
                 path: p.path.display().to_string(),
                 message: e.to_string(),
             })?
@@ -328,7 +254,7 @@ pub fn render_report(r: &VariantReport, path: &Path, summary: bool) -> String {
                     .map_or(String::new(), |(a, b)| format!("{a} → {b}")),
             ]);
         }
-        s.push_str(&super::compare::table(&rows));
+        s.push_str(&crate::text_table::table(&rows));
     }
     // Per step and op: tensors touched and the mean relative error.
     let mut per: std::collections::BTreeMap<(usize, String), (usize, f64, f64)> =

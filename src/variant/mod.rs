@@ -14,17 +14,13 @@
 //! llama.cpp names (`blk.N.attn_q.weight`). Only `compare` is used by
 //! reporting, and it reads records, never tensors.
 
-pub mod compare;
 pub mod low_rank;
 pub mod materialize;
 pub mod prune;
 pub mod quantize;
-pub mod spec;
 pub mod tensors;
 
 use serde::{Deserialize, Serialize};
-
-pub use materialize::{obtain, Obtained};
 
 /// Errors of materializing a variant; each is one line naming what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -38,11 +34,11 @@ pub enum VariantError {
         message: String,
     },
     #[error(transparent)]
-    Models(#[from] crate::models::ModelsError),
+    Models(#[from] crate::spec::models::ModelsError),
     #[error(transparent)]
-    Fetch(#[from] crate::fetch::FetchError),
+    Fetch(#[from] crate::model::fetch::FetchError),
     #[error(transparent)]
-    Gguf(#[from] crate::gguf::GgufError),
+    Gguf(#[from] crate::model::gguf::GgufError),
     #[error("{path}: {message}")]
     Io { path: String, message: String },
     #[error("tensor `{tensor}`: {message}")]

@@ -10,9 +10,9 @@
 use candle_core::quantized::gguf_file::Value;
 use candle_core::Tensor;
 
-use super::spec::Scope;
 use super::tensors::{WTensor, Working};
 use super::{TensorRow, VariantError};
+use crate::spec::steps::Scope;
 
 /// Zeroes exactly `k` of the smallest-magnitude entries of `v` (ties: lower index first).
 pub fn magnitude_prune(v: &mut [f32], k: usize) {
@@ -177,7 +177,7 @@ pub fn n_m(
     Ok(rows)
 }
 
-pub use crate::gguf::LAYER_ORIGIN_KEY;
+pub use crate::model::gguf::LAYER_ORIGIN_KEY;
 
 /// Removes decoder blocks `drop` (sorted, unique), renumbers the rest and
 /// updates `<arch>.block_count`. Errors name the offending index.

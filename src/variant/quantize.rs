@@ -8,9 +8,9 @@
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::Device;
 
-use super::spec::{Embeddings, QuantType};
 use super::tensors::{is_embedding, matrix_name, rel_error, Working};
 use super::{TensorRow, VariantError};
+use crate::spec::steps::{Embeddings, QuantType};
 
 /// llama.cpp's replacement for a type whose block does not divide the rows
 /// (`llama_tensor_get_type`): Q2_K/Q3_K → IQ4_NL (not in candle; Q4_0 has
@@ -22,6 +22,19 @@ fn llama_cpp_fallback(t: GgmlDType) -> GgmlDType {
         GgmlDType::Q5K => GgmlDType::Q5_1,
         GgmlDType::Q6K => GgmlDType::Q8_0,
         _ => GgmlDType::F16,
+    }
+}
+
+/// The GGML type a variant step's quantization type names.
+pub fn ggml_type(t: QuantType) -> GgmlDType {
+    match t {
+        QuantType::Q8_0 => GgmlDType::Q8_0,
+        QuantType::Q6k => GgmlDType::Q6K,
+        QuantType::Q5k => GgmlDType::Q5K,
+        QuantType::Q4k => GgmlDType::Q4K,
+        QuantType::Q4_0 => GgmlDType::Q4_0,
+        QuantType::Q3k => GgmlDType::Q3K,
+        QuantType::Q2k => GgmlDType::Q2K,
     }
 }
 
@@ -64,12 +77,12 @@ pub fn apply(
     let mut rows = Vec::new();
     for (name, t) in w.tensors.iter_mut() {
         let wanted = if matrix_name(name).is_some() {
-            qtype.ggml()
+            ggml_type(qtype)
         } else if is_embedding(name) {
             match embeddings {
-                Embeddings::Same => qtype.ggml(),
+                Embeddings::Same => ggml_type(qtype),
                 Embeddings::Keep => continue,
-                Embeddings::Type(e) => e.ggml(),
+                Embeddings::Type(e) => ggml_type(e),
             }
         } else {
             continue;
@@ -135,8 +148,8 @@ pub(crate) mod tests {
             (QuantType::Q3k, 0.25),
             (QuantType::Q2k, 0.45),
         ] {
-            let (q, back) = quantize(&w, t.ggml()).expect("quantize");
-            assert_eq!(q.dtype(), t.ggml());
+            let (q, back) = quantize(&w, ggml_type(t)).expect("quantize");
+            assert_eq!(q.dtype(), ggml_type(t));
             let e = rel_error(&w, &back).expect("err");
             assert!(e < bound, "{}: rel error {e} ≥ {bound}", t.name());
             assert!(e > last * 0.8, "{}: {e} vs {last}", t.name());

@@ -11,7 +11,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 
 use super::{Totals, VariantError};
-use crate::gguf::GgufFile;
+use crate::model::gguf::GgufFile;
 
 /// A tensor of the working set.
 pub struct WTensor {
@@ -66,7 +66,8 @@ pub fn matrix_name(name: &str) -> Option<MatrixName> {
     let (layer, rest) = rest.split_once('.')?;
     let layer = layer.parse().ok()?;
     let (proj, suffix) = rest.split_once(".weight")?;
-    if !super::spec::PROJECTIONS.contains(&proj) || !matches!(suffix, "" | ".lr_a" | ".lr_b") {
+    if !crate::spec::steps::PROJECTIONS.contains(&proj) || !matches!(suffix, "" | ".lr_a" | ".lr_b")
+    {
         return None;
     }
     Some(MatrixName {

@@ -1,9 +1,9 @@
 //! The binary on bad input: one clear line naming the file/line/field and
 //! the fix, exit code 2, no panic — and the default smoke run end to end.
 
-mod common;
+use crate::common;
 
-use common::{assert_error, run_offline as run};
+use crate::common::{assert_error, run_offline as run};
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

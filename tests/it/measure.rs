@@ -31,7 +31,7 @@ fn peak_rss_of_a_child_that_allocates_a_known_buffer() {
     let out = std::process::Command::new(std::env::current_exe().expect("exe"))
         .args([
             "--exact",
-            "peak_rss_of_a_child_that_allocates_a_known_buffer",
+            "measure::peak_rss_of_a_child_that_allocates_a_known_buffer",
             "--nocapture",
             "--test-threads",
             "1",

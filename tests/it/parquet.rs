@@ -1,7 +1,7 @@
 //! The Hub's Parquet layout (`<dataset_path>/<dataset_name>/<split>-*.parquet`)
 //! gives the same documents and requests as the JSON Lines layout.
 
-mod common;
+use crate::common;
 
 use slmbench::task::{build_instances, BuildOptions, TaskDocs};
 
@@ -23,19 +23,19 @@ fn parquet_shards_equal_jsonl() {
         let split = spec.eval_split().to_string();
         // Two shards, read back in name order.
         let half = rows.len() / 2;
-        slmbench::parquet::write_rows(
+        slmbench::task::parquet::write_rows(
             &rows[..half],
             &dir.join(format!("{split}-00000-of-00002.parquet")),
         )
         .expect("write shard 0");
-        slmbench::parquet::write_rows(
+        slmbench::task::parquet::write_rows(
             &rows[half..],
             &dir.join(format!("{split}-00001-of-00002.parquet")),
         )
         .expect("write shard 1");
         let from_parquet =
-            TaskDocs::load(&spec, &slmbench::eval::data_dir(tmp.path()), 0).expect("parquet docs");
-        let from_jsonl = TaskDocs::load(&spec, &slmbench::eval::data_dir(&shared.join("data")), 0)
+            TaskDocs::load(&spec, &slmbench::plan::data_dir(tmp.path()), 0).expect("parquet docs");
+        let from_jsonl = TaskDocs::load(&spec, &slmbench::plan::data_dir(&shared.join("data")), 0)
             .expect("jsonl docs");
         let opts = BuildOptions::default();
         let a = build_instances(&spec, &from_parquet, &opts).expect("parquet instances");

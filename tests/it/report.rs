@@ -2,12 +2,12 @@
 //! the writers, the HTML page in headless Chromium, regression verdicts and
 //! JUnit XML), and a sharded real run merged by `report`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
-use slmbench::energy::EnergyMethod;
+use slmbench::measure::energy::EnergyMethod;
 use slmbench::measure::{PeakRss, RssScope};
 use slmbench::record::{
     samples_path, CellEnergy, CellResult, CellStatus, Environment, LatencyStats, MetricValue,
@@ -118,17 +118,19 @@ fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
 
 fn model_record(params: u64) -> ModelRecord {
     ModelRecord {
-        file: "m.gguf".into(),
+        backend: "local".into(),
+        file: Some("m.gguf".into()),
         sha256: None,
-        architecture: "llama".into(),
+        architecture: Some("llama".into()),
         dtype: "quantized".into(),
-        file_bytes: params / 2,
-        n_layer: 2,
-        hidden: 8,
-        vocab: 16,
+        file_bytes: Some(params / 2),
+        n_layer: Some(2),
+        hidden: Some(8),
+        vocab: Some(16),
         context_length: 128,
         load_time_s: 0.5,
         load_rss_delta_bytes: Some(1 << 20),
+        quant_type: None,
         weight_types: Default::default(),
         params: Some(params),
         nonzero_params: None,

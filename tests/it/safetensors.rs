@@ -3,15 +3,16 @@
 //! (names, un-permuted q/k, config.json, tokenizer.json) and loaded back
 //! through `format: safetensors`.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
-use slmbench::backend::candle::layers::WeightMode;
-use slmbench::backend::scorer::{CandleScorer, Scorer};
-use slmbench::gguf::GgufFile;
-use slmbench::models::Registry;
+use slmbench::backend::candle::scorer::CandleScorer;
+use slmbench::backend::candle::WeightMode;
+use slmbench::backend::Scorer;
+use slmbench::model::gguf::GgufFile;
+use slmbench::spec::models::Registry;
 
 fn hf_name(gguf: &str) -> Option<String> {
     match gguf {
@@ -72,9 +73,9 @@ fn safetensors_folder_scores_like_its_gguf() {
             .dequantize(&Device::Cpu)
             .expect("f32");
         let t = if n.ends_with("attn_q.weight") {
-            slmbench::safetensors::unpermute_qk(&t, 9).expect("unpermute")
+            slmbench::model::safetensors::unpermute_qk(&t, 9).expect("unpermute")
         } else if n.ends_with("attn_k.weight") {
-            slmbench::safetensors::unpermute_qk(&t, 3).expect("unpermute")
+            slmbench::model::safetensors::unpermute_qk(&t, 3).expect("unpermute")
         } else {
             t
         };
@@ -92,7 +93,8 @@ fn safetensors_folder_scores_like_its_gguf() {
         "tie_word_embeddings": true, "bos_token_id": 1, "eos_token_id": 2
     });
     std::fs::write(ckpt.join("config.json"), config.to_string()).expect("config");
-    let tok_json = slmbench::tokenizer::tokenizer_json_from_gguf(&g).expect("tokenizer json");
+    let tok_json =
+        slmbench::model::tokenizer::tokenizer_json_from_gguf(&g).expect("tokenizer json");
     std::fs::write(ckpt.join("tokenizer.json"), tok_json.to_string()).expect("tokenizer");
 
     let reg = Registry::parse(
@@ -103,17 +105,19 @@ fn safetensors_folder_scores_like_its_gguf() {
         "test.yaml",
     )
     .expect("registry");
-    let mut opts = slmbench::fetch::FetchOptions::from_env();
+    let mut opts = slmbench::model::fetch::FetchOptions::from_env();
     opts.offline = true;
-    let path = reg.obtain("hf", dir.path(), &opts).expect("obtain");
+    let path = slmbench::obtain::obtain(&reg, "hf", dir.path(), &opts)
+        .expect("obtain")
+        .path;
     let (mut hf, tok) =
-        slmbench::eval::open_model(reg.get("hf").expect("spec"), &path).expect("open");
+        slmbench::model::open::open_model(reg.get("hf").expect("spec"), &path).expect("open");
     assert_eq!(hf.architecture().expect("arch"), "llama");
     let m = slmbench::backend::candle::load(&mut hf, WeightMode::F32).expect("load hf");
     let mut from_hf = CandleScorer::new(m, tok, 8192);
 
     let mut g = GgufFile::open(&gguf_path).expect("gguf");
-    let tok = slmbench::tokenizer::TextTokenizer::from_gguf(&g).expect("tokenizer");
+    let tok = slmbench::model::tokenizer::TextTokenizer::from_gguf(&g).expect("tokenizer");
     let m = slmbench::backend::candle::load(&mut g, WeightMode::F32).expect("load gguf");
     let mut from_gguf = CandleScorer::new(m, tok, 8192);
 

@@ -3,13 +3,11 @@
 //! reported, exported, and the exported GGUF reloads and scores exactly as
 //! the cached variant does.
 
-mod common;
+use crate::common;
 
-use common::{assert_error, run_offline as run};
+use crate::common::{assert_error, run_offline as run};
 
 use std::path::{Path, PathBuf};
-
-use slmbench::backend::scorer::Scorer;
 
 const BASE: &str = "models:\n  base:\n    file: base.gguf\n    sources: [{path: base.gguf}]\n";
 
@@ -147,7 +145,7 @@ fn variant_materializes_exports_and_reloads_identically() {
     );
     // The written (Q8_0, which keeps zeros) ffn_up has at most 2 non-zeros per 4.
     let gguf_path = variants[0].with_extension("");
-    let mut g = slmbench::gguf::GgufFile::open(&gguf_path).expect("variant gguf");
+    let mut g = slmbench::model::gguf::GgufFile::open(&gguf_path).expect("variant gguf");
     let up = g
         .tensor("blk.0.ffn_up.weight")
         .expect("tensor")
@@ -178,12 +176,14 @@ fn variant_materializes_exports_and_reloads_identically() {
     );
     std::env::set_var("SLMBENCH_HOME", &home);
     std::env::set_var("SLMBENCH_OFFLINE", "1");
-    let reg = slmbench::models::Registry::load(&yaml).expect("registry");
-    let opts = slmbench::fetch::FetchOptions::from_env();
-    let mut a = slmbench::eval::load_model(&reg, "small", None, &opts).expect("variant");
-    let mut b = slmbench::eval::load_model(&reg, "exported", None, &opts).expect("exported");
-    assert_eq!(a.record.n_layer, 28);
-    assert_eq!(b.record.n_layer, 28);
+    let reg = slmbench::spec::models::Registry::load(&yaml).expect("registry");
+    let opts = slmbench::model::fetch::FetchOptions::from_env();
+    let mut a =
+        slmbench::eval::load_model(&reg, "small", &Default::default(), &opts).expect("variant");
+    let mut b =
+        slmbench::eval::load_model(&reg, "exported", &Default::default(), &opts).expect("exported");
+    assert_eq!(a.record.n_layer, Some(28));
+    assert_eq!(b.record.n_layer, Some(28));
     let lineage = a.record.lineage.as_ref().expect("lineage");
     assert_eq!(
         (lineage.relation.as_str(), lineage.parent.as_str()),

@@ -2,23 +2,33 @@
 //! with an all-positions forward, reusing each document's context KV state
 //! for every choice.
 //!
-//! Add a model family: write `<family>.rs` with a `Model` implementing
-//! [`CausalLm`], then map its `general.architecture` in [`load`].
+//! Add a model family: write `models/<family>.rs` with a `Model`
+//! implementing [`CausalLm`], then map its `general.architecture` in
+//! [`load`].
 
-pub mod attend;
-pub mod dequant;
-pub mod gemma3;
-pub mod gemv;
-pub mod layers;
-pub mod llama;
-pub mod vmath;
+pub mod bench;
+pub mod kernels;
+pub mod models;
+pub mod nn;
+pub mod open;
+pub mod pack;
+pub mod scorer;
+pub mod span;
+#[cfg(test)]
+mod tests;
+
+pub use nn::loader::WeightMode;
 
 use std::path::Path;
 
 use candle_core::Tensor;
 
-use crate::gguf::{GgufError, GgufFile};
-use layers::{Linear, Loader, Span, TokenScore, WeightMode};
+use crate::model::gguf::{GgufError, GgufFile};
+use nn::head::TokenScore;
+use nn::linear::Linear;
+use nn::loader::Loader;
+use pack::DocTree;
+use span::Span;
 
 /// Errors raised while loading a model.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +52,7 @@ pub struct ModelInfo {
     /// KV-cache bytes one token occupies (f32 keys and values, all layers).
     pub kv_bytes_per_token: usize,
     /// Weights as loaded (count, bytes held, non-zeros).
-    pub weights: layers::WeightStats,
+    pub weights: nn::loader::WeightStats,
 }
 
 /// Hidden states of a packed forward, ready for the output head.
@@ -53,7 +63,7 @@ pub struct PackedHidden {
     pub rows: Vec<u32>,
     /// The targets, documents and then choices in order.
     pub targets: Vec<u32>,
-    /// Tokens forwarded for each document (see [`layers::Packed::doc_tokens`]).
+    /// Tokens forwarded for each document (see [`pack::Packed::doc_tokens`]).
     pub doc_tokens: Vec<usize>,
 }
 
@@ -120,11 +130,11 @@ pub trait CausalLm: Send {
     }
 
     /// The final-normed hidden states of several documents' prefix trees
-    /// (see [`layers::DocTree`], merged by [`Span::packed`]) forwarded
+    /// (see [`DocTree`], merged by [`Span::packed`]) forwarded
     /// together with nothing cached, at the rows that predict a target
     /// (the head runs on them later, over several packs' rows at once).
     /// The cache is left empty.
-    fn hidden_packed(&mut self, docs: &[&layers::DocTree]) -> candle_core::Result<PackedHidden> {
+    fn hidden_packed(&mut self, docs: &[&DocTree]) -> candle_core::Result<PackedHidden> {
         self.truncate_cache(0)?;
         let p = Span::packed(docs)?;
         let out = self.forward_hidden(&p.tokens, &p.span, 0);
@@ -147,13 +157,26 @@ pub trait CausalLm: Send {
     fn info(&self) -> &ModelInfo;
 }
 
+/// Sets candle's compute thread count.
+///
+/// candle's quantized kernels run on a pool whose idle workers spin 25,000
+/// times before parking; between those and rayon's workers (GEMM,
+/// dequantization) that oversubscribes small machines, so the spin is kept
+/// short; an explicit `CANDLE_BARRIER_POOL_SPIN_LIMIT` wins.
+pub fn set_threads(n: usize) {
+    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", "100");
+    }
+}
+
 /// Loads a GGUF model, choosing the model file by `general.architecture`.
 pub fn load(gguf: &mut GgufFile, mode: WeightMode) -> Result<Box<dyn CausalLm>, LoadError> {
     let arch = gguf.architecture()?;
     let mut loader = Loader::new(gguf, mode);
     Ok(match arch.as_str() {
-        "llama" | "qwen2" => Box::new(llama::Model::load(&mut loader, &arch)?),
-        "gemma3" => Box::new(gemma3::Model::load(&mut loader)?),
+        "llama" | "qwen2" => Box::new(models::llama::Model::load(&mut loader, &arch)?),
+        "gemma3" => Box::new(models::gemma3::Model::load(&mut loader)?),
         _ => {
             return Err(LoadError::Architecture {
                 path: loader.gguf.path.display().to_string(),

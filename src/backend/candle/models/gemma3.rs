@@ -7,12 +7,17 @@
 
 use candle_core::{Result, Tensor};
 
-use super::layers::{
-    rope_attend, rope_cache, Activation, Embedding, Finish, GatedMlp, KvCache, Linear, Loader,
-    RmsNorm, Rope, Span,
-};
-use super::{CausalLm, LoadError, ModelInfo};
-use crate::gguf::LAYER_ORIGIN_KEY;
+use crate::backend::candle::nn::attention::rope_attend;
+use crate::backend::candle::nn::embedding::Embedding;
+use crate::backend::candle::nn::kv_cache::KvCache;
+use crate::backend::candle::nn::linear::Linear;
+use crate::backend::candle::nn::loader::Loader;
+use crate::backend::candle::nn::mlp::{Activation, GatedMlp};
+use crate::backend::candle::nn::norm::RmsNorm;
+use crate::backend::candle::nn::rope::{rope_cache, Rope};
+use crate::backend::candle::span::{Finish, Span};
+use crate::backend::candle::{CausalLm, LoadError, ModelInfo};
+use crate::model::gguf::LAYER_ORIGIN_KEY;
 
 /// llama.cpp's fixed values for Gemma 3 (not stored in GGUF).
 const SLIDING_WINDOW_PATTERN: usize = 6;
@@ -124,7 +129,8 @@ pub struct Model {
 impl Model {
     pub fn load(loader: &mut Loader<'_>) -> std::result::Result<Self, LoadError> {
         let cfg = Config::from_gguf(loader)?;
-        let (embed, lm_head, vocab) = super::layers::embedding_and_head(loader)?;
+        let (embed, lm_head, vocab) =
+            crate::backend::candle::nn::loader::embedding_and_head(loader)?;
         // A variant with dropped blocks records each block's original index,
         // which decides whether it is a sliding-window layer.
         let origin = loader.gguf.i32s(LAYER_ORIGIN_KEY).ok();
@@ -217,10 +223,10 @@ impl CausalLm for Model {
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + layer.post_ffn_norm.forward(&h)?)?;
         }
-        super::layers::output_rows(&x, span, n_out, &self.norm, finish.as_ref())
+        crate::backend::candle::nn::head::output_rows(&x, span, n_out, &self.norm, finish.as_ref())
     }
 
-    fn head(&self) -> &super::layers::Linear {
+    fn head(&self) -> &Linear {
         &self.lm_head
     }
 

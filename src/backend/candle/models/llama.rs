@@ -6,11 +6,16 @@
 
 use candle_core::{Result, Tensor};
 
-use super::layers::{
-    rope_attend, rope_cache, Activation, Embedding, Finish, GatedMlp, KvCache, Linear, Loader,
-    RmsNorm, Rope, Span,
-};
-use super::{CausalLm, LoadError, ModelInfo};
+use crate::backend::candle::nn::attention::rope_attend;
+use crate::backend::candle::nn::embedding::Embedding;
+use crate::backend::candle::nn::kv_cache::KvCache;
+use crate::backend::candle::nn::linear::Linear;
+use crate::backend::candle::nn::loader::Loader;
+use crate::backend::candle::nn::mlp::{Activation, GatedMlp};
+use crate::backend::candle::nn::norm::RmsNorm;
+use crate::backend::candle::nn::rope::{rope_cache, Rope};
+use crate::backend::candle::span::{Finish, Span};
+use crate::backend::candle::{CausalLm, LoadError, ModelInfo};
 
 /// Hyper-parameters read from GGUF metadata under the architecture's prefix.
 #[derive(Debug, Clone)]
@@ -113,7 +118,8 @@ pub struct Model {
 impl Model {
     pub fn load(loader: &mut Loader<'_>, arch: &str) -> std::result::Result<Self, LoadError> {
         let cfg = Config::from_gguf(loader, arch)?;
-        let (embed, lm_head, vocab) = super::layers::embedding_and_head(loader)?;
+        let (embed, lm_head, vocab) =
+            crate::backend::candle::nn::loader::embedding_and_head(loader)?;
         let mut layers = Vec::with_capacity(cfg.n_layer);
         for i in 0..cfg.n_layer {
             let p = |s: &str| format!("blk.{i}.{s}.weight");
@@ -181,10 +187,10 @@ impl CausalLm for Model {
             let h = layer.mlp.forward(&layer.ffn_norm.forward(&x)?)?;
             x = (x + h)?;
         }
-        super::layers::output_rows(&x, span, n_out, &self.norm, finish.as_ref())
+        crate::backend::candle::nn::head::output_rows(&x, span, n_out, &self.norm, finish.as_ref())
     }
 
-    fn head(&self) -> &super::layers::Linear {
+    fn head(&self) -> &Linear {
         &self.lm_head
     }
 

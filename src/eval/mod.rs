@@ -1,90 +1,49 @@
-//! `slmbench run`: resolves the invocation into a plan, then runs it cell by
-//! cell, rewriting `results.json` after each, and prints the summary.
+//! Running a plan: models × tasks through a backend's [`Scorer`], writing
+//! samples as they are computed and `results.json` after every cell. Never
+//! names an engine and never prints results: [`execute`] returns a
+//! [`RunOutcome`] for `cli` to show.
+//!
+//! Invariant: a failure in one cell is recorded and the run goes on; every
+//! sample already computed stays on disk.
+
+mod cell;
+mod error;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::eval::{
-    failed_cell, load_model, prepare_tasks, run_cell, summary_table, upsert_cell, EvalError,
-    RunConfig,
-};
-use crate::fetch::FetchOptions;
-use crate::models::Registry;
-use crate::record::{CellStatus, RunRecord};
-use crate::task::TaskRegistry;
+pub use cell::{run_cell, DOCS_PER_CALL, WARMUP_DOCS};
+pub use error::EvalError;
 
-/// The outcome of a run for the exit code.
+use crate::backend::{BackendOptions, Loaded};
+use crate::model::fetch::FetchOptions;
+use crate::plan::{model_registry, new_run_dir, prepare_tasks, task_registry, RunConfig};
+use crate::record::{CellResult, CellStatus, RunRecord};
+use crate::spec::models::Registry;
+
+/// What a run leaves for the caller to show.
 pub struct RunOutcome {
     pub run_dir: PathBuf,
     pub failed_cells: usize,
+    pub record: RunRecord,
 }
 
-/// Built-in tasks, the smoke suite and any `--suite` files.
-pub fn task_registry(suite_files: &[PathBuf]) -> Result<TaskRegistry, EvalError> {
-    let mut reg = crate::task::builtin_registry()?;
-    crate::smoke::register(&mut reg)?;
-    for f in suite_files {
-        if f.is_dir() {
-            reg.add_dir(f)?;
-        } else {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| EvalError::Other(format!("{}: cannot read: {e}", f.display())))?;
-            reg.add_yaml(&f.display().to_string(), &text)?;
-        }
-    }
-    Ok(reg)
-}
-
-pub fn model_registry(models_file: Option<&Path>) -> Result<Registry, EvalError> {
-    Ok(match models_file {
-        Some(p) => Registry::load(p)?,
-        None => match Path::new("models.yaml") {
-            p if p.is_file() => Registry::load(p)?,
-            _ => Registry::builtin()?,
-        },
-    })
-}
-
-/// Each model of the run in `dir` with a parent (or teacher) in the same
-/// run, compared with it from `results.json` and the sample files.
-pub fn comparison(dir: &Path) -> Result<crate::variant::compare::Comparison, EvalError> {
-    let rec = RunRecord::read(dir)?;
-    let mut samples = crate::variant::compare::Samples::new();
-    let related: std::collections::BTreeSet<&str> = rec
-        .models
-        .iter()
-        .filter_map(|(n, m)| {
-            let p = &m.lineage.as_ref()?.parent;
-            rec.models
-                .contains_key(p)
-                .then_some([n.as_str(), p.as_str()])
-        })
-        .flatten()
-        .collect();
-    for c in rec
-        .cells
-        .iter()
-        .filter(|c| related.contains(c.model.as_str()))
-    {
-        let path = crate::record::samples_path(dir, &c.model, &c.task);
-        samples.insert(
-            (c.model.clone(), c.task.clone()),
-            crate::record::read_samples(&path)?,
-        );
-    }
-    Ok(crate::variant::compare::compare(&rec, &samples))
-}
-
-fn new_run_dir(root: &Path, first_model: &str) -> PathBuf {
-    let stamp = chrono::Local::now().format("%Y%m%d-%H%M%S");
-    let base = root.join(format!("{stamp}-{first_model}"));
-    let mut dir = base.clone();
-    let mut k = 1;
-    while dir.exists() {
-        k += 1;
-        dir = PathBuf::from(format!("{}-{k}", base.display()));
-    }
-    dir
+/// Obtains `name` (fetching it into the cache, or materializing a variant)
+/// and opens it in its backend.
+pub fn load_model(
+    registry: &Registry,
+    name: &str,
+    opts: &BackendOptions,
+    fetch_opts: &FetchOptions,
+) -> Result<Loaded, EvalError> {
+    let spec = registry.get(name)?;
+    let got = crate::obtain::obtain(
+        registry,
+        name,
+        &crate::model::fetch::default_home(),
+        fetch_opts,
+    )?;
+    Ok(crate::backend::open(spec, &got, opts)?)
 }
 
 /// Runs (or resumes) a plan and writes the run directory.
@@ -121,8 +80,8 @@ pub fn execute(
                 started_at: chrono::Local::now().to_rfc3339(),
                 finished_at: None,
                 wall_time_s: 0.0,
-                config: serde_json::to_value(&cfg).map_err(|e| EvalError::Other(e.to_string()))?,
-                environment: crate::environment::fingerprint(cfg.threads),
+                config: serde_json::to_value(&cfg)?,
+                environment: crate::measure::environment::fingerprint(cfg.threads),
                 models: Default::default(),
                 cells: Vec::new(),
                 versions: prepared
@@ -134,7 +93,7 @@ pub fn execute(
         }
     };
     std::fs::create_dir_all(&run_dir)
-        .map_err(|e| EvalError::Other(format!("{}: cannot create: {e}", run_dir.display())))?;
+        .map_err(|e| EvalError::io(&run_dir, format!("cannot create: {e}")))?;
     let prior_wall = record.wall_time_s;
     record.write(&run_dir)?;
     eprintln!("run directory: {}", run_dir.display());
@@ -156,13 +115,22 @@ pub fn execute(
         {
             continue;
         }
-        let mut loaded = match load_model(&models, model, cfg.dtype, fetch_opts) {
+        let backend_opts = BackendOptions {
+            dtype: cfg.dtype,
+            pack_tokens: cfg.pack_tokens,
+        };
+        let mut loaded = match load_model(&models, model, &backend_opts, fetch_opts) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("error: {model}: {e}");
                 for (ti, p) in prepared.iter().enumerate() {
                     if mine(ti) {
-                        upsert_cell(&mut record, failed_cell(model, p, &e.to_string()));
+                        record.upsert(CellResult::failed(
+                            model,
+                            &p.spec.name,
+                            p.num_fewshot,
+                            &e.to_string(),
+                        ));
                     }
                 }
                 record.write(&run_dir)?;
@@ -171,20 +139,22 @@ pub fn execute(
         };
         eprintln!(
             "loaded {model} ({}, {}) in {:.2} s",
-            loaded.record.architecture, loaded.record.dtype, loaded.record.load_time_s
+            loaded
+                .record
+                .architecture
+                .as_deref()
+                .unwrap_or(&loaded.record.backend),
+            loaded.record.dtype,
+            loaded.record.load_time_s
         );
-        loaded.scorer.pack_tokens = cfg.pack_tokens;
         record.models.insert(model.clone(), loaded.record.clone());
         for (ti, p) in prepared.iter().enumerate() {
             if done(&record, ti, &p.spec.name) {
                 continue;
             }
-            let measure = crate::eval::MeasureOptions {
-                cpu_watts: cfg.cpu_watts,
-                grid_g_per_kwh: cfg.grid_g_per_kwh,
-            };
+            let measure = crate::measure::MeasureOptions::new(cfg.cpu_watts, cfg.grid_g_per_kwh);
             let cell = match run_cell(
-                &mut loaded.scorer,
+                loaded.scorer.as_mut(),
                 model,
                 p,
                 &run_dir,
@@ -194,10 +164,10 @@ pub fn execute(
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {model}/{}: {e}", p.spec.name);
-                    failed_cell(model, p, &e.to_string())
+                    CellResult::failed(model, &p.spec.name, p.num_fewshot, &e.to_string())
                 }
             };
-            upsert_cell(&mut record, cell);
+            record.upsert(cell);
             record.wall_time_s = prior_wall + t0.elapsed().as_secs_f64();
             record.write(&run_dir)?;
         }
@@ -211,19 +181,9 @@ pub fn execute(
     record.finished_at = Some(chrono::Local::now().to_rfc3339());
     record.wall_time_s = prior_wall + t0.elapsed().as_secs_f64();
     record.write(&run_dir)?;
-    print!("{}", summary_table(&record));
-    let cmp = comparison(&run_dir)?;
-    if !cmp.models.is_empty() {
-        println!("\nvariants vs parents (paired over the same documents):\n");
-        print!("{}", crate::variant::compare::render(&cmp));
-    }
-    println!(
-        "wall time {:.1} s; results in {}",
-        record.wall_time_s,
-        run_dir.display()
-    );
     Ok(RunOutcome {
         run_dir,
         failed_cells: failed,
+        record,
     })
 }

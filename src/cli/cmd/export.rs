@@ -1,0 +1,19 @@
+//! `slmbench export`: a model (a variant is materialized first) written to
+//! a GGUF file.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::args::RegistryArgs;
+
+pub fn export(name: &str, out: &Path, registry: &RegistryArgs) -> Result<i32> {
+    let reg = registry.load()?;
+    let got = super::obtain(&reg, name)?;
+    if !got.path.is_file() {
+        bail!("{name}: {} is a folder, not a GGUF file; export a variant of it instead (a variant with no steps is its f32 GGUF)", got.path.display());
+    }
+    std::fs::copy(&got.path, out).with_context(|| format!("cannot write {}", out.display()))?;
+    println!("{name}\t{}", out.display());
+    Ok(0)
+}

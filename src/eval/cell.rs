@@ -1,0 +1,202 @@
+//! One model × task cell: its documents through a [`Scorer`], samples
+//! appended as they are computed, metrics aggregated, and the cell's
+//! latency, memory and energy measured around it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Instant;
+
+use serde_json::{Map, Value};
+
+use super::EvalError;
+use crate::backend::Scorer;
+use crate::measure::{CellProbe, MeasureOptions};
+use crate::metrics::{aggregate, score_sample, AggregateOptions, Metric, SampleScore};
+use crate::plan::PreparedTask;
+use crate::record::{
+    read_samples, samples_path, CellEnergy, CellResult, CellStatus, LatencyStats, MetricValue,
+    SampleRecord, SampleWriter,
+};
+use crate::task::Instance;
+
+fn sample_metrics(metrics: &[Metric], s: &SampleScore) -> Map<String, Value> {
+    metrics
+        .iter()
+        .map(|m| {
+            let v = match m {
+                Metric::Acc => Value::from(s.acc()),
+                Metric::AccNorm => Value::from(s.acc_norm()),
+                Metric::F1 | Metric::Mcc => Value::from(vec![s.gold, s.pred]),
+            };
+            (m.name().to_string(), v)
+        })
+        .collect()
+}
+
+/// Documents handed to the scorer per call (it packs them into forwards);
+/// samples are written after each call.
+pub const DOCS_PER_CALL: usize = 64;
+
+/// Progress reporting, kept out of piped output.
+fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let target = if std::io::stderr().is_terminal() {
+        indicatif::ProgressDrawTarget::stderr()
+    } else {
+        indicatif::ProgressDrawTarget::hidden()
+    };
+    let pb = indicatif::ProgressBar::with_draw_target(Some(len), target);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:>32} [{bar:30}] {pos}/{len} docs {per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb.set_prefix(label.to_string());
+    pb
+}
+
+/// Scores one model × task cell, appending samples to `run_dir`.
+pub fn run_cell(
+    scorer: &mut dyn Scorer,
+    model: &str,
+    task: &PreparedTask,
+    run_dir: &Path,
+    bootstrap_iters: usize,
+    measure: MeasureOptions,
+) -> Result<CellResult, EvalError> {
+    let t0 = Instant::now();
+    let probe = CellProbe::start(&measure);
+    let path = samples_path(run_dir, model, &task.spec.name);
+    let done = read_samples(&path)?;
+    let wanted: BTreeSet<usize> = task.instances.iter().map(|i| i.doc_id).collect();
+    let mut scores: BTreeMap<usize, SampleScore> = BTreeMap::new();
+    let mut truncated = 0;
+    for r in &done {
+        if wanted.contains(&r.doc_id) {
+            scores.insert(
+                r.doc_id,
+                SampleScore {
+                    gold: r.gold,
+                    pred: r.pred,
+                    pred_norm: r.pred_norm,
+                },
+            );
+            truncated += usize::from(r.truncated);
+        }
+    }
+    let resumed = scores.len();
+    let mut writer = SampleWriter::open(&path)?;
+    let todo: Vec<&Instance> = task
+        .instances
+        .iter()
+        .filter(|i| !scores.contains_key(&i.doc_id))
+        .collect();
+    let pb = progress_bar(todo.len() as u64, &format!("{model}/{}", task.spec.name));
+    let mut forwarded = 0;
+    let mut peak_cached = 0;
+    let mut latencies = Vec::with_capacity(todo.len());
+    let n_todo = todo.len();
+    let scoring = Instant::now();
+    for chunk in todo.chunks(DOCS_PER_CALL) {
+        let t = Instant::now();
+        let requests: Vec<(&str, &[String])> = chunk
+            .iter()
+            .map(|i| (i.context.as_str(), i.continuations.as_slice()))
+            .collect();
+        let docs = scorer.score_docs(&requests).map_err(|source| {
+            let first = chunk.first().map_or(0, |i| i.doc_id);
+            let last = chunk.last().map_or(0, |i| i.doc_id);
+            EvalError::Score {
+                docs: format!("docs {first}..={last}"),
+                source,
+            }
+        })?;
+        let chunk_ms = t.elapsed().as_secs_f64() * 1e3 / chunk.len().max(1) as f64;
+        for (inst, doc) in chunk.iter().zip(docs) {
+            let latency_ms = doc.shared_ms.unwrap_or(chunk_ms);
+            latencies.push(latency_ms);
+            let lls: Vec<f64> = doc.choices.iter().map(|c| c.loglikelihood).collect();
+            let chars: Vec<usize> = inst.choices.iter().map(|c| c.chars().count()).collect();
+            let s = score_sample(&lls, &chars, inst.gold).map_err(|e| EvalError::Metric {
+                context: format!("doc {}", inst.doc_id),
+                message: e.to_string(),
+            })?;
+            writer.append(&SampleRecord {
+                doc_id: inst.doc_id,
+                gold: inst.gold,
+                context: inst.context.clone(),
+                continuations: inst.continuations.clone(),
+                loglikelihoods: lls,
+                is_greedy: doc.choices.iter().map(|c| c.is_greedy).collect(),
+                pred: s.pred,
+                metrics: sample_metrics(&task.spec.metrics, &s),
+                pred_norm: s.pred_norm,
+                continuation_tokens: doc.choices.iter().map(|c| c.n_tokens).collect(),
+                truncated: doc.truncated,
+                latency_ms: Some(latency_ms),
+            })?;
+            truncated += usize::from(doc.truncated);
+            forwarded += doc.tokens_forwarded;
+            peak_cached = peak_cached.max(doc.peak_cached_tokens);
+            scores.insert(inst.doc_id, s);
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    let scoring_s = scoring.elapsed().as_secs_f64();
+    let measured = probe.finish(n_todo > 0);
+    let gpu = measured.gpu_energy;
+    let energy = measured.energy.map(|r| CellEnergy {
+        method: r.method,
+        note: r.note,
+        energy_j: r.joules,
+        energy_per_doc_j: Some(r.joules / n_todo as f64),
+        energy_per_1k_tokens_j: (forwarded > 0).then(|| r.joules * 1000.0 / forwarded as f64),
+        co2e_g: crate::measure::energy::grams_co2e(r.joules, measure.grid_g_per_kwh),
+        grid_g_per_kwh: measure.grid_g_per_kwh,
+        gpu: gpu.map(|g| crate::record::GpuEnergy {
+            energy_j: g.joules,
+            note: g.note,
+        }),
+    });
+    let samples: Vec<SampleScore> = scores.values().copied().collect();
+    let opts = AggregateOptions { bootstrap_iters };
+    let mut metrics = Vec::new();
+    for m in &task.spec.metrics {
+        let a = aggregate(*m, &samples, &opts).map_err(|e| EvalError::Metric {
+            context: task.spec.name.clone(),
+            message: e.to_string(),
+        })?;
+        metrics.push(MetricValue {
+            name: m.name().to_string(),
+            value: a.value,
+            stderr: a.stderr,
+        });
+    }
+    Ok(CellResult {
+        model: model.to_string(),
+        task: task.spec.name.clone(),
+        status: CellStatus::Ok,
+        metrics,
+        n: samples.len(),
+        num_fewshot: task.num_fewshot,
+        truncated,
+        wall_time_s: t0.elapsed().as_secs_f64(),
+        tokens_forwarded: forwarded,
+        tokens_per_s: (forwarded > 0 && scoring_s > 0.0).then(|| forwarded as f64 / scoring_s),
+        latency: LatencyStats::from_ms(&latencies, WARMUP_DOCS),
+        peak_rss: measured.peak_rss,
+        kv_cache_peak_bytes: scorer
+            .kv_bytes_per_token()
+            .filter(|_| peak_cached > 0)
+            .map(|b| (b * peak_cached) as u64),
+        energy,
+        resumed_samples: resumed,
+        error: None,
+    })
+}
+
+/// Documents at the start of each cell left out of latency statistics.
+pub const WARMUP_DOCS: usize = 1;

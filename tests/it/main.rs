@@ -1,0 +1,14 @@
+//! The integration tests, one binary (one link of the library per
+//! `cargo test`): each module drives the library or the real binary.
+
+mod cli;
+mod common;
+mod fetch;
+mod fidelity;
+mod layout;
+mod measure;
+mod parquet;
+mod report;
+mod safetensors;
+mod task_reference;
+mod variants;
