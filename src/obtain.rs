@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use crate::model::fetch::{FetchError, FetchOptions, FetchSpec, HubSource, Source};
 use crate::record::Lineage;
-use crate::spec::models::{Format, ModelSpec, Registry};
+use crate::spec::models::{Engine, Format, ModelSpec, Registry};
 use crate::variant::materialize::{
     cache_key, content_key, materialize, read_report, sidecar_path, ParentFile,
 };
@@ -49,6 +49,22 @@ pub fn obtain(
     opts: &FetchOptions,
 ) -> Result<Obtained, VariantError> {
     let spec = reg.get(name)?;
+    if spec.engine == Engine::Served {
+        // Nothing to fetch: the backend opens the endpoint.
+        return Ok(Obtained {
+            path: PathBuf::new(),
+            format: spec.format,
+            tokenizer: spec.tokenizer.clone(),
+            context_length: spec.context_length,
+            lineage: spec.distilled_from.as_ref().map(|t| Lineage {
+                relation: "distilled_from".into(),
+                parent: t.clone(),
+                ..Lineage::default()
+            }),
+            report: None,
+            key: None,
+        });
+    }
     let Some(parent) = &spec.parent else {
         let path = fetch_model(reg, name, home, opts)?;
         return Ok(Obtained {

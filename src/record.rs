@@ -341,6 +341,23 @@ pub struct ModelRecord {
     /// Parent (compression variant) or teacher (distilled student).
     #[serde(default)]
     pub lineage: Option<Lineage>,
+    /// A served model's endpoint (never its API key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointRecord>,
+}
+
+/// Where a served model was reached.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct EndpointRecord {
+    /// `llama-server`, `vllm`, `openai-completions`, …
+    pub api: String,
+    pub base_url: String,
+    /// The model id sent in requests.
+    pub model: Option<String>,
+    /// The server's version or build, where it reports one.
+    pub server_version: Option<String>,
+    /// Documents in flight at once.
+    pub concurrency: usize,
 }
 
 /// Where a model comes from: a variant's parent and steps, or a student's teacher.

@@ -8,6 +8,7 @@
 
 pub mod candle;
 pub mod request;
+pub mod served;
 
 use crate::model::tokenizer::TokenizerError;
 use crate::obtain::Obtained;
@@ -74,6 +75,11 @@ pub trait Scorer {
     /// KV-cache bytes one cached position takes, when known.
     fn kv_bytes_per_token(&self) -> Option<usize> {
         None
+    }
+    /// Documents to hand over per [`Self::score_docs`] call: results are
+    /// written after each call, so a failure loses at most these.
+    fn docs_per_call(&self) -> usize {
+        64
     }
     /// The engine's throughput timing for `slmbench bench`, when it has one.
     fn throughput(&mut self) -> Option<&mut dyn Throughput> {
@@ -145,5 +151,6 @@ pub fn open(
 ) -> Result<Loaded, BackendError> {
     match spec.engine {
         Engine::Local => candle::open::open(spec, got, opts),
+        Engine::Served => served::open(spec, got, opts),
     }
 }

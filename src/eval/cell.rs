@@ -99,7 +99,7 @@ pub fn run_cell(
     let mut latencies = Vec::with_capacity(todo.len());
     let n_todo = todo.len();
     let scoring = Instant::now();
-    for chunk in todo.chunks(DOCS_PER_CALL) {
+    for chunk in todo.chunks(scorer.docs_per_call().clamp(1, DOCS_PER_CALL)) {
         let t = Instant::now();
         let requests: Vec<(&str, &[String])> = chunk
             .iter()

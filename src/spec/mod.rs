@@ -5,6 +5,7 @@
 //! Invariant: nothing here reads a model or a tensor; `spec` imports no
 //! module of this crate outside itself.
 
+pub mod endpoint;
 pub mod models;
 pub mod sources;
 pub mod steps;

@@ -52,12 +52,15 @@ pub enum Engine {
     /// this process.
     #[default]
     Local,
+    /// A model behind an HTTP endpoint (set by `endpoint:`).
+    Served,
 }
 
 impl Engine {
     pub fn name(self) -> &'static str {
         match self {
             Engine::Local => "local",
+            Engine::Served => "served",
         }
     }
 }
@@ -111,9 +114,16 @@ impl std::fmt::Display for Dtype {
 pub struct ModelSpec {
     #[serde(default)]
     pub description: Option<String>,
-    /// The engine that runs it (default: the built-in one).
+    /// The engine that runs it (default: the built-in one; `served` with
+    /// an `endpoint`).
     #[serde(default)]
     pub engine: Engine,
+    /// A served model: where and how to reach it (no file of its own).
+    #[serde(default)]
+    pub endpoint: Option<crate::spec::endpoint::Endpoint>,
+    /// What a served model's tokens cost.
+    #[serde(default)]
+    pub price: Option<crate::spec::endpoint::Price>,
     #[serde(default)]
     pub format: Format,
     /// The model file's name in the cache (empty for a variant).
@@ -213,8 +223,20 @@ impl Registry {
                 crate::spec::steps::parse_steps(&m.steps).map_err(|e| invalid(name, e))?;
         }
         self.validate_lineage()?;
+        for (name, m) in self.models.iter_mut() {
+            Self::validate_served(name, m).map_err(|e| invalid(name, e))?;
+        }
         for (name, m) in &self.models {
-            if m.is_variant() {
+            let parent = m.parent.as_deref().and_then(|p| self.models.get(p));
+            if parent.is_some_and(|p| p.engine == Engine::Served) {
+                return Err(invalid(
+                    name,
+                    "field `parent`: a served model has no weights to build a variant from; name a local model".into(),
+                ));
+            }
+        }
+        for (name, m) in &self.models {
+            if m.is_variant() || m.engine == Engine::Served {
                 continue;
             }
             if let Some(sha) = &m.sha256 {
@@ -256,6 +278,43 @@ impl Registry {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// A served model: an endpoint that checks out and none of a file's
+    /// keys; `engine` follows from `endpoint`.
+    fn validate_served(name: &str, m: &mut ModelSpec) -> Result<(), String> {
+        let _ = name;
+        if let Some(p) = &m.price {
+            p.check()?;
+        }
+        let Some(ep) = &m.endpoint else {
+            if m.engine == Engine::Served {
+                return Err("field `engine`: `served` needs `endpoint: {api, base_url, …}`".into());
+            }
+            if m.price.is_some() {
+                return Err("field `price`: only a served model (with `endpoint`) has a price per token; remove it".into());
+            }
+            return Ok(());
+        };
+        ep.check()?;
+        let own: Vec<&str> = [
+            (!m.file.is_empty()).then_some("file"),
+            m.sha256.is_some().then_some("sha256"),
+            (!m.sources.is_empty()).then_some("sources"),
+            (m.format != Format::Gguf).then_some("format"),
+            m.parent.is_some().then_some("parent"),
+            (m.dtype != Dtype::default()).then_some("dtype"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if let Some(f) = own.first() {
+            return Err(format!(
+                "field `{f}`: a served model (with `endpoint`) has no {f}; remove it, or remove `endpoint` to run a file locally"
+            ));
+        }
+        m.engine = Engine::Served;
         Ok(())
     }
 
@@ -338,6 +397,17 @@ impl Registry {
     /// What the fetcher needs to obtain `name`'s file.
     pub fn fetch_spec(&self, name: &str) -> Result<FetchSpec, ModelsError> {
         let m = self.get(name)?;
+        if let Some(ep) = &m.endpoint {
+            return Err(ModelsError::Invalid {
+                file: self.origin.clone(),
+                model: name.to_string(),
+                message: format!(
+                    "is served ({} at {}): there is no file to fetch",
+                    ep.api.name(),
+                    ep.base_url
+                ),
+            });
+        }
         if let Some(p) = &m.parent {
             return Err(ModelsError::Invalid {
                 file: self.origin.clone(),

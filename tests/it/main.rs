@@ -10,5 +10,6 @@ mod measure;
 mod parquet;
 mod report;
 mod safetensors;
+mod served;
 mod task_reference;
 mod variants;

@@ -138,6 +138,7 @@ fn model_record(params: u64) -> ModelRecord {
         weight_bytes_memory: Some(params / 2),
         bits_per_weight: Some(4.0),
         lineage: None,
+        endpoint: None,
     }
 }
 

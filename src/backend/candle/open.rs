@@ -95,6 +95,7 @@ pub fn open(
         weight_bytes_memory: Some(info.weights.held_bytes),
         bits_per_weight,
         lineage: got.lineage.clone(),
+        endpoint: None,
     };
     let mut scorer = CandleScorer::new(model, tokenizer, max_len);
     scorer.pack_tokens = opts.pack_tokens;

@@ -12,7 +12,7 @@ pub fn fetch(names: &[String], registry: &RegistryArgs, all: bool) -> Result<i32
         // Variants are built from these; name one to build it.
         reg.models
             .iter()
-            .filter(|(_, m)| !m.is_variant())
+            .filter(|(_, m)| !m.is_variant() && m.endpoint.is_none())
             .map(|(n, _)| n.clone())
             .collect()
     } else if names.is_empty() {

@@ -31,6 +31,12 @@ fn models(registry: &RegistryArgs) -> Result<i32> {
                     .collect::<Vec<_>>()
                     .join(", then ")
             ),
+            None if m.endpoint.is_some() => {
+                let ep = m.endpoint.as_ref().map_or(String::new(), |e| {
+                    format!("served: {} at {}", e.api.name(), e.base_url)
+                });
+                ep
+            }
             None => {
                 let spec = reg.fetch_spec(name)?;
                 let c = crate::model::fetch::cached_path(&spec, &home).exists();

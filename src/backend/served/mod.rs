@@ -1,0 +1,242 @@
+//! The served engine: a model behind an HTTP endpoint (vLLM, SGLang, TGI,
+//! llama.cpp's `llama-server`, llama-cpp-python, OpenAI-compatible APIs)
+//! scored as a [`Scorer`] like a local one. Documents go out `concurrency`
+//! at a time; their scores come back in document order.
+//!
+//! Invariant: the API key is read from its environment variable when the
+//! model is opened and goes nowhere but the `Authorization` header.
+
+mod echo;
+pub mod http;
+mod llama_server;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use serde_json::Value;
+
+use crate::backend::{BackendError, BackendOptions, DocScore, Loaded, ScoreError, Scorer};
+use crate::obtain::Obtained;
+use crate::record::{EndpointRecord, ModelRecord};
+use crate::spec::endpoint::{Api, Endpoint};
+use crate::spec::models::ModelSpec;
+use echo::EchoApi;
+use http::Client;
+
+/// A served model's scorer.
+pub struct ServedScorer {
+    client: Client,
+    api: Api,
+    model: Option<String>,
+    concurrency: usize,
+    max_length: usize,
+}
+
+fn engine_error(message: String) -> BackendError {
+    BackendError::Engine(message.into())
+}
+
+/// Checks the endpoint answers and reads what it says of itself.
+pub fn open(
+    spec: &ModelSpec,
+    got: &Obtained,
+    _opts: &BackendOptions,
+) -> Result<Loaded, BackendError> {
+    let t0 = Instant::now();
+    let ep: &Endpoint = spec
+        .endpoint
+        .as_ref()
+        .ok_or_else(|| engine_error("a served model needs `endpoint:`".into()))?;
+    if ep.api == Api::OpenaiChat {
+        return Err(engine_error(format!(
+            "{} is a chat endpoint: chat APIs return no prompt log-probabilities, so multiple-choice tasks cannot be scored on it (use a completions endpoint, or generation tasks)",
+            ep.base_url
+        )));
+    }
+    let key = match &ep.api_key_env {
+        Some(var) => Some(std::env::var(var).map_err(|_| {
+            engine_error(format!(
+                "the API key variable `{var}` (endpoint.api_key_env) is not set; export it before the run"
+            ))
+        })?),
+        None => None,
+    };
+    let client = Client::new(&ep.base_url, key, ep.timeout_s, ep.max_retries);
+    let (server_version, n_ctx) = describe(&client, ep.api)?;
+    let context_length = got.context_length.or(n_ctx).unwrap_or(0);
+    let record = ModelRecord {
+        backend: spec.engine.name().into(),
+        dtype: "served".into(),
+        context_length,
+        load_time_s: t0.elapsed().as_secs_f64(),
+        endpoint: Some(EndpointRecord {
+            api: ep.api.name().into(),
+            base_url: ep.base_url.clone(),
+            model: ep.model.clone(),
+            server_version,
+            concurrency: ep.concurrency,
+        }),
+        lineage: got.lineage.clone(),
+        ..ModelRecord::default()
+    };
+    Ok(Loaded {
+        scorer: Box::new(ServedScorer {
+            client,
+            api: ep.api,
+            model: ep.model.clone(),
+            concurrency: ep.concurrency,
+            max_length: if context_length > 0 {
+                context_length
+            } else {
+                usize::MAX
+            },
+        }),
+        record,
+    })
+}
+
+/// The server's version and context window, where it reports them; an
+/// endpoint that does not answer at all is an error here, before any cell.
+fn describe(client: &Client, api: Api) -> Result<(Option<String>, Option<usize>), BackendError> {
+    let fail = |e: http::HttpError| engine_error(format!("the endpoint does not answer: {e}"));
+    match api {
+        Api::LlamaServer => {
+            let props = client.get("/props").map_err(fail)?.json;
+            let version = props
+                .get("build_info")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let n_ctx = props
+                .pointer("/default_generation_settings/n_ctx")
+                .or_else(|| props.get("n_ctx"))
+                .and_then(Value::as_u64)
+                .map(|n| n as usize);
+            Ok((version, n_ctx))
+        }
+        Api::Tgi => {
+            let info = client.get("/info").map_err(fail)?.json;
+            let version = info
+                .get("version")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let n_ctx = info
+                .get("max_input_tokens")
+                .or_else(|| info.get("max_input_length"))
+                .and_then(Value::as_u64)
+                .map(|n| n as usize);
+            Ok((version, n_ctx))
+        }
+        _ => {
+            client.get("/v1/models").map_err(fail)?;
+            Ok((None, None))
+        }
+    }
+}
+
+impl ServedScorer {
+    /// All choices of one document, their time and the tokens evaluated.
+    fn score_one(&self, context: &str, continuations: &[String]) -> Result<DocScore, String> {
+        let mut choices = Vec::with_capacity(continuations.len());
+        let (mut ms, mut evaluated) = (0.0, 0);
+        match self.api {
+            Api::LlamaServer => {
+                for c in continuations {
+                    let (ctx, cont) = llama_server::encode_pair(&self.client, context, c)?;
+                    let (s, m, e) = llama_server::score(&self.client, &ctx, &cont)?;
+                    choices.push(s);
+                    ms += m;
+                    evaluated += e;
+                }
+            }
+            Api::OpenaiCompletions | Api::Vllm | Api::Sglang | Api::Tgi => {
+                let api = if self.api == Api::Tgi {
+                    EchoApi::Tgi
+                } else {
+                    EchoApi::OpenAi
+                };
+                // lm-eval's split: the context's trailing whitespace goes
+                // with the continuation.
+                let trimmed = context.trim_end();
+                for c in continuations {
+                    let cont = format!("{}{c}", &context[trimmed.len()..]);
+                    let (s, m, e) =
+                        echo::score(&self.client, api, self.model.as_deref(), trimmed, &cont)?;
+                    choices.push(s);
+                    ms += m;
+                    evaluated += e;
+                }
+            }
+            Api::OpenaiChat => return Err("a chat endpoint has no prompt log-probabilities".into()),
+        }
+        Ok(DocScore {
+            choices,
+            truncated: false,
+            tokens_forwarded: evaluated,
+            peak_cached_tokens: 0,
+            shared_ms: Some(ms),
+        })
+    }
+}
+
+impl Scorer for ServedScorer {
+    fn score_doc(
+        &mut self,
+        context: &str,
+        continuations: &[String],
+    ) -> Result<DocScore, ScoreError> {
+        self.score_one(context, continuations)
+            .map_err(ScoreError::backend)
+    }
+
+    /// Documents go out `concurrency` at a time; the scores come back in
+    /// document order, and the first failure (in document order) is the
+    /// call's error.
+    fn score_docs(&mut self, docs: &[(&str, &[String])]) -> Result<Vec<DocScore>, ScoreError> {
+        let next = AtomicUsize::new(0);
+        let out: Mutex<Vec<Option<Result<DocScore, String>>>> =
+            Mutex::new((0..docs.len()).map(|_| None).collect());
+        let this = &*self;
+        std::thread::scope(|s| {
+            for _ in 0..self.concurrency.min(docs.len()).max(1) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((c, k)) = docs.get(i) else { break };
+                    let r = this.score_one(c, k);
+                    let failed = r.is_err();
+                    if let Ok(mut o) = out.lock() {
+                        o[i] = Some(r);
+                    }
+                    if failed {
+                        // Stop taking new documents; those in flight finish.
+                        next.store(docs.len(), Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let out = out
+            .into_inner()
+            .map_err(|_| ScoreError::backend("a scoring thread panicked"))?;
+        let mut scores = Vec::with_capacity(docs.len());
+        for (i, r) in out.into_iter().enumerate() {
+            match r {
+                Some(Ok(s)) => scores.push(s),
+                Some(Err(e)) => {
+                    return Err(ScoreError::backend(format!(
+                        "document {i} of the call: {e}"
+                    )))
+                }
+                None => return Err(ScoreError::backend("a document was not scored")),
+            }
+        }
+        Ok(scores)
+    }
+
+    fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    fn docs_per_call(&self) -> usize {
+        self.concurrency
+    }
+}

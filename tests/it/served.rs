@@ -1,0 +1,440 @@
+//! Served models against stand-in servers on 127.0.0.1 that answer with
+//! the documented response shapes of llama-server, vLLM/OpenAI, SGLang and
+//! TGI: scores read and aligned, a misaligned response refused, 429 then
+//! 200 retried, 401 failing at once, a 500 storm exhausting the retries,
+//! and the API key kept out of every error.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use serde_json::{json, Value};
+use slmbench::backend::{BackendOptions, Loaded};
+use slmbench::model::fetch::FetchOptions;
+use slmbench::spec::models::Registry;
+
+/// A request as the stand-in saw it.
+pub struct Req {
+    pub path: String,
+    pub auth: Option<String>,
+    pub body: Value,
+}
+
+type Handler = dyn Fn(&Req, usize) -> (u16, Vec<(String, String)>, String) + Send + Sync;
+
+/// An HTTP/1.1 server answering each request with `handler(request, n)`
+/// (n counts requests from 0), one connection at a time, until dropped.
+pub struct Stand {
+    pub port: u16,
+    pub hits: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Stand {
+    pub fn start(handler: Box<Handler>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (s, h) = (stop.clone(), hits.clone());
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let n = h.fetch_add(1, Ordering::Relaxed);
+                serve(conn, &*handler, n);
+            }
+        });
+        Self {
+            port,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Stand {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(conn: TcpStream, handler: &Handler, n: usize) {
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() || line.is_empty() {
+        return;
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let (mut len, mut auth) = (0usize, None);
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h).is_err() || h.trim().is_empty() {
+            break;
+        }
+        let (k, v) = h.split_once(':').unwrap_or((h.as_str(), ""));
+        match k.trim().to_ascii_lowercase().as_str() {
+            "content-length" => len = v.trim().parse().unwrap_or(0),
+            "authorization" => auth = Some(v.trim().to_string()),
+            _ => {}
+        }
+    }
+    let mut body = vec![0u8; len];
+    let _ = reader.read_exact(&mut body);
+    let req = Req {
+        path,
+        auth,
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    };
+    let (status, headers, text) = handler(&req, n);
+    let mut out = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        text.len()
+    );
+    for (k, v) in headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(&text);
+    let mut conn = conn;
+    let _ = conn.write_all(out.as_bytes());
+}
+
+/// The stand-ins' tokenizer: a word with its leading space is a token; its
+/// id is its position in this list (unknown words panic the test).
+const VOCAB: &[&str] = &["<s>", "The", " sky", " is", " blue", " green", ".", " red"];
+
+fn ids(text: &str) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (i, w) = VOCAB
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| rest.starts_with(**w) && !w.is_empty() && **w != "<s>")
+            .max_by_key(|(_, w)| w.len())
+            .unwrap_or_else(|| panic!("no token for {rest:?}"));
+        out.push(i as u64);
+        rest = &rest[w.len()..];
+    }
+    out
+}
+
+/// The stand-in model's log-probability of token `t` (any context).
+fn lp(t: u64) -> f64 {
+    -(t as f64) / 8.0
+}
+
+fn registry(yaml_endpoint: &str) -> Registry {
+    let yaml = format!("models:\n  big:\n    endpoint: {yaml_endpoint}\n");
+    Registry::parse(&yaml, "test.yaml").expect("registry")
+}
+
+fn open(reg: &Registry) -> Result<Loaded, String> {
+    let got = slmbench::obtain::obtain(
+        reg,
+        "big",
+        std::path::Path::new("unused"),
+        &FetchOptions::default(),
+    )
+    .map_err(|e| e.to_string())?;
+    let spec = reg.get("big").map_err(|e| e.to_string())?;
+    slmbench::backend::open(spec, &got, &BackendOptions::default()).map_err(|e| e.to_string())
+}
+
+fn sky(loaded: &mut Loaded) -> Result<Vec<f64>, String> {
+    let conts = vec![" blue.".to_string(), " green.".to_string()];
+    let d = loaded
+        .scorer
+        .score_doc("The sky is", &conts)
+        .map_err(|e| e.to_string())?;
+    Ok(d.choices.iter().map(|c| c.loglikelihood).collect())
+}
+
+fn llama_server_handler(req: &Req, _n: usize) -> (u16, Vec<(String, String)>, String) {
+    let ok = |v: Value| (200, vec![], v.to_string());
+    match req.path.as_str() {
+        "/props" => {
+            ok(json!({"build_info": "b1-test", "default_generation_settings": {"n_ctx": 4096}}))
+        }
+        "/tokenize" => {
+            let text = req.body["content"].as_str().unwrap_or("");
+            let mut t = ids(text);
+            if req.body["add_special"].as_bool() == Some(true) {
+                t.insert(0, 0);
+            }
+            ok(json!({ "tokens": t }))
+        }
+        "/completion" => {
+            let target = req.body["logit_bias"][0][0].as_u64().unwrap_or(0);
+            ok(json!({
+                "content": "x",
+                "completion_probabilities": [{
+                    "id": target, "token": VOCAB[target as usize], "logprob": lp(target),
+                    "top_logprobs": [{"id": 4, "token": " blue", "logprob": lp(4)}]
+                }],
+                "timings": {"prompt_n": 1}
+            }))
+        }
+        _ => (404, vec![], "{}".into()),
+    }
+}
+
+#[test]
+fn llama_server_is_teacher_forced_token_by_token() {
+    let stand = Stand::start(Box::new(llama_server_handler));
+    let reg = registry(&format!(
+        "{{api: llama-server, base_url: \"{}\"}}",
+        stand.url()
+    ));
+    let mut loaded = open(&reg).expect("open");
+    assert_eq!(loaded.record.backend, "served");
+    let ep = loaded.record.endpoint.clone().expect("endpoint");
+    assert_eq!(ep.server_version.as_deref(), Some("b1-test"));
+    assert_eq!(loaded.record.context_length, 4096);
+    assert_eq!(loaded.record.file, None);
+    let conts = vec![" blue.".to_string(), " green.".to_string()];
+    let d = loaded
+        .scorer
+        .score_doc("The sky is", &conts)
+        .expect("score");
+    // " blue" (4) then "." (6); " green" (5) then ".".
+    assert_eq!(d.choices[0].loglikelihood, lp(4) + lp(6));
+    assert_eq!(d.choices[1].loglikelihood, lp(5) + lp(6));
+    assert_eq!(d.choices[0].n_tokens, 2);
+    // The stand-in's top token is always " blue": only " blue" is greedy,
+    // and "." never is.
+    assert!(!d.choices[0].is_greedy && !d.choices[1].is_greedy);
+}
+
+fn openai_handler(prompt_tokens_off: i64) -> Box<Handler> {
+    Box::new(move |req: &Req, _n| {
+        if req.path == "/v1/models" {
+            return (200, vec![], json!({"data": [{"id": "big"}]}).to_string());
+        }
+        let prompt = req.body["prompt"].as_str().unwrap_or("").to_string();
+        let mut t = vec![0u64];
+        t.extend(ids(&prompt));
+        t.push(7); // the generated token
+        let texts: Vec<&str> = t.iter().map(|&i| VOCAB[i as usize]).collect();
+        let lps: Vec<Value> = t
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| if k == 0 { Value::Null } else { json!(lp(i)) })
+            .collect();
+        let n_prompt = (t.len() as i64 - 1 + prompt_tokens_off).max(0);
+        (
+            200,
+            vec![],
+            json!({
+                "choices": [{"text": " red", "logprobs": {
+                    "tokens": texts, "token_logprobs": lps, "top_logprobs": Value::Null, "text_offset": []}}],
+                "usage": {"prompt_tokens": n_prompt, "completion_tokens": 1}
+            })
+            .to_string(),
+        )
+    })
+}
+
+#[test]
+fn vllm_and_sglang_echo_prompt_log_probabilities() {
+    for api in ["vllm", "sglang", "openai-completions"] {
+        let stand = Stand::start(openai_handler(0));
+        let reg = registry(&format!(
+            "{{api: {api}, base_url: \"{}\", model: big, concurrency: 2}}",
+            stand.url()
+        ));
+        let mut loaded = open(&reg).expect("open");
+        assert_eq!(
+            sky(&mut loaded).expect("score"),
+            vec![lp(4) + lp(6), lp(5) + lp(6)],
+            "{api}"
+        );
+    }
+}
+
+#[test]
+fn a_misaligned_echo_is_an_error_not_a_score() {
+    // usage.prompt_tokens one short: the continuation's last token would be
+    // taken for a generated one.
+    let stand = Stand::start(openai_handler(-1));
+    let reg = registry(&format!("{{api: vllm, base_url: \"{}\"}}", stand.url()));
+    let mut loaded = open(&reg).expect("open");
+    let e = sky(&mut loaded).expect_err("misaligned");
+    assert!(e.contains("spell"), "{e}");
+}
+
+#[test]
+fn tgi_prefill_details_are_read() {
+    let stand = Stand::start(Box::new(|req: &Req, _n| {
+        if req.path == "/info" {
+            return (
+                200,
+                vec![],
+                json!({"version": "3.0", "max_input_tokens": 2048}).to_string(),
+            );
+        }
+        let prompt = req.body["inputs"].as_str().unwrap_or("").to_string();
+        let mut t = vec![0u64];
+        t.extend(ids(&prompt));
+        let prefill: Vec<Value> = t
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| json!({"id": i, "text": VOCAB[i as usize], "logprob": if k == 0 { Value::Null } else { json!(lp(i)) }}))
+            .collect();
+        (
+            200,
+            vec![],
+            json!({"generated_text": " red", "details": {"prefill": prefill, "tokens": []}})
+                .to_string(),
+        )
+    }));
+    let reg = registry(&format!("{{api: tgi, base_url: \"{}\"}}", stand.url()));
+    let mut loaded = open(&reg).expect("open");
+    assert_eq!(loaded.record.context_length, 2048);
+    assert_eq!(
+        sky(&mut loaded).expect("score"),
+        vec![lp(4) + lp(6), lp(5) + lp(6)]
+    );
+}
+
+#[test]
+fn a_429_is_retried_after_its_retry_after() {
+    let inner = openai_handler(0);
+    let stand = Stand::start(Box::new(move |req: &Req, n| {
+        if n == 1 {
+            return (
+                429,
+                vec![("Retry-After".into(), "0".into())],
+                r#"{"error":"slow down"}"#.into(),
+            );
+        }
+        inner(req, n)
+    }));
+    let reg = registry(&format!("{{api: vllm, base_url: \"{}\"}}", stand.url()));
+    let mut loaded = open(&reg).expect("open");
+    assert_eq!(sky(&mut loaded).expect("score").len(), 2);
+    // /v1/models, the 429, its retry, the second choice.
+    assert_eq!(stand.hits.load(Ordering::Relaxed), 4);
+}
+
+#[test]
+fn a_401_fails_at_once_and_the_key_is_never_shown() {
+    let key = "sk-test-SECRET-1234";
+    std::env::set_var("SLMBENCH_TEST_SERVED_KEY", key);
+    let stand = Stand::start(Box::new(move |req: &Req, _n| {
+        let sent = req.auth.clone().unwrap_or_default();
+        if req.path == "/v1/models" && sent == format!("Bearer {key}") {
+            return (200, vec![], "{}".into());
+        }
+        // A careless server that echoes the credentials it refuses.
+        (
+            401,
+            vec![],
+            json!({"error": {"message": format!("invalid key {sent}")}}).to_string(),
+        )
+    }));
+    let reg = registry(&format!(
+        "{{api: vllm, base_url: \"{}\", api_key_env: SLMBENCH_TEST_SERVED_KEY, max_retries: 3}}",
+        stand.url()
+    ));
+    let mut loaded = open(&reg).expect("open");
+    let e = sky(&mut loaded).expect_err("401");
+    assert!(e.contains("HTTP 401") && e.contains("invalid key"), "{e}");
+    assert!(!e.contains("SECRET"), "the key leaked: {e}");
+    assert_eq!(
+        stand.hits.load(Ordering::Relaxed),
+        2,
+        "a 401 is not retried"
+    );
+}
+
+#[test]
+fn a_500_storm_exhausts_the_retries() {
+    let stand = Stand::start(Box::new(|req: &Req, _n| {
+        if req.path == "/v1/models" {
+            return (200, vec![], "{}".into());
+        }
+        (500, vec![], r#"{"error":{"message":"overloaded"}}"#.into())
+    }));
+    let reg = registry(&format!(
+        "{{api: vllm, base_url: \"{}\", max_retries: 2}}",
+        stand.url()
+    ));
+    let mut loaded = open(&reg).expect("open");
+    let e = sky(&mut loaded).expect_err("500s");
+    assert!(
+        e.contains("gave up after 3 attempts") && e.contains("overloaded"),
+        "{e}"
+    );
+    assert_eq!(stand.hits.load(Ordering::Relaxed), 4);
+}
+
+#[test]
+fn chat_endpoints_and_bad_endpoint_specs_are_one_line_errors() {
+    let reg = registry("{api: openai-chat, base_url: \"http://127.0.0.1:9\"}");
+    let e = open(&reg).err().expect("chat refused");
+    assert!(e.contains("no prompt log-probabilities"), "{e}");
+    for (yaml, want) in [
+        (
+            "{api: vllm, base_url: \"localhost:8000\"}",
+            "endpoint.base_url",
+        ),
+        (
+            "{api: vllm, base_url: \"http://h:1/v1\"}",
+            "leave out `/v1`",
+        ),
+        (
+            "{api: vllm, base_url: \"http://h:1\", concurrency: 0}",
+            "endpoint.concurrency",
+        ),
+        (
+            "{api: vllm, base_url: \"http://h:1\", api_key_env: \"sk-abc 1\"}",
+            "endpoint.api_key_env",
+        ),
+        ("{api: nosuch, base_url: \"http://h:1\"}", "nosuch"),
+    ] {
+        let text = format!("models:\n  big:\n    endpoint: {yaml}\n");
+        let Err(e) = Registry::parse(&text, "m.yaml") else {
+            panic!("{yaml}: accepted");
+        };
+        let e = e.to_string();
+        assert!(e.contains(want) && e.contains("m.yaml"), "{yaml}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
+    let text =
+        "models:\n  big:\n    file: x.gguf\n    endpoint: {api: vllm, base_url: \"http://h:1\"}\n";
+    let Err(e) = Registry::parse(text, "m.yaml") else {
+        panic!("a file and an endpoint accepted");
+    };
+    let e = e.to_string();
+    assert!(e.contains("field `file`"), "{e}");
+}
+
+#[test]
+fn an_endpoint_that_does_not_answer_fails_when_opened() {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let reg = registry(&format!(
+        "{{api: llama-server, base_url: \"http://127.0.0.1:{port}\", max_retries: 0, timeout_s: 2}}"
+    ));
+    let e = open(&reg).err().expect("nothing listens");
+    assert!(e.contains("does not answer"), "{e}");
+}
