@@ -49,24 +49,12 @@ pub fn obtain(
     opts: &FetchOptions,
 ) -> Result<Obtained, VariantError> {
     let spec = reg.get(name)?;
-    if spec.engine == Engine::Served {
-        // Nothing to fetch: the backend opens the endpoint.
-        return Ok(Obtained {
-            path: PathBuf::new(),
-            format: spec.format,
-            tokenizer: spec.tokenizer.clone(),
-            context_length: spec.context_length,
-            lineage: spec.distilled_from.as_ref().map(|t| Lineage {
-                relation: "distilled_from".into(),
-                parent: t.clone(),
-                ..Lineage::default()
-            }),
-            report: None,
-            key: None,
-        });
-    }
     let Some(parent) = &spec.parent else {
-        let path = fetch_model(reg, name, home, opts)?;
+        // A served model has nothing to fetch: the backend opens its endpoint.
+        let path = match spec.engine {
+            Engine::Served => PathBuf::new(),
+            Engine::Local => fetch_model(reg, name, home, opts)?,
+        };
         return Ok(Obtained {
             path,
             format: spec.format,

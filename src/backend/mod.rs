@@ -76,6 +76,12 @@ pub trait Scorer {
     fn kv_bytes_per_token(&self) -> Option<usize> {
         None
     }
+    /// Whether the model computes in this process, so that this process's
+    /// memory and energy are the model's. `false` for a served model: its
+    /// cells record them as unavailable, never as the client's.
+    fn computes_locally(&self) -> bool {
+        true
+    }
     /// Documents to hand over per [`Self::score_docs`] call: results are
     /// written after each call, so a failure loses at most these.
     fn docs_per_call(&self) -> usize {

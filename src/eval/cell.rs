@@ -146,7 +146,14 @@ pub fn run_cell(
     }
     pb.finish_and_clear();
     let scoring_s = scoring.elapsed().as_secs_f64();
-    let measured = probe.finish(n_todo > 0);
+    let mut measured = probe.finish(n_todo > 0);
+    if !scorer.computes_locally() {
+        // This process only waited on the model: its memory and energy
+        // are not the model's.
+        measured.peak_rss = None;
+        measured.energy = None;
+        measured.gpu_energy = None;
+    }
     let gpu = measured.gpu_energy;
     let energy = measured.energy.map(|r| CellEnergy {
         method: r.method,

@@ -11,5 +11,6 @@ mod parquet;
 mod report;
 mod safetensors;
 mod served;
+mod served_real;
 mod task_reference;
 mod variants;

@@ -100,38 +100,33 @@ pub fn open(
 /// endpoint that does not answer at all is an error here, before any cell.
 fn describe(client: &Client, api: Api) -> Result<(Option<String>, Option<usize>), BackendError> {
     let fail = |e: http::HttpError| engine_error(format!("the endpoint does not answer: {e}"));
-    match api {
-        Api::LlamaServer => {
-            let props = client.get("/props").map_err(fail)?.json;
-            let version = props
-                .get("build_info")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let n_ctx = props
-                .pointer("/default_generation_settings/n_ctx")
-                .or_else(|| props.get("n_ctx"))
-                .and_then(Value::as_u64)
-                .map(|n| n as usize);
-            Ok((version, n_ctx))
-        }
-        Api::Tgi => {
-            let info = client.get("/info").map_err(fail)?.json;
-            let version = info
-                .get("version")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            let n_ctx = info
-                .get("max_input_tokens")
-                .or_else(|| info.get("max_input_length"))
-                .and_then(Value::as_u64)
-                .map(|n| n as usize);
-            Ok((version, n_ctx))
-        }
+    // (path, version key, context-window keys) of the APIs that describe themselves.
+    let (path, version_key, ctx_keys): (&str, &str, &[&str]) = match api {
+        Api::LlamaServer => (
+            "/props",
+            "/build_info",
+            &["/default_generation_settings/n_ctx", "/n_ctx"],
+        ),
+        Api::Tgi => (
+            "/info",
+            "/version",
+            &["/max_input_tokens", "/max_input_length"],
+        ),
         _ => {
             client.get("/v1/models").map_err(fail)?;
-            Ok((None, None))
+            return Ok((None, None));
         }
-    }
+    };
+    let v = client.get(path).map_err(fail)?.json;
+    let version = v
+        .pointer(version_key)
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let n_ctx = ctx_keys
+        .iter()
+        .find_map(|k| v.pointer(k).and_then(Value::as_u64))
+        .map(|n| n as usize);
+    Ok((version, n_ctx))
 }
 
 impl ServedScorer {
@@ -238,5 +233,9 @@ impl Scorer for ServedScorer {
 
     fn docs_per_call(&self) -> usize {
         self.concurrency
+    }
+
+    fn computes_locally(&self) -> bool {
+        false
     }
 }
