@@ -176,6 +176,9 @@ pub struct CellResult {
     /// Samples scored in an earlier, resumed invocation.
     pub resumed_samples: usize,
     pub error: Option<String>,
+    /// A served model's requests, tokens and cost in this invocation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served: Option<ServedStats>,
 }
 
 /// Energy of a cell: total, per document, per 1k tokens, and CO2e.
@@ -199,6 +202,27 @@ pub struct CellEnergy {
 pub struct GpuEnergy {
     pub energy_j: f64,
     pub note: String,
+}
+
+/// What a served model's cell cost: requests, tokens, latency per request
+/// and money, over the documents scored in this invocation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServedStats {
+    pub requests: usize,
+    /// Prompt tokens sent and tokens generated, as billed per token.
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    /// Per request, from sending it to the end of the response.
+    pub request_latency: Option<LatencyStats>,
+    /// Median time to the response's headers.
+    pub ttfb_p50_ms: Option<f64>,
+    /// Requests answered per second of the cell's scoring, at the
+    /// configured concurrency.
+    pub requests_per_s: Option<f64>,
+    /// From the model's `price`, when it has one.
+    pub cost: Option<f64>,
+    pub cost_per_1k_docs: Option<f64>,
+    pub currency: Option<String>,
 }
 
 /// Summary of per-document latencies.
@@ -274,6 +298,7 @@ impl CellResult {
             energy: None,
             resumed_samples: 0,
             error: Some(err.to_string()),
+            served: None,
         }
     }
 }

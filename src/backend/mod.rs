@@ -25,6 +25,19 @@ pub struct ChoiceScore {
     pub n_tokens: usize,
 }
 
+/// One request a served model answered for a document.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RequestStat {
+    /// From sending the request to the end of the response.
+    pub ms: f64,
+    /// From sending the request to the response's headers.
+    pub ttfb_ms: f64,
+    /// Tokens of the prompt sent (what a per-token price bills).
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub completion_tokens: usize,
+}
+
 /// Scores of all choices of one document.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DocScore {
@@ -39,6 +52,9 @@ pub struct DocScore {
     /// its own forwards' time, or, when it shared a packed forward, that
     /// forward's time × its share of the tokens.
     pub shared_ms: Option<f64>,
+    /// The requests a served model answered for this document (empty for
+    /// a local engine).
+    pub requests: Vec<RequestStat>,
 }
 
 /// A scoring failure, engine-neutral: the tokenizer's, or the engine's own

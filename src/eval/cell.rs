@@ -9,14 +9,15 @@ use std::time::Instant;
 use serde_json::{Map, Value};
 
 use super::EvalError;
-use crate::backend::Scorer;
+use crate::backend::{RequestStat, Scorer};
 use crate::measure::{CellProbe, MeasureOptions};
 use crate::metrics::{aggregate, score_sample, AggregateOptions, Metric, SampleScore};
 use crate::plan::PreparedTask;
 use crate::record::{
     read_samples, samples_path, CellEnergy, CellResult, CellStatus, LatencyStats, MetricValue,
-    SampleRecord, SampleWriter,
+    SampleRecord, SampleWriter, ServedStats,
 };
+use crate::spec::endpoint::Price;
 use crate::task::Instance;
 
 fn sample_metrics(metrics: &[Metric], s: &SampleScore) -> Map<String, Value> {
@@ -65,6 +66,7 @@ pub fn run_cell(
     run_dir: &Path,
     bootstrap_iters: usize,
     measure: MeasureOptions,
+    price: Option<&Price>,
 ) -> Result<CellResult, EvalError> {
     let t0 = Instant::now();
     let probe = CellProbe::start(&measure);
@@ -97,6 +99,7 @@ pub fn run_cell(
     let mut forwarded = 0;
     let mut peak_cached = 0;
     let mut latencies = Vec::with_capacity(todo.len());
+    let mut request_stats: Vec<RequestStat> = Vec::new();
     let n_todo = todo.len();
     let scoring = Instant::now();
     for chunk in todo.chunks(scorer.docs_per_call().clamp(1, DOCS_PER_CALL)) {
@@ -139,6 +142,7 @@ pub fn run_cell(
             })?;
             truncated += usize::from(doc.truncated);
             forwarded += doc.tokens_forwarded;
+            request_stats.extend_from_slice(&doc.requests);
             peak_cached = peak_cached.max(doc.peak_cached_tokens);
             scores.insert(inst.doc_id, s);
             pb.inc(1);
@@ -202,6 +206,38 @@ pub fn run_cell(
         energy,
         resumed_samples: resumed,
         error: None,
+        served: served_stats(&request_stats, n_todo, scoring_s, price),
+    })
+}
+
+/// The requests of a served model's cell summed up; `None` for a local one.
+fn served_stats(
+    requests: &[RequestStat],
+    docs: usize,
+    scoring_s: f64,
+    price: Option<&Price>,
+) -> Option<ServedStats> {
+    if requests.is_empty() {
+        return None;
+    }
+    let prompt_tokens: u64 = requests.iter().map(|r| r.prompt_tokens as u64).sum();
+    let completion_tokens: u64 = requests.iter().map(|r| r.completion_tokens as u64).sum();
+    let cost = price.map(|p| {
+        (prompt_tokens as f64 * p.input_per_mtok + completion_tokens as f64 * p.output_per_mtok)
+            / 1e6
+    });
+    let ms: Vec<f64> = requests.iter().map(|r| r.ms).collect();
+    let ttfb: Vec<f64> = requests.iter().map(|r| r.ttfb_ms).collect();
+    Some(ServedStats {
+        requests: requests.len(),
+        prompt_tokens,
+        completion_tokens,
+        request_latency: LatencyStats::from_ms(&ms, 0),
+        ttfb_p50_ms: LatencyStats::from_ms(&ttfb, 0).map(|l| l.p50_ms),
+        requests_per_s: (scoring_s > 0.0).then(|| requests.len() as f64 / scoring_s),
+        cost,
+        cost_per_1k_docs: cost.filter(|_| docs > 0).map(|c| c * 1000.0 / docs as f64),
+        currency: price.map(|p| p.currency.clone()),
     })
 }
 

@@ -160,6 +160,7 @@ pub fn execute(
                 &run_dir,
                 cfg.bootstrap_iters,
                 measure,
+                models.get(model).ok().and_then(|s| s.price.as_ref()),
             ) {
                 Ok(c) => c,
                 Err(e) => {

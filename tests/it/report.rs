@@ -113,6 +113,7 @@ fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
         }),
         resumed_samples: 0,
         error: None,
+        served: None,
     }
 }
 

@@ -438,3 +438,101 @@ fn an_endpoint_that_does_not_answer_fails_when_opened() {
     let e = open(&reg).err().expect("nothing listens");
     assert!(e.contains("does not answer"), "{e}");
 }
+
+/// A llama-server stand-in for any text: a byte is a token (id = byte + 1,
+/// BOS = 0), and the model's log-probability of token t is `-(t % 13) / 10 - 0.1`.
+fn byte_server(req: &Req, _n: usize) -> (u16, Vec<(String, String)>, String) {
+    let ok = |v: Value| (200, vec![], v.to_string());
+    match req.path.as_str() {
+        "/props" => ok(json!({"build_info": "bytes", "n_ctx": 8192})),
+        "/tokenize" => {
+            let text = req.body["content"].as_str().unwrap_or("");
+            let mut t: Vec<u64> = text.bytes().map(|b| u64::from(b) + 1).collect();
+            if req.body["add_special"].as_bool() == Some(true) {
+                t.insert(0, 0);
+            }
+            ok(json!({ "tokens": t }))
+        }
+        "/completion" => {
+            let target = req.body["logit_bias"][0][0].as_u64().unwrap_or(0);
+            ok(json!({"completion_probabilities": [{
+                "id": target, "logprob": -((target % 13) as f64) / 10.0 - 0.1,
+                "top_logprobs": [{"id": 33, "logprob": -0.1}]}]}))
+        }
+        _ => (404, vec![], "{}".into()),
+    }
+}
+
+#[test]
+fn a_served_run_records_requests_tokens_and_cost_and_no_local_figures() {
+    let stand = Stand::start(Box::new(byte_server));
+    let tmp = tempfile::tempdir().expect("tmp");
+    let yaml = format!(
+        "models:\n  big:\n    endpoint: {{api: llama-server, base_url: \"{}\", concurrency: 3}}\n    price: {{input_per_mtok: 2.0, output_per_mtok: 8.0}}\n",
+        stand.url()
+    );
+    std::fs::write(tmp.path().join("models.yaml"), yaml).expect("write");
+    let out = tmp.path().join("run");
+    let o = crate::common::bin()
+        .args([
+            "run",
+            "--models",
+            "models.yaml",
+            "--model",
+            "big",
+            "--tasks",
+            "smoke_copa",
+            "--out",
+        ])
+        .arg(&out)
+        .current_dir(tmp.path())
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let samples = crate::common::read_jsonl(&out.join("samples/big/smoke_copa.jsonl"));
+    assert_eq!(samples.len(), 12);
+    // Each continuation token is one request, so the requests are the
+    // continuation tokens; each sends its prefix and generates one token.
+    let tokens: u64 = samples
+        .iter()
+        .flat_map(|s| s["continuation_tokens"].as_array().expect("tokens").clone())
+        .map(|t| t.as_u64().expect("n"))
+        .sum();
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results"))
+            .expect("json");
+    let cell = &results["cells"][0];
+    let served = &cell["served"];
+    assert_eq!(served["requests"].as_u64(), Some(tokens));
+    assert_eq!(served["completion_tokens"].as_u64(), Some(tokens));
+    let prompt = served["prompt_tokens"].as_f64().expect("prompt tokens");
+    let cost = served["cost"].as_f64().expect("cost");
+    assert!(
+        (cost - (prompt * 2.0 + tokens as f64 * 8.0) / 1e6).abs() < 1e-12,
+        "{cost}"
+    );
+    assert_eq!(served["currency"], "USD");
+    assert!(served["request_latency"]["p50_ms"].as_f64().is_some());
+    // This process only waited: no peak RSS or energy of its own.
+    assert!(
+        cell["peak_rss"].is_null() && cell["energy"].is_null(),
+        "{cell}"
+    );
+    assert_eq!(results["models"]["big"]["backend"], "served");
+    // The stand-in's scores, summed per choice as the model gives them.
+    for s in &samples {
+        let conts = s["continuations"].as_array().expect("conts");
+        let ctx = s["context"].as_str().expect("ctx");
+        let lls = s["loglikelihoods"].as_array().expect("lls");
+        for (c, ll) in conts.iter().zip(lls) {
+            let c = c.as_str().expect("c");
+            let trimmed = ctx.trim_end();
+            let cont = format!("{}{c}", &ctx[trimmed.len()..]);
+            let want: f64 = cont
+                .bytes()
+                .map(|b| -(((u64::from(b) + 1) % 13) as f64) / 10.0 - 0.1)
+                .sum();
+            assert!((ll.as_f64().expect("ll") - want).abs() < 1e-9);
+        }
+    }
+}

@@ -84,6 +84,7 @@ fn doc_scores(
             tokens_forwarded: n,
             peak_cached_tokens: total,
             shared_ms: Some(ms * n as f64 / total.max(1) as f64),
+            requests: Vec::new(),
         })
         .collect()
 }
@@ -357,6 +358,7 @@ impl CandleScorer {
                 tokens_forwarded: forwarded,
                 peak_cached_tokens: peak,
                 shared_ms: None,
+                requests: Vec::new(),
             });
         }
         // The context (identical for every choice) is forwarded once; each
@@ -411,6 +413,7 @@ impl CandleScorer {
             tokens_forwarded: forwarded,
             peak_cached_tokens: peak,
             shared_ms: None,
+            requests: Vec::new(),
         })
     }
 }

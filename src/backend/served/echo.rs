@@ -8,7 +8,7 @@
 use serde_json::{json, Value};
 
 use super::http::Client;
-use crate::backend::ChoiceScore;
+use crate::backend::{ChoiceScore, RequestStat};
 
 /// One prompt token as the server returned it.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +34,7 @@ pub fn score(
     model: Option<&str>,
     context: &str,
     continuation: &str,
-) -> Result<(ChoiceScore, f64, usize), String> {
+) -> Result<(ChoiceScore, RequestStat), String> {
     let prompt = format!("{context}{continuation}");
     let (path, body) = match api {
         EchoApi::OpenAi => (
@@ -62,7 +62,20 @@ pub fn score(
         EchoApi::Tgi => tgi_tokens(&reply.json)?,
     };
     let choice = align(&tokens, n_prompt, context, continuation)?;
-    Ok((choice, reply.ms, n_prompt))
+    let completion_tokens = reply
+        .json
+        .pointer("/usage/completion_tokens")
+        .and_then(Value::as_u64)
+        .map_or(1, |n| n as usize);
+    Ok((
+        choice,
+        RequestStat {
+            ms: reply.ms,
+            ttfb_ms: reply.ttfb_ms,
+            prompt_tokens: n_prompt,
+            completion_tokens,
+        },
+    ))
 }
 
 /// OpenAI's `choices[0].logprobs` and `usage.prompt_tokens`.

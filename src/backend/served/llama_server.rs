@@ -12,7 +12,7 @@
 use serde_json::{json, Value};
 
 use super::http::Client;
-use crate::backend::ChoiceScore;
+use crate::backend::{ChoiceScore, RequestStat};
 
 /// A bias that makes the target the sampled token whatever its logit.
 const FORCE: f64 = 1.0e4;
@@ -73,13 +73,12 @@ pub fn encode_pair(
 }
 
 /// One forced step: the log-probability of `target` after `prefix`, and
-/// whether it was the most likely token. Also the request's time (ms) and
-/// the tokens the server evaluated for it.
+/// whether it was the most likely token, with the request's figures.
 pub fn step(
     client: &Client,
     prefix: &[u32],
     target: u32,
-) -> Result<(f64, bool, f64, usize), String> {
+) -> Result<(f64, bool, RequestStat), String> {
     let body = json!({
         "prompt": prefix,
         "n_predict": 1,
@@ -111,28 +110,29 @@ pub fn step(
         .pointer("/top_logprobs/0/id")
         .and_then(Value::as_u64)
         .ok_or("no `top_logprobs`")?;
-    let evaluated = r
-        .json
-        .pointer("/timings/prompt_n")
-        .and_then(Value::as_u64)
-        .map_or(prefix.len(), |n| n as usize);
-    Ok((logprob, top == u64::from(target), r.ms, evaluated))
+    let stat = RequestStat {
+        ms: r.ms,
+        ttfb_ms: r.ttfb_ms,
+        prompt_tokens: prefix.len(),
+        completion_tokens: 1,
+    };
+    Ok((logprob, top == u64::from(target), stat))
 }
 
-/// A continuation's score, token by token after `ctx`.
+/// A continuation's score, token by token after `ctx`, with one request's
+/// figures per token.
 pub fn score(
     client: &Client,
     ctx: &[u32],
     cont: &[u32],
-) -> Result<(ChoiceScore, f64, usize), String> {
+) -> Result<(ChoiceScore, Vec<RequestStat>), String> {
     let mut prefix = ctx.to_vec();
-    let (mut sum, mut greedy, mut ms, mut evaluated) = (0.0, true, 0.0, 0);
+    let (mut sum, mut greedy, mut stats) = (0.0, true, Vec::with_capacity(cont.len()));
     for &t in cont {
-        let (lp, g, m, e) = step(client, &prefix, t)?;
+        let (lp, g, stat) = step(client, &prefix, t)?;
         sum += lp;
         greedy &= g;
-        ms += m;
-        evaluated += e;
+        stats.push(stat);
         prefix.push(t);
     }
     Ok((
@@ -141,7 +141,6 @@ pub fn score(
             is_greedy: greedy,
             n_tokens: cont.len(),
         },
-        ms,
-        evaluated,
+        stats,
     ))
 }

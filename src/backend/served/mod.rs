@@ -133,15 +133,14 @@ impl ServedScorer {
     /// All choices of one document, their time and the tokens evaluated.
     fn score_one(&self, context: &str, continuations: &[String]) -> Result<DocScore, String> {
         let mut choices = Vec::with_capacity(continuations.len());
-        let (mut ms, mut evaluated) = (0.0, 0);
+        let mut requests = Vec::new();
         match self.api {
             Api::LlamaServer => {
                 for c in continuations {
                     let (ctx, cont) = llama_server::encode_pair(&self.client, context, c)?;
-                    let (s, m, e) = llama_server::score(&self.client, &ctx, &cont)?;
+                    let (s, stats) = llama_server::score(&self.client, &ctx, &cont)?;
                     choices.push(s);
-                    ms += m;
-                    evaluated += e;
+                    requests.extend(stats);
                 }
             }
             Api::OpenaiCompletions | Api::Vllm | Api::Sglang | Api::Tgi => {
@@ -155,11 +154,10 @@ impl ServedScorer {
                 let trimmed = context.trim_end();
                 for c in continuations {
                     let cont = format!("{}{c}", &context[trimmed.len()..]);
-                    let (s, m, e) =
+                    let (s, stat) =
                         echo::score(&self.client, api, self.model.as_deref(), trimmed, &cont)?;
                     choices.push(s);
-                    ms += m;
-                    evaluated += e;
+                    requests.push(stat);
                 }
             }
             Api::OpenaiChat => return Err("a chat endpoint has no prompt log-probabilities".into()),
@@ -167,9 +165,10 @@ impl ServedScorer {
         Ok(DocScore {
             choices,
             truncated: false,
-            tokens_forwarded: evaluated,
+            tokens_forwarded: requests.iter().map(|r| r.prompt_tokens).sum(),
             peak_cached_tokens: 0,
-            shared_ms: Some(ms),
+            shared_ms: Some(requests.iter().map(|r| r.ms).sum()),
+            requests,
         })
     }
 }
