@@ -151,6 +151,10 @@ pub struct RunArgs {
     /// Complete an interrupted run in DIR without recomputing its samples
     #[arg(long)]
     pub resume: Option<PathBuf>,
+    /// Start over in an existing --out directory (its samples and results
+    /// are deleted first)
+    #[arg(long)]
+    pub force: bool,
     /// Few-shot sampling seed
     #[arg(long, default_value_t = crate::task::DEFAULT_FEWSHOT_SEED)]
     pub seed: u64,
@@ -178,35 +182,49 @@ pub struct RunArgs {
 pub(crate) fn run_config(a: &RunArgs) -> Result<RunConfig> {
     if let Some(dir) = &a.resume {
         let rec = crate::record::RunRecord::read(dir)?;
-        let cfg: RunConfig = serde_json::from_value(rec.config).with_context(|| {
+        let stored: RunConfig = serde_json::from_value(rec.config).with_context(|| {
             format!(
                 "{}: results.json has no usable `config` to resume",
                 dir.display()
             )
         })?;
-        return Ok(cfg);
+        if let Some(flag) = resume_conflict(a, &stored) {
+            bail!(
+                "--resume {}: {flag} differs from the run's own settings (results.json `config`); drop it to resume, or start a new run with --out",
+                dir.display()
+            );
+        }
+        return Ok(RunConfig {
+            threads: a.threads.unwrap_or(stored.threads),
+            ..stored
+        });
     }
-    let threads = match a.threads {
-        Some(0) => bail!("--threads 0: give at least 1 thread (or omit it for all cores)"),
-        Some(n) => n,
-        None => super::pool::default_threads(),
-    };
+    let threads = check_threads(a.threads)?;
     if !(a.cpu_watts.is_finite() && a.cpu_watts > 0.0) {
         bail!(
             "--cpu-watts {}: give a positive power in watts",
             a.cpu_watts
         );
     }
+    if !(a.grid_intensity.is_finite() && a.grid_intensity >= 0.0) {
+        bail!(
+            "--grid-intensity {}: give the grid's carbon intensity as a finite number of g CO2e per kWh, 0 or more",
+            a.grid_intensity
+        );
+    }
     if a.limit == Some(0) {
         bail!("--limit 0 scores nothing: give at least 1 (or omit it for all documents)");
     }
-    let tasks = if !a.tasks.is_empty() {
+    let tasks: Vec<String> = if !a.tasks.is_empty() {
         a.tasks.iter().filter(|t| !t.is_empty()).cloned().collect()
     } else if a.data_dir.is_some() {
         vec!["default".to_string()]
     } else {
         vec!["smoke".to_string()]
     };
+    if tasks.is_empty() {
+        bail!("--tasks names no task: give task or group names, e.g. --tasks copa,arc_easy (`slmbench ls tasks` lists them)");
+    }
     Ok(RunConfig {
         models: a.model.clone(),
         models_file: a.registry.models.clone(),
@@ -224,4 +242,81 @@ pub(crate) fn run_config(a: &RunArgs) -> Result<RunConfig> {
         shard: a.shard,
         pack_tokens: a.pack_tokens,
     })
+}
+
+/// More compute threads than this many per logical core are refused: they
+/// only add contention (and thousands of them exhaust the machine).
+pub(crate) const MAX_THREADS_PER_CORE: usize = 4;
+
+/// `--threads`: at least 1, at most [`MAX_THREADS_PER_CORE`] × the logical
+/// cores; all logical cores when not given.
+pub(crate) fn check_threads(t: Option<usize>) -> Result<usize> {
+    let cores = super::pool::default_threads();
+    match t {
+        Some(0) => bail!("--threads 0: give at least 1 thread (or omit it for all cores)"),
+        Some(n) if n > MAX_THREADS_PER_CORE * cores => bail!(
+            "--threads {n}: this machine has {cores} logical cores; give at most {} (more threads only contend)",
+            MAX_THREADS_PER_CORE * cores
+        ),
+        Some(n) => Ok(n),
+        None => Ok(cores),
+    }
+}
+
+/// The first flag given with `--resume` that disagrees with the stored run.
+fn resume_conflict(a: &RunArgs, s: &RunConfig) -> Option<&'static str> {
+    let differs = |given: bool, same: bool| given && !same;
+    let tasks: Vec<String> = a.tasks.iter().filter(|t| !t.is_empty()).cloned().collect();
+    [
+        (differs(!a.model.is_empty(), a.model == s.models), "--model"),
+        (differs(!a.tasks.is_empty(), tasks == s.tasks), "--tasks"),
+        (
+            differs(!a.suite.is_empty(), a.suite == s.suite_files),
+            "--suite",
+        ),
+        (
+            differs(
+                a.registry.models.is_some(),
+                a.registry.models == s.models_file,
+            ),
+            "--models",
+        ),
+        (
+            differs(a.data_dir.is_some(), a.data_dir == s.data_dir),
+            "--data-dir",
+        ),
+        (differs(a.limit.is_some(), a.limit == s.limit), "--limit"),
+        (
+            differs(a.num_fewshot.is_some(), a.num_fewshot == s.num_fewshot),
+            "--num-fewshot",
+        ),
+        (differs(a.dtype.is_some(), a.dtype == s.dtype), "--dtype"),
+        (differs(a.shard.is_some(), a.shard == s.shard), "--shard"),
+        (differs(a.out.is_some(), false), "--out"),
+        (differs(a.force, false), "--force"),
+        (
+            a.seed != s.seed && a.seed != crate::task::DEFAULT_FEWSHOT_SEED,
+            "--seed",
+        ),
+        (
+            a.bootstrap_iters != s.bootstrap_iters && a.bootstrap_iters != 1000,
+            "--bootstrap-iters",
+        ),
+        (
+            a.cpu_watts != s.cpu_watts
+                && a.cpu_watts != crate::measure::energy::DEFAULT_CPU_WATTS_PER_CORE,
+            "--cpu-watts",
+        ),
+        (
+            a.grid_intensity != s.grid_g_per_kwh
+                && a.grid_intensity != crate::measure::energy::DEFAULT_GRID_G_PER_KWH,
+            "--grid-intensity",
+        ),
+        (
+            a.pack_tokens != s.pack_tokens && a.pack_tokens != crate::backend::DEFAULT_PACK_TOKENS,
+            "--pack-tokens",
+        ),
+    ]
+    .into_iter()
+    .find_map(|(bad, flag)| bad.then_some(flag))
 }

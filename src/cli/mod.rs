@@ -67,6 +67,9 @@ pub enum Command {
         /// Destination file
         #[arg(long)]
         out: PathBuf,
+        /// Overwrite the destination if it exists
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         registry: RegistryArgs,
     },
@@ -118,8 +121,9 @@ pub fn main_with(cli: Cli) -> Result<i32> {
         Command::Export {
             name,
             out,
+            force,
             registry,
-        } => cmd::export::export(&name, &out, &registry),
+        } => cmd::export::export(&name, &out, force, &registry),
         Command::Variants {
             names,
             registry,

@@ -187,6 +187,19 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
     if name.trim().is_empty() {
         return Err(spec_err(file, "task", "empty name", "give the task a name"));
     }
+    // The name becomes a file name of the run directory.
+    if name.starts_with('.')
+        || name
+            .chars()
+            .any(|c| matches!(c, '/' | '\\' | ':' | '\0') || c.is_control())
+    {
+        return Err(spec_err(
+            file,
+            "task",
+            format!("`{name}` cannot be a file name (it names the task's samples file)"),
+            "use letters, digits, `_`, `-` and `.` (not first)",
+        ));
+    }
     if raw.aggregate_metric_list.is_some() {
         return Err(spec_err(
             file,

@@ -336,3 +336,129 @@ fn bench_prints_rows_in_every_format() {
     assert_eq!(lines[1].split(',').count(), cols, "{}", lines[1]);
     assert!(run("table").contains("| tg4 |"));
 }
+
+/// A run directory holding only its `results.json`, as a run interrupted
+/// before its first sample leaves it.
+fn stored_run(s: &Sandbox, dir: &str) -> PathBuf {
+    let cfg = slmbench::plan::RunConfig {
+        models: vec!["smollm2-135m-instruct".into()],
+        models_file: None,
+        tasks: vec!["smoke".into()],
+        suite_files: vec![],
+        data_dir: None,
+        limit: Some(3),
+        num_fewshot: None,
+        dtype: None,
+        threads: 1,
+        seed: slmbench::task::DEFAULT_FEWSHOT_SEED,
+        bootstrap_iters: 1000,
+        cpu_watts: slmbench::measure::energy::DEFAULT_CPU_WATTS_PER_CORE,
+        grid_g_per_kwh: slmbench::measure::energy::DEFAULT_GRID_G_PER_KWH,
+        shard: None,
+        pack_tokens: slmbench::backend::DEFAULT_PACK_TOKENS,
+    };
+    let rec = slmbench::record::RunRecord {
+        run_id: dir.into(),
+        status: "running".into(),
+        started_at: "2026-12-07T00:00:00+00:00".into(),
+        finished_at: None,
+        wall_time_s: 0.0,
+        config: serde_json::to_value(&cfg).expect("config"),
+        environment: Default::default(),
+        models: Default::default(),
+        cells: vec![],
+        versions: Default::default(),
+    };
+    let path = s.path().join(dir);
+    std::fs::create_dir_all(&path).expect("mkdir");
+    rec.write(&path).expect("write results.json");
+    path
+}
+
+#[test]
+fn out_on_an_existing_run_directory_needs_resume_or_force() {
+    let s = Sandbox::new();
+    stored_run(&s, "r");
+    assert_error(
+        &s.run(&["run", "--out", "r", "--limit", "2"]),
+        &["--out r", "--resume r", "--force"],
+    );
+    // The refused run left the directory as it was.
+    assert!(s.path().join("r/results.json").is_file());
+}
+
+#[test]
+fn resume_with_a_conflicting_flag_names_it() {
+    let s = Sandbox::new();
+    stored_run(&s, "r");
+    assert_error(
+        &s.run(&["run", "--resume", "r", "--num-fewshot", "2"]),
+        &["--resume r", "--num-fewshot"],
+    );
+    assert_error(
+        &s.run(&["run", "--resume", "r", "--limit", "5"]),
+        &["--limit"],
+    );
+    assert_error(
+        &s.run(&["run", "--resume", "r", "--dtype", "f32"]),
+        &["--dtype"],
+    );
+    assert_error(
+        &s.run(&["run", "--resume", "r", "--out", "other"]),
+        &["--out"],
+    );
+}
+
+#[test]
+fn thread_counts_past_the_machine_are_refused() {
+    let s = Sandbox::new();
+    assert_error(
+        &s.run(&["run", "--threads", "10000"]),
+        &["--threads 10000", "logical cores"],
+    );
+    assert_error(
+        &s.run(&["bench", "--model", "smollm2-135m-instruct", "-t", "100000"]),
+        &["--threads 100000"],
+    );
+}
+
+#[test]
+fn grid_intensity_must_be_finite_and_not_negative() {
+    let s = Sandbox::new();
+    for v in ["inf", "NaN", "1e309", "-100"] {
+        assert_error(
+            &s.run(&["run", &format!("--grid-intensity={v}")]),
+            &["--grid-intensity"],
+        );
+    }
+}
+
+#[test]
+fn an_empty_task_selection_is_an_error() {
+    let s = Sandbox::new();
+    assert_error(&s.run(&["run", "--tasks", ""]), &["--tasks", "no task"]);
+}
+
+#[test]
+fn task_names_that_are_not_file_names_are_refused() {
+    let s = Sandbox::new();
+    for name in ["../../../x", "/tmp/abs", ".hidden", "a\\\\b"] {
+        let yaml = format!("task: \"{name}\"\ndataset_path: x\noutput_type: multiple_choice\ndoc_to_text: q\ndoc_to_choice: [a, b]\ndoc_to_target: 0\n");
+        s.write("t.yaml", &yaml);
+        assert_error(&s.run(&["validate", "t.yaml"]), &["t.yaml", "file name"]);
+    }
+}
+
+#[test]
+fn export_does_not_overwrite_without_force() {
+    let s = Sandbox::new();
+    s.write("exists.gguf", "keep me");
+    assert_error(
+        &s.run(&["export", "smollm2-135m-instruct", "--out", "exists.gguf"]),
+        &["exists.gguf", "--force"],
+    );
+    assert_eq!(
+        std::fs::read_to_string(s.path().join("exists.gguf")).expect("read"),
+        "keep me"
+    );
+}

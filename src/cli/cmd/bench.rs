@@ -12,8 +12,8 @@ use crate::model::fetch::FetchOptions;
 
 /// `bench`: one child process per thread count, rows merged and rendered.
 pub fn bench(a: &BenchArgs) -> Result<i32> {
-    if a.threads.contains(&0) {
-        bail!("--threads 0: give at least 1 thread");
+    for &t in &a.threads {
+        crate::cli::args::check_threads(Some(t))?;
     }
     if a.reps == 0 {
         bail!("-r 0: give at least 1 repetition");

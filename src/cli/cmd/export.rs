@@ -7,7 +7,13 @@ use anyhow::{bail, Context, Result};
 
 use crate::cli::args::RegistryArgs;
 
-pub fn export(name: &str, out: &Path, registry: &RegistryArgs) -> Result<i32> {
+pub fn export(name: &str, out: &Path, force: bool, registry: &RegistryArgs) -> Result<i32> {
+    if out.exists() && !force {
+        bail!(
+            "--out {}: the file exists; pass --force to overwrite it, or another --out",
+            out.display()
+        );
+    }
     let reg = registry.load()?;
     let got = super::obtain(&reg, name)?;
     if !got.path.is_file() {

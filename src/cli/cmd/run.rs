@@ -1,7 +1,9 @@
 //! `slmbench run`: flags to a plan, the plan run on a compute pool, then the
 //! summary, the variants against their parents, and where the results are.
 
-use anyhow::{bail, Result};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
 
 use crate::cli::args::{run_config, RunArgs};
 use crate::cli::pool::in_pool;
@@ -9,6 +11,9 @@ use crate::model::fetch::FetchOptions;
 
 pub fn run(a: RunArgs) -> Result<i32> {
     let mut cfg = run_config(&a)?;
+    if let (Some(out), None) = (&a.out, &a.resume) {
+        claim_out_dir(out, a.force)?;
+    }
     if cfg.models.is_empty() {
         let reg = crate::plan::model_registry(cfg.models_file.as_deref())?;
         match reg.default.clone() {
@@ -36,4 +41,40 @@ pub fn run(a: RunArgs) -> Result<i32> {
         outcome.run_dir.display()
     );
     Ok(if outcome.failed_cells > 0 { 2 } else { 0 })
+}
+
+/// A new run may not reuse a directory that already holds something: its
+/// samples would be taken for this run's. `--force` starts over in it.
+fn claim_out_dir(out: &Path, force: bool) -> Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(out) else {
+        return Ok(());
+    };
+    if entries.next().is_none() {
+        return Ok(());
+    }
+    if !force {
+        bail!(
+            "--out {}: the folder is not empty (a run directory?); pass --resume {} to complete that run, --force to start over in it, or another --out",
+            out.display(),
+            out.display()
+        );
+    }
+    for name in ["samples", "results.json", "results.csv"] {
+        let p = out.join(name);
+        let gone = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+        if let Err(e) = gone {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e).with_context(|| format!("--force: cannot remove {}", p.display()));
+            }
+        }
+    }
+    eprintln!(
+        "--force: starting over in {} (its samples and results were removed)",
+        out.display()
+    );
+    Ok(())
 }
