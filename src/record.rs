@@ -114,8 +114,12 @@ pub fn read_samples(path: &Path) -> Result<Vec<SampleRecord>, RecordError> {
                 out.push(r);
                 good_bytes += line.len() as u64 + 1;
             }
-            // Only a torn final line (a run killed mid-write) is tolerated.
-            Err(_) if Some(i) == last_content => torn = true,
+            // Only a torn final line (a run killed mid-write) is tolerated;
+            // the file is cut right after the last good line.
+            Err(_) if Some(i) == last_content => {
+                torn = true;
+                break;
+            }
             Err(e) => {
                 return Err(RecordError::Format {
                     path: path.to_path_buf(),
@@ -606,6 +610,25 @@ mod tests {
         let mut w = SampleWriter::open(&p).expect("open");
         w.append(&rec(2)).expect("append");
         assert_eq!(read_samples(&p).expect("read").len(), 3);
+    }
+
+    #[test]
+    fn a_bad_last_line_ending_in_a_newline_is_cut_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("t.jsonl");
+        let mut w = SampleWriter::open(&p).expect("open");
+        w.append(&rec(0)).expect("append");
+        drop(w);
+        let good = std::fs::read(&p).expect("read");
+        let mut f = OpenOptions::new().append(true).open(&p).expect("open");
+        f.write_all(b"garbage\n").expect("write");
+        drop(f);
+        assert_eq!(read_samples(&p).expect("read"), vec![rec(0)]);
+        // Not one byte of the bad line is left to glue onto the next record.
+        assert_eq!(std::fs::read(&p).expect("read"), good);
+        let mut w = SampleWriter::open(&p).expect("open");
+        w.append(&rec(1)).expect("append");
+        assert_eq!(read_samples(&p).expect("read"), vec![rec(0), rec(1)]);
     }
 
     #[test]
