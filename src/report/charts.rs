@@ -366,6 +366,10 @@ pub fn all_charts(runs: &[Run], points: &[ModelPoint]) -> Result<Vec<Chart>, Rep
         .iter()
         .find_map(|p| p.energy_method.clone())
         .unwrap_or_else(|| "n/a".into());
+    let currency = points
+        .iter()
+        .find_map(|p| p.currency.clone())
+        .unwrap_or_else(|| "n/a".into());
     let specs = [
         (
             "score_vs_latency",
@@ -414,6 +418,16 @@ pub fn all_charts(runs: &[Run], points: &[ModelPoint]) -> Result<Vec<Chart>, Rep
                 "Score vs model file size",
                 "file size (bytes, log scale)",
                 |p| p.file_bytes.map(|n| n as f64),
+                true,
+            ),
+        ),
+        (
+            "score_vs_cost",
+            scatter(
+                points,
+                "Score vs cost (served models with a price)",
+                &format!("cost per 1,000 documents ({currency}, log scale)"),
+                |p| p.cost_per_1k_docs,
                 true,
             ),
         ),

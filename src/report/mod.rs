@@ -240,6 +240,9 @@ pub struct ModelPoint {
     pub energy_method: Option<String>,
     pub file_bytes: Option<u64>,
     pub n_params: Option<u64>,
+    /// A served model's cost per 1,000 documents, from its `price`.
+    pub cost_per_1k_docs: Option<f64>,
+    pub currency: Option<String>,
 }
 
 /// Per-model points over the successful cells of `runs`.
@@ -256,6 +259,9 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
         energy_method: Option<String>,
         file_bytes: Option<u64>,
         n_params: Option<u64>,
+        cost: f64,
+        cost_docs: usize,
+        currency: Option<String>,
     }
     let mut by: BTreeMap<String, Acc> = BTreeMap::new();
     for (i, c) in ok_cells(runs) {
@@ -276,6 +282,11 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
             a.energy_method = serde_json::to_value(e.method)
                 .ok()
                 .and_then(|v| v.as_str().map(String::from));
+        }
+        if let Some((cost, s)) = c.served.as_ref().and_then(|s| Some((s.cost?, s))) {
+            a.cost += cost;
+            a.cost_docs += c.n.saturating_sub(c.resumed_samples);
+            a.currency.clone_from(&s.currency);
         }
         if let Some(m) = runs[i].record.models.get(&c.model) {
             a.file_bytes = m.file_bytes;
@@ -304,6 +315,8 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
                 energy_method: a.energy_method,
                 file_bytes: a.file_bytes,
                 n_params: a.n_params,
+                cost_per_1k_docs: (a.cost_docs > 0).then(|| a.cost * 1000.0 / a.cost_docs as f64),
+                currency: a.currency,
             }
         })
         .collect()

@@ -519,6 +519,19 @@ fn a_served_run_records_requests_tokens_and_cost_and_no_local_figures() {
         "{cell}"
     );
     assert_eq!(results["models"]["big"]["backend"], "served");
+    // The report draws score against cost for a model with a price.
+    let rep = tmp.path().join("rep");
+    let o = crate::common::bin()
+        .args(["report"])
+        .arg(&out)
+        .arg("--out")
+        .arg(&rep)
+        .output()
+        .expect("report");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(rep.join("score_vs_cost.svg").is_file());
+    let html = std::fs::read_to_string(rep.join("report.html")).expect("html");
+    assert!(html.contains("Score vs cost"));
     // The stand-in's scores, summed per choice as the model gives them.
     for s in &samples {
         let conts = s["continuations"].as_array().expect("conts");
