@@ -163,34 +163,50 @@ pub fn tgi_tokens(v: &Value) -> Result<(Vec<EchoToken>, usize), String> {
     Ok((tokens, n))
 }
 
-/// The continuation's tokens among the prompt's `tokens[..n_prompt]`: those
-/// after the context's text, which must spell the continuation exactly.
-/// Special tokens the server puts in front (a BOS whose text is not in the
-/// prompt) are recognised by the text not lining up at the start.
+/// The continuation's tokens among the prompt's: the tokens that spell
+/// `context + continuation` exactly (after any leading special tokens the
+/// server echoes, such as a BOS), checked against the server's count of
+/// prompt tokens `n_prompt` — equal to it, or one less when the server
+/// counts a BOS it does not echo (llama-cpp-python). Then those after the
+/// context's text, which must spell the continuation exactly.
 pub fn align(
     tokens: &[EchoToken],
     n_prompt: usize,
     context: &str,
     continuation: &str,
 ) -> Result<ChoiceScore, String> {
-    let prompt = &tokens[..n_prompt.min(tokens.len())];
     let full = format!("{context}{continuation}");
-    // Where the prompt's text starts among the tokens: skip leading tokens
-    // (BOS) whose text is not a prefix of the prompt.
-    let joined: String = prompt.iter().map(|t| t.text.as_str()).collect();
-    let start = (0..prompt.len())
-        .find(|&i| {
-            let rest: String = prompt[i..].iter().map(|t| t.text.as_str()).collect();
-            rest == full
-        })
-        .ok_or_else(|| {
-            format!(
-                "the {} prompt tokens spell {:?}, not the prompt {:?}",
-                prompt.len(),
-                clip(&joined),
-                clip(&full)
-            )
-        })?;
+    // (start, end): the first run of tokens whose text is the prompt.
+    let span = (0..tokens.len()).find_map(|i| {
+        let mut acc = String::new();
+        for (k, t) in tokens.iter().enumerate().skip(i) {
+            acc.push_str(&t.text);
+            if acc == full {
+                return Some((i, k + 1));
+            }
+            if !full.starts_with(acc.as_str()) {
+                return None;
+            }
+        }
+        None
+    });
+    let Some((start, end)) = span else {
+        let joined: String = tokens.iter().map(|t| t.text.as_str()).collect();
+        return Err(format!(
+            "the {} returned tokens spell {:?}, not the prompt {:?}",
+            tokens.len(),
+            clip(&joined),
+            clip(&full)
+        ));
+    };
+    let unechoed_bos = start == 0 && n_prompt == end + 1;
+    if n_prompt != end && !unechoed_bos {
+        return Err(format!(
+            "the server counts {n_prompt} prompt tokens but {} returned tokens spell the prompt",
+            end - start
+        ));
+    }
+    let prompt = &tokens[..end];
     let mut at = 0usize;
     let mut first = None;
     for (i, t) in prompt.iter().enumerate().skip(start) {
@@ -286,10 +302,26 @@ mod tests {
         assert!(align(&t, 3, "The sky", " is blue").is_err());
         // The tokens spell another text.
         assert!(align(&t, 3, "The sea is", " blue").is_err());
-        // The prompt count leaves the continuation out.
+        // The server's prompt count disagrees with the tokens that spell it.
         assert!(align(&t, 2, "The sky is", " blue").is_err());
+        assert!(align(&t, 5, "The sky is", " blue").is_err());
         // The first token has no log-probability and cannot be scored.
         assert!(align(&t[..1], 1, "", "The").is_err());
+    }
+
+    #[test]
+    fn a_bos_counted_but_not_echoed_is_accepted() {
+        // llama-cpp-python: usage counts BOS, the tokens start at the text.
+        let t = vec![
+            tok("The", None),
+            tok(" sky", Some(-2.0)),
+            tok(" blue", Some(-0.25)),
+            tok(" The", Some(-1.0)),
+        ];
+        let c = align(&t, 4, "The sky", " blue").expect("aligned");
+        assert_eq!((c.n_tokens, c.loglikelihood), (1, -0.25));
+        // Two more than the spelled prompt is not a BOS: refused.
+        assert!(align(&t, 5, "The sky", " blue").is_err());
     }
 
     #[test]
