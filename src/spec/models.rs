@@ -224,7 +224,7 @@ impl Registry {
         }
         self.validate_lineage()?;
         for (name, m) in self.models.iter_mut() {
-            Self::validate_served(name, m).map_err(|e| invalid(name, e))?;
+            Self::validate_served(m).map_err(|e| invalid(name, e))?;
         }
         for (name, m) in &self.models {
             let parent = m.parent.as_deref().and_then(|p| self.models.get(p));
@@ -283,8 +283,7 @@ impl Registry {
 
     /// A served model: an endpoint that checks out and none of a file's
     /// keys; `engine` follows from `endpoint`.
-    fn validate_served(name: &str, m: &mut ModelSpec) -> Result<(), String> {
-        let _ = name;
+    fn validate_served(m: &mut ModelSpec) -> Result<(), String> {
         if let Some(p) = &m.price {
             p.check()?;
         }
