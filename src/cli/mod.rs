@@ -87,6 +87,18 @@ pub enum Command {
         #[arg(long)]
         summary: bool,
     },
+    /// Print a model's chat template rendered for FILE, a JSON array of
+    /// {"role", "content"} messages (`-` reads stdin); nothing is added
+    Template {
+        #[arg(long)]
+        model: String,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// End with the assistant turn's opening, as for generation
+        #[arg(long)]
+        add_generation_prompt: bool,
+        file: PathBuf,
+    },
     /// Print a model's token ids for TEXT as JSON
     Tokenize {
         #[arg(long)]
@@ -139,5 +151,11 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             registry,
             text,
         } => cmd::tokenize::tokenize(&model, &registry, &text),
+        Command::Template {
+            model,
+            registry,
+            add_generation_prompt,
+            file,
+        } => cmd::template::template(&model, &registry, &file, add_generation_prompt),
     }
 }

@@ -5,6 +5,7 @@
 //! Invariant: nothing here runs a model; candle-core serves only as the
 //! tensor and GGUF library.
 
+pub mod chat;
 pub mod fetch;
 pub mod file;
 pub mod gguf;

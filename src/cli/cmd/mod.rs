@@ -8,6 +8,7 @@ pub mod fetch;
 pub mod ls;
 pub mod report;
 pub mod run;
+pub mod template;
 pub mod tokenize;
 pub mod validate;
 pub mod variants;
