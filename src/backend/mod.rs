@@ -74,6 +74,60 @@ impl ScoreError {
     }
 }
 
+/// One greedy generation asked of a backend.
+#[derive(Debug, Clone, Copy)]
+pub struct GenRequest<'a> {
+    /// The prompt, sent as text (a local engine adds BOS as the model expects).
+    pub prompt: &'a str,
+    /// Stop strings: the text is cut at the first occurrence of any.
+    pub until: &'a [String],
+    /// Most tokens to generate.
+    pub max_gen_toks: usize,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// The model produced its end-of-sequence token.
+    Eos,
+    /// A stop string appeared; the text is cut there.
+    Until,
+    /// `max_gen_toks` tokens were generated.
+    MaxTokens,
+    /// The model's context window was full.
+    Context,
+}
+
+/// One generated answer and its timing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The generated text, cut at the first stop string (not included).
+    pub text: String,
+    pub stop: StopReason,
+    /// Tokens of the prompt as the model saw it.
+    pub prompt_tokens: usize,
+    /// Tokens generated (the EOS token not counted).
+    pub generated_tokens: usize,
+    /// The prompt was left-truncated to leave room for `max_gen_toks`.
+    pub truncated: bool,
+    /// From the start of the request to the first generated token.
+    pub ttft_ms: Option<f64>,
+    /// From the first generated token to the last.
+    pub decode_ms: Option<f64>,
+    /// The requests a served model answered (empty for a local engine).
+    pub requests: Vec<RequestStat>,
+}
+
+impl Generation {
+    /// Tokens per second after the first token, when measurable.
+    pub fn decode_tokens_per_s(&self) -> Option<f64> {
+        let ms = self.decode_ms?;
+        (self.generated_tokens > 1 && ms > 0.0)
+            .then(|| (self.generated_tokens - 1) as f64 * 1e3 / ms)
+    }
+}
+
 /// Something that scores a context against its candidate continuations.
 pub trait Scorer {
     fn score_doc(
@@ -102,6 +156,19 @@ pub trait Scorer {
     /// written after each call, so a failure loses at most these.
     fn docs_per_call(&self) -> usize {
         64
+    }
+    /// Greedy generation, one answer per request, in order. The default
+    /// says the engine cannot generate.
+    fn generate(&mut self, reqs: &[GenRequest<'_>]) -> Result<Vec<Generation>, ScoreError> {
+        let _ = reqs;
+        Err(ScoreError::backend(
+            "this engine does not generate text; run generate_until tasks on a local model or a completions endpoint",
+        ))
+    }
+    /// Requests to hand over per [`Self::generate`] call (samples are
+    /// written after each call).
+    fn gen_per_call(&self) -> usize {
+        1
     }
     /// The engine's throughput timing for `slmbench bench`, when it has one.
     fn throughput(&mut self) -> Option<&mut dyn Throughput> {

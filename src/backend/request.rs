@@ -35,3 +35,27 @@ pub fn encode_pair(
     let cont = whole.get(ctx.len()..).unwrap_or_default().to_vec();
     Ok((ctx, cont))
 }
+
+/// Byte offset of the earliest occurrence of any non-empty stop string in
+/// `text` (lm-eval splits at each `until` string in turn, which keeps the
+/// text before the earliest one).
+pub fn until_cut(text: &str, until: &[String]) -> Option<usize> {
+    until
+        .iter()
+        .filter(|u| !u.is_empty())
+        .filter_map(|u| text.find(u.as_str()))
+        .min()
+}
+
+#[cfg(test)]
+mod until_tests {
+    use super::until_cut;
+
+    #[test]
+    fn earliest_stop_wins_and_empty_is_ignored() {
+        let until = vec!["Question:".to_string(), "\n\n".to_string(), String::new()];
+        assert_eq!(until_cut("a\n\nQuestion: b", &until), Some(1));
+        assert_eq!(until_cut("a Question:\n\n", &until), Some(2));
+        assert_eq!(until_cut("nothing", &until), None);
+    }
+}

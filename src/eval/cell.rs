@@ -39,7 +39,7 @@ fn sample_metrics(metrics: &[Metric], s: &SampleScore) -> Map<String, Value> {
 pub const DOCS_PER_CALL: usize = 64;
 
 /// Progress reporting, kept out of piped output.
-fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
+pub(super) fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
     let target = if std::io::stderr().is_terminal() {
         indicatif::ProgressDrawTarget::stderr()
@@ -150,28 +150,7 @@ pub fn run_cell(
     }
     pb.finish_and_clear();
     let scoring_s = scoring.elapsed().as_secs_f64();
-    let mut measured = probe.finish(n_todo > 0);
-    if !scorer.computes_locally() {
-        // This process only waited on the model: its memory and energy
-        // are not the model's.
-        measured.peak_rss = None;
-        measured.energy = None;
-        measured.gpu_energy = None;
-    }
-    let gpu = measured.gpu_energy;
-    let energy = measured.energy.map(|r| CellEnergy {
-        method: r.method,
-        note: r.note,
-        energy_j: r.joules,
-        energy_per_doc_j: Some(r.joules / n_todo as f64),
-        energy_per_1k_tokens_j: (forwarded > 0).then(|| r.joules * 1000.0 / forwarded as f64),
-        co2e_g: crate::measure::energy::grams_co2e(r.joules, measure.grid_g_per_kwh),
-        grid_g_per_kwh: measure.grid_g_per_kwh,
-        gpu: gpu.map(|g| crate::record::GpuEnergy {
-            energy_j: g.joules,
-            note: g.note,
-        }),
-    });
+    let (peak_rss, energy) = finish_probe(probe, scorer, n_todo, forwarded, &measure);
     let samples: Vec<SampleScore> = scores.values().copied().collect();
     let opts = AggregateOptions { bootstrap_iters };
     let mut metrics = Vec::new();
@@ -198,7 +177,7 @@ pub fn run_cell(
         tokens_forwarded: forwarded,
         tokens_per_s: (forwarded > 0 && scoring_s > 0.0).then(|| forwarded as f64 / scoring_s),
         latency: LatencyStats::from_ms(&latencies, WARMUP_DOCS),
-        peak_rss: measured.peak_rss,
+        peak_rss,
         kv_cache_peak_bytes: scorer
             .kv_bytes_per_token()
             .filter(|_| peak_cached > 0)
@@ -207,11 +186,46 @@ pub fn run_cell(
         resumed_samples: resumed,
         error: None,
         served: served_stats(&request_stats, n_todo, scoring_s, price),
+        generation: None,
     })
 }
 
+/// Ends a cell's measurement: its peak RSS and energy, or `None` for both
+/// when the model did not compute in this process.
+pub(super) fn finish_probe(
+    probe: CellProbe,
+    scorer: &dyn Scorer,
+    n_todo: usize,
+    forwarded: usize,
+    measure: &MeasureOptions,
+) -> (Option<crate::measure::PeakRss>, Option<CellEnergy>) {
+    let mut measured = probe.finish(n_todo > 0);
+    if !scorer.computes_locally() {
+        // This process only waited on the model: its memory and energy
+        // are not the model's.
+        measured.peak_rss = None;
+        measured.energy = None;
+        measured.gpu_energy = None;
+    }
+    let gpu = measured.gpu_energy;
+    let energy = measured.energy.map(|r| CellEnergy {
+        method: r.method,
+        note: r.note,
+        energy_j: r.joules,
+        energy_per_doc_j: Some(r.joules / n_todo as f64),
+        energy_per_1k_tokens_j: (forwarded > 0).then(|| r.joules * 1000.0 / forwarded as f64),
+        co2e_g: crate::measure::energy::grams_co2e(r.joules, measure.grid_g_per_kwh),
+        grid_g_per_kwh: measure.grid_g_per_kwh,
+        gpu: gpu.map(|g| crate::record::GpuEnergy {
+            energy_j: g.joules,
+            note: g.note,
+        }),
+    });
+    (measured.peak_rss, energy)
+}
+
 /// The requests of a served model's cell summed up; `None` for a local one.
-fn served_stats(
+pub(super) fn served_stats(
     requests: &[RequestStat],
     docs: usize,
     scoring_s: f64,

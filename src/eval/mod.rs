@@ -8,12 +8,14 @@
 
 mod cell;
 mod error;
+mod generate;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use cell::{run_cell, DOCS_PER_CALL, WARMUP_DOCS};
 pub use error::EvalError;
+pub use generate::run_gen_cell;
 
 use crate::backend::{BackendOptions, Loaded};
 use crate::model::fetch::FetchOptions;
@@ -153,15 +155,21 @@ pub fn execute(
                 continue;
             }
             let measure = crate::measure::MeasureOptions::new(cfg.cpu_watts, cfg.grid_g_per_kwh);
-            let cell = match run_cell(
-                loaded.scorer.as_mut(),
-                model,
-                p,
-                &run_dir,
-                cfg.bootstrap_iters,
-                measure,
-                models.get(model).ok().and_then(|s| s.price.as_ref()),
-            ) {
+            let price = models.get(model).ok().and_then(|s| s.price.as_ref());
+            let scorer = loaded.scorer.as_mut();
+            let result = match &p.spec.generation {
+                Some(gen) => run_gen_cell(scorer, model, p, gen, &run_dir, measure, price),
+                None => run_cell(
+                    scorer,
+                    model,
+                    p,
+                    &run_dir,
+                    cfg.bootstrap_iters,
+                    measure,
+                    price,
+                ),
+            };
+            let cell = match result {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {model}/{}: {e}", p.spec.name);

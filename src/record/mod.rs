@@ -8,8 +8,12 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+mod generation;
+pub use generation::{GenSampleRecord, GenerationStats, StopCounts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -32,20 +36,33 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> RecordError + '_ {
 /// One scored document, with the same keys as lm-eval's per-sample logs
 /// (and `../shared/reference`), plus what slmbench adds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+///
+/// A generation task's lines ([`GenSampleRecord`]) read as this type too,
+/// for reports: the multiple-choice fields then take their defaults and
+/// everything else (`generation`, `filtered`, `exact_match,<filter>`, …)
+/// lands in `metrics`.
 pub struct SampleRecord {
     pub doc_id: usize,
+    #[serde(default)]
     pub gold: usize,
+    #[serde(default)]
     pub context: String,
+    #[serde(default)]
     pub continuations: Vec<String>,
+    #[serde(default)]
     pub loglikelihoods: Vec<f64>,
+    #[serde(default)]
     pub is_greedy: Vec<bool>,
+    #[serde(default)]
     pub pred: usize,
     /// Per-sample metric values: `acc`/`acc_norm` as 0/1, `f1`/`mcc` as `[gold, pred]`.
     #[serde(flatten)]
     pub metrics: Map<String, Value>,
     /// Index of the best length-normalized choice.
+    #[serde(default)]
     pub pred_norm: usize,
     /// Number of tokens of each continuation.
+    #[serde(default)]
     pub continuation_tokens: Vec<usize>,
     /// The context was left-truncated to fit the model's window.
     #[serde(default)]
@@ -77,7 +94,7 @@ impl SampleWriter {
         })
     }
 
-    pub fn append(&mut self, rec: &SampleRecord) -> Result<(), RecordError> {
+    pub fn append<T: Serialize>(&mut self, rec: &T) -> Result<(), RecordError> {
         let mut line = serde_json::to_string(rec).map_err(|e| RecordError::Format {
             path: self.path.clone(),
             message: e.to_string(),
@@ -93,6 +110,12 @@ impl SampleWriter {
 /// Reads the samples already written (for `--resume`). A torn last line
 /// (the run was killed mid-write) is dropped and cut from the file.
 pub fn read_samples(path: &Path) -> Result<Vec<SampleRecord>, RecordError> {
+    read_records(path)
+}
+
+/// [`read_samples`] for any line type (a generation task's
+/// [`GenSampleRecord`]s).
+pub fn read_records<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, RecordError> {
     if !path.exists() {
         return Ok(Vec::new());
     }
@@ -109,7 +132,7 @@ pub fn read_samples(path: &Path) -> Result<Vec<SampleRecord>, RecordError> {
             good_bytes += line.len() as u64 + 1;
             continue;
         }
-        match serde_json::from_slice::<SampleRecord>(line) {
+        match serde_json::from_slice::<T>(line) {
             Ok(r) => {
                 out.push(r);
                 good_bytes += line.len() as u64 + 1;
@@ -183,6 +206,9 @@ pub struct CellResult {
     /// A served model's requests, tokens and cost in this invocation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served: Option<ServedStats>,
+    /// A generation task's time to first token, decode speed and stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<GenerationStats>,
 }
 
 /// Energy of a cell: total, per document, per 1k tokens, and CO2e.
@@ -303,6 +329,7 @@ impl CellResult {
             resumed_samples: 0,
             error: Some(err.to_string()),
             served: None,
+            generation: None,
         }
     }
 }
@@ -434,9 +461,11 @@ impl RunRecord {
             let mut m = Map::new();
             m.insert("alias".into(), c.task.clone().into());
             for mv in &c.metrics {
-                m.insert(format!("{},none", mv.name), mv.value.into());
+                // A generation metric is named `metric,filter` already.
+                let (metric, filter) = mv.name.split_once(',').unwrap_or((&mv.name, "none"));
+                m.insert(format!("{metric},{filter}"), mv.value.into());
                 m.insert(
-                    format!("{}_stderr,none", mv.name),
+                    format!("{metric}_stderr,{filter}"),
                     mv.stderr.map_or(Value::from("N/A"), Value::from),
                 );
             }

@@ -4,7 +4,9 @@
 //!
 //! `context = description + Σ(fewshot: text + target_delimiter + gold choice + fewshot_delimiter) + text`
 //!
-//! and `continuations[i] = target_delimiter + choices[i]`. Whitespace is left
+//! and `continuations[i] = target_delimiter + choices[i]`. A `generate_until`
+//! task's context is built the same way, its few-shot answers being
+//! `doc_to_target` as text; it has a target instead of choices. Whitespace is left
 //! exactly as lm-eval produces it; moving it between context and
 //! continuation is the model layer's job.
 
@@ -30,8 +32,12 @@ pub struct Instance {
     pub choices: Vec<String>,
     /// `target_delimiter + choice`, one per choice.
     pub continuations: Vec<String>,
-    /// Index of the gold choice.
+    /// Index of the gold choice (0 for a generation task).
     pub gold: usize,
+    /// A `generate_until` task's reference answer (`doc_to_target` as text);
+    /// `None` for a multiple-choice task, whose choices and continuations
+    /// are then empty.
+    pub target: Option<String>,
 }
 
 /// Options for [`build_instances`].
@@ -69,6 +75,7 @@ pub fn build_instances(
     opts: &BuildOptions,
 ) -> Result<Vec<Instance>, TaskError> {
     let templates = TaskTemplates::new(spec)?;
+    let generate = spec.generation.is_some();
     let num_fewshot = opts.effective_fewshot(spec);
     let build_err = |message: String, fix: &str| TaskError::Build {
         task: spec.name.clone(),
@@ -127,15 +134,31 @@ pub fn build_instances(
                 let fs_loc = pool.location(j);
                 let fs_ctx = Value::from_serialize(fs_doc);
                 let text = templates.text(fs_doc, &fs_ctx, &fs_loc)?;
-                let choices = templates.choices(fs_doc, &fs_ctx, &fs_loc)?;
-                let gold = templates.gold(fs_doc, &fs_ctx, &choices, &fs_loc)?;
+                let answer = if generate {
+                    templates.target_text(fs_doc, &fs_ctx, &fs_loc)?
+                } else {
+                    let choices = templates.choices(fs_doc, &fs_ctx, &fs_loc)?;
+                    let gold = templates.gold(fs_doc, &fs_ctx, &choices, &fs_loc)?;
+                    choices[gold].clone()
+                };
                 context.push_str(&text);
                 context.push_str(&spec.target_delimiter);
-                context.push_str(&choices[gold]);
+                context.push_str(&answer);
                 context.push_str(&spec.fewshot_delimiter);
             }
         }
         context.push_str(&templates.text(doc, &ctx, &loc)?);
+        if generate {
+            out.push(Instance {
+                doc_id,
+                context,
+                choices: Vec::new(),
+                continuations: Vec::new(),
+                gold: 0,
+                target: Some(templates.target_text(doc, &ctx, &loc)?),
+            });
+            continue;
+        }
         let choices = templates.choices(doc, &ctx, &loc)?;
         let gold = templates.gold(doc, &ctx, &choices, &loc)?;
         let continuations = choices
@@ -148,6 +171,7 @@ pub fn build_instances(
             choices,
             continuations,
             gold,
+            target: None,
         });
     }
     Ok(out)

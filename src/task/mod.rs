@@ -13,9 +13,11 @@
 mod data;
 mod error;
 mod fewshot;
+pub mod filter;
 mod instances;
 pub mod parquet;
 mod parse;
+mod parse_gen;
 mod pyjinja;
 mod registry;
 pub mod smoke;
@@ -27,5 +29,9 @@ pub use data::{DataDir, ParquetReader, SplitDocs, TaskDocs};
 pub use error::{DocLocation, TaskError};
 pub use instances::{build_instances, BuildOptions, Instance, DEFAULT_FEWSHOT_SEED};
 pub use parse::parse_suite_yaml;
+pub use parse_gen::DEFAULT_MAX_GEN_TOKS;
 pub use registry::{builtin_registry, load_suite_dir, load_task_file, TaskRegistry};
-pub use spec::{ChoiceSpec, GroupSpec, SamplerKind, SuiteFile, TargetSpec, TaskSpec};
+pub use spec::{
+    ChoiceSpec, ExactMatchSpec, FilterPipeline, FilterStep, GenerationSpec, GroupSpec, SamplerKind,
+    SuiteFile, TargetSpec, TaskSpec,
+};

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use super::error::TaskError;
+use super::parse_gen::{generation_spec, RawFilterPipeline, RawGenKwargs, RawMatchKwargs};
 use super::spec::{ChoiceSpec, GroupSpec, SamplerKind, SuiteFile, TargetSpec, TaskSpec};
 use super::template;
 use super::yaml_diag::{reject_python_tags, yaml_error, PY_FUNC_FIX};
@@ -54,6 +55,10 @@ struct RawMetric {
     metric: String,
     aggregation: Option<String>,
     higher_is_better: Option<bool>,
+    ignore_case: Option<bool>,
+    ignore_punctuation: Option<bool>,
+    ignore_numbers: Option<bool>,
+    regexes_to_ignore: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -83,6 +88,9 @@ struct RawFile {
     doc_to_decontamination_query: Option<String>,
     process_docs: Option<serde::de::IgnoredAny>,
     aggregate_metric_list: Option<Json>,
+    generation_kwargs: Option<RawGenKwargs>,
+    filter_list: Option<Vec<RawFilterPipeline>>,
+    repeats: Option<u64>,
 }
 
 fn spec_err(
@@ -208,23 +216,40 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
             "remove it, or make this a group file",
         ));
     }
-    match raw.output_type.as_deref() {
-        Some("multiple_choice") => {}
+    // lm-eval's default output type is generate_until.
+    let generate = match raw.output_type.as_deref() {
+        Some("multiple_choice") => false,
+        Some("generate_until") | None => true,
         Some(other) => {
             return Err(spec_err(
                 file,
                 "output_type",
-                format!("`{other}` is not supported (only multiple_choice is)"),
-                "use `output_type: multiple_choice`",
+                format!("`{other}` is not supported"),
+                "use `output_type: multiple_choice` or `generate_until`",
             ))
         }
-        None => {
-            return Err(spec_err(
-                file,
-                "output_type",
-                "missing (lm-eval's default generate_until is not supported)",
-                "add `output_type: multiple_choice`",
-            ))
+    };
+    if let Some(r) = raw.repeats.filter(|&r| r != 1) {
+        return Err(spec_err(
+            file,
+            "repeats",
+            format!("{r} repeats are not supported (generation is greedy)"),
+            "use `repeats: 1` or leave it out",
+        ));
+    }
+    if !generate {
+        for (key, present) in [
+            ("generation_kwargs", raw.generation_kwargs.is_some()),
+            ("filter_list", raw.filter_list.is_some()),
+        ] {
+            if present {
+                return Err(spec_err(
+                    file,
+                    key,
+                    "only a generate_until task takes it",
+                    "remove it, or set `output_type: generate_until`",
+                ));
+            }
         }
     }
     let dataset_path = raw.dataset_path.ok_or_else(|| {
@@ -252,8 +277,10 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
         )
     })?;
     let doc_to_choice = match raw.doc_to_choice {
-        Some(RawChoice::List(items)) => ChoiceSpec::List(items),
-        Some(RawChoice::Template(t)) => ChoiceSpec::Template(t),
+        // A generation task's choices are not scored (lm-eval ignores them).
+        _ if generate => None,
+        Some(RawChoice::List(items)) => Some(ChoiceSpec::List(items)),
+        Some(RawChoice::Template(t)) => Some(ChoiceSpec::Template(t)),
         Some(RawChoice::Map(map)) => {
             // lm-eval takes a mapping's values as the choice list.
             let mut items = Vec::with_capacity(map.len());
@@ -270,7 +297,7 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
                     }
                 }
             }
-            ChoiceSpec::List(items)
+            Some(ChoiceSpec::List(items))
         }
         None => {
             return Err(spec_err(
@@ -312,7 +339,20 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
             ))
         }
     };
-    let metrics = parse_metrics(file, raw.metric_list)?;
+    let fewshot_delimiter = raw.fewshot_delimiter.unwrap_or_else(|| "\n\n".to_string());
+    let (metrics, generation) = if generate {
+        let kwargs = generation_metric(file, raw.metric_list)?;
+        let g = generation_spec(
+            file,
+            raw.generation_kwargs,
+            raw.filter_list,
+            kwargs,
+            &fewshot_delimiter,
+        )?;
+        (Vec::new(), Some(g))
+    } else {
+        (parse_metrics(file, raw.metric_list)?, None)
+    };
     let mut tags = Vec::new();
     for t in raw
         .tag
@@ -340,16 +380,77 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
         doc_to_choice,
         doc_to_target,
         target_delimiter: raw.target_delimiter.unwrap_or_else(|| " ".to_string()),
-        fewshot_delimiter: raw.fewshot_delimiter.unwrap_or_else(|| "\n\n".to_string()),
+        fewshot_delimiter,
         description: raw.description.unwrap_or_default(),
         num_fewshot: usize::try_from(raw.num_fewshot.unwrap_or(0))
             .map_err(|_| spec_err(file, "num_fewshot", "too large", "use a small integer"))?,
         sampler,
         metrics,
+        generation,
         metadata: raw.metadata.unwrap_or(Json::Null),
     };
     template::check_spec_templates(&spec)?;
     Ok(spec)
+}
+
+/// The `metric_list` of a `generate_until` task: `exact_match` (lm-eval's
+/// default when the list is absent) and its keyword arguments.
+fn generation_metric(
+    file: &str,
+    list: Option<Vec<RawMetric>>,
+) -> Result<RawMatchKwargs, TaskError> {
+    let Some(list) = list else {
+        return Ok(RawMatchKwargs::default());
+    };
+    let mut found = None;
+    for m in list {
+        if m.metric != "exact_match" {
+            return Err(spec_err(
+                file,
+                "metric_list.metric",
+                format!("`{}` is not supported for generate_until", m.metric),
+                "use `metric: exact_match`",
+            ));
+        }
+        if m.aggregation.as_deref().is_some_and(|a| a != "mean") {
+            return Err(spec_err(
+                file,
+                "metric_list.aggregation",
+                "exact_match aggregates by `mean`",
+                "use `aggregation: mean` or leave it out",
+            ));
+        }
+        if m.higher_is_better == Some(false) {
+            return Err(spec_err(
+                file,
+                "metric_list.higher_is_better",
+                "exact_match is higher-is-better",
+                "use `higher_is_better: true` or leave it out",
+            ));
+        }
+        if found.is_some() {
+            return Err(spec_err(
+                file,
+                "metric_list.metric",
+                "exact_match is listed twice",
+                "list each metric once",
+            ));
+        }
+        found = Some(RawMatchKwargs {
+            ignore_case: m.ignore_case,
+            ignore_punctuation: m.ignore_punctuation,
+            ignore_numbers: m.ignore_numbers,
+            regexes_to_ignore: m.regexes_to_ignore,
+        });
+    }
+    found.ok_or_else(|| {
+        spec_err(
+            file,
+            "metric_list",
+            "empty",
+            "list `- metric: exact_match`, or leave `metric_list` out",
+        )
+    })
 }
 
 fn parse_metrics(file: &str, list: Option<Vec<RawMetric>>) -> Result<Vec<Metric>, TaskError> {
@@ -367,6 +468,20 @@ fn parse_metrics(file: &str, list: Option<Vec<RawMetric>>) -> Result<Vec<Metric>
     }
     let mut out = Vec::with_capacity(list.len());
     for m in list {
+        let kwargs = RawMatchKwargs {
+            ignore_case: m.ignore_case,
+            ignore_punctuation: m.ignore_punctuation,
+            ignore_numbers: m.ignore_numbers,
+            regexes_to_ignore: m.regexes_to_ignore.clone(),
+        };
+        if kwargs.any() {
+            return Err(spec_err(
+                file,
+                "metric_list",
+                format!("`{}` takes no ignore_* or regexes_to_ignore", m.metric),
+                "remove them (they belong to exact_match)",
+            ));
+        }
         let metric: Metric = m.metric.parse().map_err(|e: crate::metrics::MetricError| {
             spec_err(
                 file,
@@ -462,12 +577,12 @@ mod tests {
 
     #[test]
     fn other_output_types_rejected() {
-        let text = MINIMAL.replace("multiple_choice", "generate_until");
+        let text = MINIMAL.replace("multiple_choice", "loglikelihood_rolling");
         let err = parse_suite_yaml("x.yaml", &text)
             .expect_err("must fail")
             .to_string();
         assert!(
-            err.contains("output_type") && err.contains("generate_until"),
+            err.contains("output_type") && err.contains("loglikelihood_rolling"),
             "{err}"
         );
     }

@@ -97,7 +97,7 @@ fn python_repl_to_rust(repl: &str) -> String {
 }
 
 /// Python's whitespace (`str.isspace`).
-fn py_space(c: char) -> bool {
+pub(crate) fn py_space(c: char) -> bool {
     c.is_whitespace() || ('\x1c'..='\x1f').contains(&c)
 }
 

@@ -26,6 +26,7 @@ const BUILTIN_SUITES: &[(&str, &str)] = &[
         include_str!("../../suites/default.yaml"),
     ),
     ("suites/glue.yaml", include_str!("../../suites/glue.yaml")),
+    ("suites/gsm8k.yaml", include_str!("../../suites/gsm8k.yaml")),
     (
         "suites/hellaswag.yaml",
         include_str!("../../suites/hellaswag.yaml"),

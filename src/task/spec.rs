@@ -57,8 +57,8 @@ pub struct TaskSpec {
     pub fewshot_split: Option<String>,
     /// `doc_to_text`: a field name or a Jinja template.
     pub doc_to_text: String,
-    /// `doc_to_choice`.
-    pub doc_to_choice: ChoiceSpec,
+    /// `doc_to_choice` (`None` for a `generate_until` task).
+    pub doc_to_choice: Option<ChoiceSpec>,
     /// `doc_to_target`.
     pub doc_to_target: TargetSpec,
     /// `target_delimiter` (default `" "`).
@@ -71,10 +71,69 @@ pub struct TaskSpec {
     pub num_fewshot: usize,
     /// `fewshot_config.sampler`.
     pub sampler: SamplerKind,
-    /// `metric_list` (default acc, acc_norm as lm-eval does for multiple_choice).
+    /// `metric_list` of a multiple-choice task (default acc, acc_norm as
+    /// lm-eval does); empty for a `generate_until` task.
     pub metrics: Vec<Metric>,
+    /// `output_type: generate_until`: how to generate, filter and score.
+    pub generation: Option<GenerationSpec>,
     /// `metadata` as written (JSON null when absent).
     pub metadata: Json,
+}
+
+/// A `generate_until` task's generation, filters and metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationSpec {
+    /// `generation_kwargs.until`: the text is cut at the first of these
+    /// (the model's EOS string is added at run time, as lm-eval does).
+    pub until: Vec<String>,
+    /// `generation_kwargs.max_gen_toks` (default 256).
+    pub max_gen_toks: usize,
+    /// `filter_list` (default: one pipeline `none` = `take_first`).
+    pub filters: Vec<FilterPipeline>,
+    /// The `exact_match` entry of `metric_list`.
+    pub exact_match: ExactMatchSpec,
+}
+
+/// One named filter pipeline of `filter_list`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterPipeline {
+    /// `name` (results are keyed `metric,name`).
+    pub name: String,
+    pub steps: Vec<FilterStep>,
+}
+
+/// One step of a filter pipeline, as lm-eval's filter registry names them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilterStep {
+    /// `regex`: Python `re.findall`, the `group_select`-th match (negative
+    /// counts from the end), first non-empty group of a multi-group
+    /// pattern, stripped; `fallback` when nothing matches.
+    Regex {
+        pattern: String,
+        group_select: i64,
+        fallback: String,
+    },
+    /// `take_first`: the first of the document's responses.
+    TakeFirst,
+    /// `lowercase`.
+    Lowercase,
+    /// `uppercase`.
+    Uppercase,
+    /// `remove_whitespace`: leading whitespace removed (Python `lstrip`).
+    RemoveWhitespace,
+    /// `strip`: Python `str.strip()`.
+    Strip,
+}
+
+/// `exact_match`'s keyword arguments (lm-eval's HF-evaluate port), applied
+/// to prediction and reference in this order: each of `regexes_to_ignore`
+/// removed, lowercased, ASCII punctuation removed, digits removed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ExactMatchSpec {
+    pub ignore_case: bool,
+    pub ignore_punctuation: bool,
+    pub ignore_numbers: bool,
+    pub regexes_to_ignore: Vec<String>,
 }
 
 impl TaskSpec {

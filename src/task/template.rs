@@ -67,13 +67,14 @@ impl TaskTemplates {
         add(&mut env, "doc_to_text".into(), &spec.doc_to_text)?;
         add(&mut env, "description".into(), &spec.description)?;
         let choices = match &spec.doc_to_choice {
-            ChoiceSpec::List(items) => {
+            None => ChoicesT::List(Vec::new()),
+            Some(ChoiceSpec::List(items)) => {
                 for (i, item) in items.iter().enumerate() {
                     add(&mut env, choice_item_name(i), item)?;
                 }
                 ChoicesT::List(items.clone())
             }
-            ChoiceSpec::Template(t) => {
+            Some(ChoiceSpec::Template(t)) => {
                 add(&mut env, "doc_to_choice".into(), t)?;
                 ChoicesT::One(t.clone())
             }
@@ -174,6 +175,23 @@ impl TaskTemplates {
             ));
         }
         Ok(text)
+    }
+
+    /// `doc_to_target` as text, for a `generate_until` task: a field's value
+    /// as Python's `str` prints it, else the rendered template.
+    pub(crate) fn target_text(
+        &self,
+        doc: &Json,
+        ctx: &Value,
+        loc: &DocLocation,
+    ) -> Result<String, TaskError> {
+        match &self.target {
+            TargetSpec::Index(i) => Ok(i.to_string()),
+            TargetSpec::Template(src) => match doc.get(src) {
+                Some(v) => Ok(json_to_text(v)),
+                None => self.render("doc_to_target", src, ctx, loc),
+            },
+        }
     }
 
     /// `doc_to_choice` for one document.

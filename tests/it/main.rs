@@ -5,6 +5,7 @@ mod cli;
 mod common;
 mod fetch;
 mod fidelity;
+mod generation;
 mod layout;
 mod measure;
 mod parquet;

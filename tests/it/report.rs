@@ -114,6 +114,7 @@ fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
         resumed_samples: 0,
         error: None,
         served: None,
+        generation: None,
     }
 }
 

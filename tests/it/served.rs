@@ -387,8 +387,13 @@ fn a_500_storm_exhausts_the_retries() {
 
 #[test]
 fn chat_endpoints_and_bad_endpoint_specs_are_one_line_errors() {
-    let reg = registry("{api: openai-chat, base_url: \"http://127.0.0.1:9\"}");
-    let e = open(&reg).err().expect("chat refused");
+    let stand = Stand::start(Box::new(|_req: &Req, _n| (200, vec![], "{}".into())));
+    let reg = registry(&format!(
+        "{{api: openai-chat, base_url: \"{}\"}}",
+        stand.url()
+    ));
+    let mut loaded = open(&reg).expect("a chat endpoint opens (for generation)");
+    let e = sky(&mut loaded).expect_err("no log-probabilities on chat");
     assert!(e.contains("no prompt log-probabilities"), "{e}");
     for (yaml, want) in [
         (

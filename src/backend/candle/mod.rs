@@ -7,6 +7,7 @@
 //! [`load`].
 
 pub mod bench;
+mod generate;
 pub mod kernels;
 pub mod models;
 pub mod nn;

@@ -21,9 +21,9 @@ impl From<candle_core::Error> for ScoreError {
 pub struct CandleScorer {
     pub model: Box<dyn CausalLm>,
     pub tokenizer: TextTokenizer,
-    max_length: usize,
+    pub(super) max_length: usize,
     /// Context tokens forwarded per chunk (bounds attention memory).
-    chunk: usize,
+    pub(super) chunk: usize,
     /// Score all choices of a document in one forward (branches off the
     /// shared context) instead of one forward per choice.
     pub batch_choices: bool,
@@ -318,6 +318,13 @@ impl Scorer for CandleScorer {
 
     fn throughput(&mut self) -> Option<&mut dyn crate::backend::Throughput> {
         Some(self)
+    }
+
+    fn generate(
+        &mut self,
+        reqs: &[crate::backend::GenRequest<'_>],
+    ) -> Result<Vec<crate::backend::Generation>, ScoreError> {
+        reqs.iter().map(|r| self.greedy(r)).collect()
     }
 }
 

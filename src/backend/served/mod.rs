@@ -7,6 +7,7 @@
 //! model is opened and goes nowhere but the `Authorization` header.
 
 mod echo;
+mod generate;
 pub mod http;
 mod llama_server;
 
@@ -48,12 +49,6 @@ pub fn open(
         .endpoint
         .as_ref()
         .ok_or_else(|| engine_error("a served model needs `endpoint:`".into()))?;
-    if ep.api == Api::OpenaiChat {
-        return Err(engine_error(format!(
-            "{} is a chat endpoint: chat APIs return no prompt log-probabilities, so multiple-choice tasks cannot be scored on it (use a completions endpoint, or generation tasks)",
-            ep.base_url
-        )));
-    }
     let key = match &ep.api_key_env {
         Some(var) => Some(std::env::var(var).map_err(|_| {
             engine_error(format!(
@@ -160,7 +155,12 @@ impl ServedScorer {
                     requests.push(stat);
                 }
             }
-            Api::OpenaiChat => return Err("a chat endpoint has no prompt log-probabilities".into()),
+            Api::OpenaiChat => {
+                return Err(
+                    "a chat endpoint returns no prompt log-probabilities, so multiple-choice tasks cannot be scored on it (use a completions endpoint, or generation tasks)"
+                        .into(),
+                )
+            }
         }
         Ok(DocScore {
             choices,
@@ -171,6 +171,51 @@ impl ServedScorer {
             requests,
         })
     }
+}
+
+/// `f` over `items`, `workers` at a time; the results in order, and the
+/// first failure (in order) as the call's error. After a failure no new
+/// item starts; those in flight finish.
+fn in_parallel<T: Sync, R: Send>(
+    workers: usize,
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, String> + Sync,
+) -> Result<Vec<R>, ScoreError> {
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<Option<Result<R, String>>>> =
+        Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..workers.min(items.len()).max(1) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                let failed = r.is_err();
+                if let Ok(mut o) = out.lock() {
+                    o[i] = Some(r);
+                }
+                if failed {
+                    next.store(items.len(), Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let out = out
+        .into_inner()
+        .map_err(|_| ScoreError::backend("a worker thread panicked"))?;
+    let mut results = Vec::with_capacity(items.len());
+    for (i, r) in out.into_iter().enumerate() {
+        match r {
+            Some(Ok(x)) => results.push(x),
+            Some(Err(e)) => {
+                return Err(ScoreError::backend(format!(
+                    "document {i} of the call: {e}"
+                )))
+            }
+            None => return Err(ScoreError::backend("a document was not answered")),
+        }
+    }
+    Ok(results)
 }
 
 impl Scorer for ServedScorer {
@@ -187,43 +232,8 @@ impl Scorer for ServedScorer {
     /// document order, and the first failure (in document order) is the
     /// call's error.
     fn score_docs(&mut self, docs: &[(&str, &[String])]) -> Result<Vec<DocScore>, ScoreError> {
-        let next = AtomicUsize::new(0);
-        let out: Mutex<Vec<Option<Result<DocScore, String>>>> =
-            Mutex::new((0..docs.len()).map(|_| None).collect());
         let this = &*self;
-        std::thread::scope(|s| {
-            for _ in 0..self.concurrency.min(docs.len()).max(1) {
-                s.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some((c, k)) = docs.get(i) else { break };
-                    let r = this.score_one(c, k);
-                    let failed = r.is_err();
-                    if let Ok(mut o) = out.lock() {
-                        o[i] = Some(r);
-                    }
-                    if failed {
-                        // Stop taking new documents; those in flight finish.
-                        next.store(docs.len(), Ordering::Relaxed);
-                    }
-                });
-            }
-        });
-        let out = out
-            .into_inner()
-            .map_err(|_| ScoreError::backend("a scoring thread panicked"))?;
-        let mut scores = Vec::with_capacity(docs.len());
-        for (i, r) in out.into_iter().enumerate() {
-            match r {
-                Some(Ok(s)) => scores.push(s),
-                Some(Err(e)) => {
-                    return Err(ScoreError::backend(format!(
-                        "document {i} of the call: {e}"
-                    )))
-                }
-                None => return Err(ScoreError::backend("a document was not scored")),
-            }
-        }
-        Ok(scores)
+        in_parallel(self.concurrency, docs, |(c, k)| this.score_one(c, k))
     }
 
     fn max_length(&self) -> usize {
@@ -231,6 +241,21 @@ impl Scorer for ServedScorer {
     }
 
     fn docs_per_call(&self) -> usize {
+        self.concurrency
+    }
+
+    /// Requests go out `concurrency` at a time; answers come back in order.
+    fn generate(
+        &mut self,
+        reqs: &[crate::backend::GenRequest<'_>],
+    ) -> Result<Vec<crate::backend::Generation>, ScoreError> {
+        let this = &*self;
+        in_parallel(self.concurrency, reqs, |r| {
+            generate::generate(&this.client, this.api, this.model.as_deref(), r)
+        })
+    }
+
+    fn gen_per_call(&self) -> usize {
         self.concurrency
     }
 

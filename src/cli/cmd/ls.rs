@@ -72,11 +72,20 @@ fn tasks(suite: &[PathBuf]) -> Result<i32> {
             println!(
                 "{name}\t{data}:{}\t{}",
                 t.eval_split(),
-                t.metrics
-                    .iter()
-                    .map(|m| m.name())
-                    .collect::<Vec<_>>()
-                    .join(",")
+                match &t.generation {
+                    Some(g) => g
+                        .filters
+                        .iter()
+                        .map(|f| format!("exact_match,{}", f.name))
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    None => t
+                        .metrics
+                        .iter()
+                        .map(|m| m.name())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                }
             );
         } else if let Some(g) = reg.group(&name) {
             println!("{name}\tgroup: {}", g.tasks.join(","));

@@ -1,0 +1,348 @@
+//! Generation tasks and chat templates: GSM8K's prompts, generations and
+//! exact_match against lm-eval's on the same weights, resume after a kill,
+//! chat templates rendered as transformers renders them, and generation on
+//! served completions and chat endpoints (stand-ins on 127.0.0.1).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use slmbench::task::{build_instances, BuildOptions, DataDir, TaskDocs};
+
+use crate::common::{bin, model_path, read_jsonl, shared_dir};
+use crate::served::{Req, Stand};
+
+#[test]
+fn chat_templates_render_as_transformers() {
+    let Some(shared) = shared_dir() else { return };
+    let rows = read_jsonl(&shared.join("reference/chat_templates.jsonl"));
+    assert_eq!(rows.len(), 16);
+    for r in &rows {
+        let model = r["model"].as_str().expect("model");
+        model_path(model);
+        let mut args = vec!["template", "--model", model];
+        if r["add_generation_prompt"].as_bool() == Some(true) {
+            args.push("--add-generation-prompt");
+        }
+        args.push("-");
+        let mut child = bin()
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(r["messages"].to_string().as_bytes())
+            .expect("write");
+        let o = child.wait_with_output().expect("wait");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            String::from_utf8(o.stdout).expect("utf-8"),
+            r["rendered"].as_str().expect("rendered"),
+            "{model}: {}",
+            r["messages"]
+        );
+    }
+    // A model without a template is a one-line error naming it.
+    model_path("gemma3-270m");
+    let mut child = bin()
+        .args(["template", "--model", "gemma3-270m", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"[{\"role\": \"user\", \"content\": \"hi\"}]")
+        .expect("write");
+    let o = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("gemma3-270m") && err.contains("no chat template"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn gsm8k_prompts_and_targets_match_lm_eval() {
+    let Some(shared) = shared_dir() else { return };
+    let reg = slmbench::task::builtin_registry().expect("registry");
+    let spec = reg.task("gsm8k").expect("gsm8k").clone();
+    let docs = TaskDocs::load(&spec, &DataDir::new(shared.join("data")), 5).expect("data");
+    let opts = BuildOptions {
+        limit: Some(100),
+        ..BuildOptions::default()
+    };
+    let inst = build_instances(&spec, &docs, &opts).expect("instances");
+    let rows = read_jsonl(&shared.join("reference/smollm2-135m-instruct/gsm8k.jsonl"));
+    assert_eq!(rows.len(), 100);
+    for (i, r) in inst.iter().zip(&rows) {
+        assert_eq!(i.doc_id as u64, r["doc_id"].as_u64().expect("id"));
+        assert_eq!(
+            i.context,
+            r["prompt"].as_str().expect("prompt"),
+            "doc {}",
+            i.doc_id
+        );
+        assert_eq!(
+            i.target.as_deref(),
+            r["target"].as_str(),
+            "doc {}",
+            i.doc_id
+        );
+    }
+}
+
+/// Lines of `path` (0 when it does not exist yet).
+fn lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |s| s.lines().count())
+}
+
+#[test]
+fn gsm8k_generations_match_lm_eval_and_survive_a_kill() {
+    let Some(shared) = shared_dir() else { return };
+    model_path("smollm2-135m-instruct");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("run");
+    let data = shared.join("data");
+    let n = 4;
+    let limit = n.to_string();
+    let args = [
+        "run",
+        "--model",
+        "smollm2-135m-instruct",
+        "--tasks",
+        "gsm8k",
+        "--dtype",
+        "f32",
+        "--limit",
+        &limit,
+        "--data-dir",
+    ];
+    let mut child = bin()
+        .args(args)
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let samples = out.join("samples/smollm2-135m-instruct/gsm8k.jsonl");
+    let t0 = Instant::now();
+    while lines(&samples) < 1 && t0.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("kill");
+    let _ = child.wait();
+    let kept = lines(&samples);
+    assert!(
+        (1..n).contains(&kept),
+        "{kept} documents written before the kill"
+    );
+    let o = bin()
+        .arg("run")
+        .arg("--resume")
+        .arg(&out)
+        .output()
+        .expect("resume");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).expect("results"))
+            .expect("json");
+    let cell = &results["cells"][0];
+    assert_eq!(cell["resumed_samples"].as_u64(), Some(kept as u64));
+    assert_eq!(cell["n"].as_u64(), Some(n as u64));
+    let gen = &cell["generation"];
+    assert!(gen["ttft"]["p50_ms"].as_f64().is_some(), "{gen}");
+    assert!(gen["decode_tokens_per_s_p50"].as_f64().is_some(), "{gen}");
+    let lm = &results["results"]["smollm2-135m-instruct"]["gsm8k"];
+    assert!(lm["exact_match,strict-match"].is_number(), "{lm}");
+    assert!(
+        lm["exact_match_stderr,flexible-extract"].is_number(),
+        "{lm}"
+    );
+    // Every document once, generated as lm-eval generated it.
+    let rows = read_jsonl(&shared.join("reference/smollm2-135m-instruct/gsm8k.jsonl"));
+    let got = read_jsonl(&samples);
+    assert_eq!(got.len(), n);
+    for s in &got {
+        let id = s["doc_id"].as_u64().expect("id") as usize;
+        let r = &rows[id];
+        assert_eq!(s["generation"], r["generation"], "doc {id}");
+        for f in ["strict-match", "flexible-extract"] {
+            assert_eq!(s["filtered"][f], r["filtered"][f], "doc {id} {f}");
+            assert_eq!(
+                s[format!("exact_match,{f}")].as_f64(),
+                r["exact_match"][f].as_f64(),
+                "doc {id} {f}"
+            );
+        }
+    }
+}
+
+const ARITH: &str = r#"task: arith
+dataset_path: t/arith
+output_type: generate_until
+test_split: test
+doc_to_text: "Q: {{q}}\nA:"
+doc_to_target: "{{a}}"
+generation_kwargs:
+  until: ["\n", "Q:", "x1", "x2", "STOP"]
+  max_gen_toks: 8
+filter_list:
+  - name: num
+    filter:
+      - function: regex
+        regex_pattern: "(-?[0-9]+)"
+      - function: take_first
+"#;
+
+/// A completions and chat stand-in: "1+1" is answered with a stop string
+/// past the four a server is sent, "2+2" wrongly, and it records that no
+/// request carried more than four stop strings.
+fn arith_server(req: &Req, _n: usize) -> (u16, Vec<(String, String)>, String) {
+    let ok = |v: Value| (200, vec![], v.to_string());
+    let stops = req.body["stop"].as_array().map_or(0, Vec::len);
+    if stops > 4 {
+        return (
+            400,
+            vec![],
+            json!({"error": "too many stop strings"}).to_string(),
+        );
+    }
+    let prompt = req.body["prompt"]
+        .as_str()
+        .or(req.body["messages"][0]["content"].as_str())
+        .unwrap_or("");
+    let text = if prompt.contains("1+1") {
+        " 2 STOP 3"
+    } else {
+        " 5"
+    };
+    let usage = json!({"prompt_tokens": 7, "completion_tokens": 3});
+    match req.path.as_str() {
+        "/v1/models" => ok(json!({"data": []})),
+        "/v1/completions" => {
+            ok(json!({"choices": [{"text": text, "finish_reason": "stop"}], "usage": usage}))
+        }
+        "/v1/chat/completions" => ok(
+            json!({"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}], "usage": usage}),
+        ),
+        _ => (404, vec![], "{}".into()),
+    }
+}
+
+#[test]
+fn served_completions_and_chat_generate_with_client_side_stops() {
+    let stand = Stand::start(Box::new(arith_server));
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    std::fs::write(dir.join("arith.yaml"), ARITH).expect("write");
+    std::fs::create_dir_all(dir.join("data/t/arith")).expect("mkdir");
+    std::fs::write(
+        dir.join("data/t/arith/test.jsonl"),
+        "{\"q\": \"1+1\", \"a\": \"2\"}\n{\"q\": \"2+2\", \"a\": \"4\"}\n",
+    )
+    .expect("write");
+    let yaml = format!(
+        "models:\n  comp:\n    endpoint: {{api: openai-completions, base_url: \"{u}\", model: m}}\n  chat:\n    endpoint: {{api: openai-chat, base_url: \"{u}\", model: m}}\n",
+        u = stand.url()
+    );
+    std::fs::write(dir.join("models.yaml"), yaml).expect("write");
+    let o = bin()
+        .args([
+            "run",
+            "--models",
+            "models.yaml",
+            "--model",
+            "comp",
+            "--model",
+            "chat",
+            "--suite",
+            "arith.yaml",
+            "--tasks",
+            "arith,smoke_copa",
+            "--data-dir",
+            "data",
+            "--out",
+            "run",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    // The chat endpoint cannot score multiple choice: that cell fails, the rest run.
+    assert!(!o.status.success());
+    assert!(
+        stderr.contains("chat/smoke_copa") && stderr.contains("no prompt log-probabilities"),
+        "{stderr}"
+    );
+    for model in ["comp", "chat"] {
+        let s = read_jsonl(&dir.join(format!("run/samples/{model}/arith.jsonl")));
+        assert_eq!(s.len(), 2, "{model}");
+        assert_eq!(s[0]["generation"], " 2 ", "{model}: cut at STOP here");
+        assert_eq!(s[0]["filtered"]["num"], "2");
+        assert_eq!(s[0]["exact_match,num"], 1.0);
+        assert_eq!(s[1]["generation"], " 5");
+        assert_eq!(s[1]["exact_match,num"], 0.0);
+        assert_eq!(s[0]["stop"], "until");
+    }
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("run/results.json")).expect("results"),
+    )
+    .expect("json");
+    let em = &results["results"]["comp"]["arith"];
+    assert_eq!(em["exact_match,num"], 0.5);
+    // Sample stddev of [1, 0] over sqrt(2).
+    assert!((em["exact_match_stderr,num"].as_f64().expect("stderr") - 0.5).abs() < 1e-12);
+    let served = &results["cells"][0]["served"];
+    assert_eq!(served["requests"], 2);
+    assert_eq!(served["completion_tokens"], 6);
+}
+
+#[test]
+fn bad_generation_keys_are_one_line_errors() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for (from, to, key) in [
+        ("\"(-?[0-9]+)\"", "\"(-?[0-9]+\"", "regex_pattern"),
+        (
+            "function: take_first",
+            "function: majority_vote",
+            "filter_list.filter.function",
+        ),
+        (
+            "until: [\"\\n\", \"Q:\", \"x1\", \"x2\", \"STOP\"]",
+            "until: {a: 1}",
+            "generation_kwargs.until",
+        ),
+        (
+            "max_gen_toks: 8",
+            "max_gen_toks: 0",
+            "generation_kwargs.max_gen_toks",
+        ),
+    ] {
+        let text = ARITH.replace(from, to);
+        assert_ne!(text, ARITH, "{from}");
+        let f = tmp.path().join("bad.yaml");
+        std::fs::write(&f, text).expect("write");
+        let o = bin()
+            .args(["ls", "tasks", "--suite"])
+            .arg(&f)
+            .output()
+            .expect("ls");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{to}: accepted");
+        assert!(err.contains("bad.yaml") && err.contains(key), "{to}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
