@@ -54,6 +54,15 @@ pub struct RunConfig {
     /// Token budget of one packed forward (0 = one document per forward).
     #[serde(default = "default_pack_tokens")]
     pub pack_tokens: usize,
+    /// Render each prompt with the model's chat template.
+    #[serde(default)]
+    pub apply_chat_template: bool,
+    /// Few-shot examples as user/assistant turns (with the chat template).
+    #[serde(default)]
+    pub fewshot_as_multiturn: bool,
+    /// Put before every prompt (a system turn under a chat template).
+    #[serde(default)]
+    pub system_instruction: Option<String>,
 }
 
 fn default_pack_tokens() -> usize {
@@ -98,6 +107,7 @@ fn default_grid() -> f64 {
 }
 
 /// A task ready to score: its spec and instances.
+#[derive(Clone)]
 pub struct PreparedTask {
     pub spec: TaskSpec,
     pub instances: Vec<Instance>,
@@ -111,6 +121,10 @@ pub fn prepare_tasks(specs: &[TaskSpec], cfg: &RunConfig) -> Result<Vec<Prepared
         limit: cfg.limit,
         num_fewshot: cfg.num_fewshot,
         seed: cfg.seed,
+        system_instruction: cfg.system_instruction.clone(),
+        chat: cfg.apply_chat_template.then(|| crate::task::ChatOptions {
+            fewshot_as_multiturn: cfg.fewshot_as_multiturn,
+        }),
     };
     let mut out = Vec::with_capacity(specs.len());
     for spec in specs {

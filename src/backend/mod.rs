@@ -83,6 +83,9 @@ pub struct GenRequest<'a> {
     pub until: &'a [String],
     /// Most tokens to generate.
     pub max_gen_toks: usize,
+    /// The conversation behind the prompt, for an engine that takes
+    /// messages ([`Scorer::takes_messages`]) under `--apply-chat-template`.
+    pub messages: Option<&'a [crate::task::Message]>,
 }
 
 /// Why a generation ended.
@@ -165,6 +168,11 @@ pub trait Scorer {
             "this engine does not generate text; run generate_until tasks on a local model or a completions endpoint",
         ))
     }
+    /// Whether the engine takes conversations and applies the chat template
+    /// itself (a chat endpoint); else prompts come rendered.
+    fn takes_messages(&self) -> bool {
+        false
+    }
     /// Requests to hand over per [`Self::generate`] call (samples are
     /// written after each call).
     fn gen_per_call(&self) -> usize {
@@ -214,6 +222,9 @@ pub const DEFAULT_PACK_TOKENS: usize = 512;
 pub struct Loaded {
     pub scorer: Box<dyn Scorer + Send>,
     pub record: ModelRecord,
+    /// The model's chat template, when it has one and prompts are rendered
+    /// here (not for a served model).
+    pub chat: Option<crate::model::chat::ChatTemplate>,
 }
 
 /// Errors opening a model in a backend.

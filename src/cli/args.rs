@@ -176,6 +176,16 @@ pub struct RunArgs {
     /// per-document latency)
     #[arg(long, default_value_t = crate::backend::DEFAULT_PACK_TOKENS)]
     pub pack_tokens: usize,
+    /// Render every prompt with the model's chat template (as lm-eval's
+    /// flag; multiple-choice answers then follow the assistant turn directly)
+    #[arg(long)]
+    pub apply_chat_template: bool,
+    /// With --apply-chat-template: few-shot examples as user/assistant turns
+    #[arg(long)]
+    pub fewshot_as_multiturn: bool,
+    /// Text put before every prompt (the system turn under a chat template)
+    #[arg(long, value_name = "TEXT")]
+    pub system_instruction: Option<String>,
 }
 
 /// Phase one: flags to a config, no I/O except reading a resumed run.
@@ -212,6 +222,9 @@ pub(crate) fn run_config(a: &RunArgs) -> Result<RunConfig> {
             a.grid_intensity
         );
     }
+    if a.fewshot_as_multiturn && !a.apply_chat_template {
+        bail!("--fewshot-as-multiturn needs --apply-chat-template (the turns are the chat template's)");
+    }
     if a.limit == Some(0) {
         bail!("--limit 0 scores nothing: give at least 1 (or omit it for all documents)");
     }
@@ -241,6 +254,9 @@ pub(crate) fn run_config(a: &RunArgs) -> Result<RunConfig> {
         grid_g_per_kwh: a.grid_intensity,
         shard: a.shard,
         pack_tokens: a.pack_tokens,
+        apply_chat_template: a.apply_chat_template,
+        fewshot_as_multiturn: a.fewshot_as_multiturn,
+        system_instruction: a.system_instruction.clone(),
     })
 }
 
@@ -292,6 +308,21 @@ fn resume_conflict(a: &RunArgs, s: &RunConfig) -> Option<&'static str> {
         ),
         (differs(a.dtype.is_some(), a.dtype == s.dtype), "--dtype"),
         (differs(a.shard.is_some(), a.shard == s.shard), "--shard"),
+        (
+            differs(a.apply_chat_template, s.apply_chat_template),
+            "--apply-chat-template",
+        ),
+        (
+            differs(a.fewshot_as_multiturn, s.fewshot_as_multiturn),
+            "--fewshot-as-multiturn",
+        ),
+        (
+            differs(
+                a.system_instruction.is_some(),
+                a.system_instruction == s.system_instruction,
+            ),
+            "--system-instruction",
+        ),
         (differs(a.out.is_some(), false), "--out"),
         (differs(a.force, false), "--force"),
         (

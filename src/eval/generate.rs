@@ -87,6 +87,7 @@ pub fn run_gen_cell(
         .iter()
         .filter(|i| !done.contains_key(&i.doc_id))
         .collect();
+    let takes_messages = scorer.takes_messages();
     let pb = progress_bar(todo.len() as u64, &format!("{model}/{}", task.spec.name));
     let (mut forwarded, mut generated) = (0usize, 0u64);
     let (mut latencies, mut ttfts, mut speeds) = (Vec::new(), Vec::new(), Vec::new());
@@ -100,6 +101,7 @@ pub fn run_gen_cell(
                 prompt: &inst.context,
                 until: &gen.until,
                 max_gen_toks: gen.max_gen_toks,
+                messages: inst.messages.as_deref().filter(|_| takes_messages),
             })
             .collect();
         let gens = scorer.generate(&reqs).map_err(|source| {

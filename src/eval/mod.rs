@@ -10,6 +10,7 @@ mod cell;
 mod error;
 mod generate;
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,10 +19,37 @@ pub use error::EvalError;
 pub use generate::run_gen_cell;
 
 use crate::backend::{BackendOptions, Loaded};
+use crate::model::chat::ChatTemplate;
 use crate::model::fetch::FetchOptions;
-use crate::plan::{model_registry, new_run_dir, prepare_tasks, task_registry, RunConfig};
+use crate::plan::{
+    model_registry, new_run_dir, prepare_tasks, task_registry, PreparedTask, RunConfig,
+};
 use crate::record::{CellResult, CellStatus, RunRecord};
 use crate::spec::models::Registry;
+
+/// A task's prompts for one model: under `--apply-chat-template`, each
+/// request's conversation rendered with the model's chat template (with
+/// the generation prompt, as lm-eval renders it); otherwise as built.
+fn render_prompts<'a>(
+    p: &'a PreparedTask,
+    chat: Option<&ChatTemplate>,
+) -> Result<Cow<'a, PreparedTask>, String> {
+    let Some(t) = chat else {
+        return Ok(Cow::Borrowed(p));
+    };
+    if p.instances.iter().all(|i| i.messages.is_none()) {
+        return Ok(Cow::Borrowed(p));
+    }
+    let mut out = p.clone();
+    for inst in &mut out.instances {
+        if let Some(m) = &inst.messages {
+            inst.context = t
+                .render(m, true)
+                .map_err(|e| format!("doc {}: {e}", inst.doc_id))?;
+        }
+    }
+    Ok(Cow::Owned(out))
+}
 
 /// What a run leaves for the caller to show.
 pub struct RunOutcome {
@@ -150,10 +178,32 @@ pub fn execute(
             loaded.record.load_time_s
         );
         record.models.insert(model.clone(), loaded.record.clone());
+        let chat_gap = (cfg.apply_chat_template
+            && loaded.chat.is_none()
+            && !loaded.scorer.takes_messages())
+        .then(|| {
+            format!(
+                "{model}: the model has no chat template, so --apply-chat-template cannot render its prompts (pick a chat model, or run without the flag)"
+            )
+        });
         for (ti, p) in prepared.iter().enumerate() {
             if done(&record, ti, &p.spec.name) {
                 continue;
             }
+            let rendered = match &chat_gap {
+                Some(e) => Err(e.clone()),
+                None => render_prompts(p, loaded.chat.as_ref()),
+            };
+            let p = match rendered {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {model}/{}: {e}", p.spec.name);
+                    record.upsert(CellResult::failed(model, &p.spec.name, p.num_fewshot, &e));
+                    record.write(&run_dir)?;
+                    continue;
+                }
+            };
+            let p = p.as_ref();
             let measure = crate::measure::MeasureOptions::new(cfg.cpu_watts, cfg.grid_g_per_kwh);
             let price = models.get(model).ok().and_then(|s| s.price.as_ref());
             let scorer = loaded.scorer.as_mut();

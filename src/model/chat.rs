@@ -11,27 +11,10 @@
 
 use std::path::Path;
 
+use crate::model::gguf::GgufFile;
+pub use crate::task::Message;
 use minijinja::value::{Kwargs, Value};
 use minijinja::{Environment, Error, ErrorKind};
-use serde::{Deserialize, Serialize};
-
-use crate::model::gguf::GgufFile;
-
-/// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Message {
-    pub role: String,
-    pub content: String,
-}
-
-impl Message {
-    pub fn new(role: &str, content: impl Into<String>) -> Self {
-        Self {
-            role: role.to_string(),
-            content: content.into(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {

@@ -12,6 +12,7 @@
 
 use minijinja::value::Value;
 
+use super::chat::{append_question, ChatOptions, Message};
 use super::data::TaskDocs;
 use super::error::TaskError;
 use super::fewshot::{excludes_eval_doc, FewshotSampler};
@@ -38,10 +39,14 @@ pub struct Instance {
     /// `None` for a multiple-choice task, whose choices and continuations
     /// are then empty.
     pub target: Option<String>,
+    /// With `--apply-chat-template`: the conversation a model's chat
+    /// template renders into the prompt (then the continuations have no
+    /// `target_delimiter`, as lm-eval scores them).
+    pub messages: Option<Vec<Message>>,
 }
 
 /// Options for [`build_instances`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildOptions {
     /// Evaluate only the first `limit` documents (file order).
     pub limit: Option<usize>,
@@ -49,6 +54,11 @@ pub struct BuildOptions {
     pub num_fewshot: Option<usize>,
     /// Few-shot sampling seed (default 1234, as lm-eval).
     pub seed: u64,
+    /// `--system-instruction`: put before the description (a system turn
+    /// under a chat template).
+    pub system_instruction: Option<String>,
+    /// `--apply-chat-template`: build each request as a conversation too.
+    pub chat: Option<ChatOptions>,
 }
 
 impl Default for BuildOptions {
@@ -57,6 +67,8 @@ impl Default for BuildOptions {
             limit: None,
             num_fewshot: None,
             seed: DEFAULT_FEWSHOT_SEED,
+            system_instruction: None,
+            chat: None,
         }
     }
 }
@@ -119,7 +131,16 @@ pub fn build_instances(
     for (doc_id, doc) in docs.eval.docs.iter().take(n_docs).enumerate() {
         let loc = docs.eval.location(doc_id);
         let ctx = Value::from_serialize(doc);
-        let mut context = templates.description(doc, &ctx, &loc)?;
+        let description = templates.description(doc, &ctx, &loc)?;
+        // lm-eval's system prompt: the instruction, then the description.
+        let system = match (&opts.system_instruction, description.is_empty()) {
+            (Some(i), false) => format!("{i}{}{description}", spec.fewshot_delimiter),
+            (Some(i), true) => i.clone(),
+            (None, _) => description,
+        };
+        let mut context = system.clone();
+        // (question, answer) of each few-shot example.
+        let mut shots: Vec<(String, String)> = Vec::new();
         if let (Some(sampler), Some(pool)) = (sampler.as_mut(), pool) {
             let picks = sampler
                 .sample(num_fewshot, exclude.then_some(doc))
@@ -141,13 +162,32 @@ pub fn build_instances(
                     let gold = templates.gold(fs_doc, &fs_ctx, &choices, &fs_loc)?;
                     choices[gold].clone()
                 };
-                context.push_str(&text);
-                context.push_str(&spec.target_delimiter);
-                context.push_str(&answer);
-                context.push_str(&spec.fewshot_delimiter);
+                shots.push((text, answer));
             }
         }
-        context.push_str(&templates.text(doc, &ctx, &loc)?);
+        let fewshot: String = shots
+            .iter()
+            .map(|(q, a)| format!("{q}{}{a}{}", spec.target_delimiter, spec.fewshot_delimiter))
+            .collect();
+        context.push_str(&fewshot);
+        let question = templates.text(doc, &ctx, &loc)?;
+        context.push_str(&question);
+        let messages = opts.chat.as_ref().map(|c| {
+            let mut chat = Vec::new();
+            if !system.is_empty() {
+                chat.push(Message::new("system", system.clone()));
+            }
+            if c.fewshot_as_multiturn {
+                for (q, a) in &shots {
+                    chat.push(Message::new("user", q.clone()));
+                    chat.push(Message::new("assistant", a.clone()));
+                }
+            } else if !shots.is_empty() {
+                chat.push(Message::new("user", fewshot.clone()));
+            }
+            append_question(&mut chat, &question, c.fewshot_as_multiturn);
+            chat
+        });
         if generate {
             out.push(Instance {
                 doc_id,
@@ -156,15 +196,20 @@ pub fn build_instances(
                 continuations: Vec::new(),
                 gold: 0,
                 target: Some(templates.target_text(doc, &ctx, &loc)?),
+                messages,
             });
             continue;
         }
         let choices = templates.choices(doc, &ctx, &loc)?;
         let gold = templates.gold(doc, &ctx, &choices, &loc)?;
-        let continuations = choices
-            .iter()
-            .map(|c| format!("{}{c}", spec.target_delimiter))
-            .collect();
+        // Under a chat template the answer follows the assistant's turn
+        // directly: lm-eval drops the target delimiter.
+        let delimiter = if messages.is_some() {
+            ""
+        } else {
+            spec.target_delimiter.as_str()
+        };
+        let continuations = choices.iter().map(|c| format!("{delimiter}{c}")).collect();
         out.push(Instance {
             doc_id,
             context,
@@ -172,6 +217,7 @@ pub fn build_instances(
             continuations,
             gold,
             target: None,
+            messages,
         });
     }
     Ok(out)

@@ -10,6 +10,7 @@
 //! Invariant: knows nothing about models, tokenizers or scores; metrics live
 //! in `crate::metrics`.
 
+mod chat;
 mod data;
 mod error;
 mod fewshot;
@@ -25,6 +26,7 @@ mod spec;
 mod template;
 mod yaml_diag;
 
+pub use chat::{ChatOptions, Message};
 pub use data::{DataDir, ParquetReader, SplitDocs, TaskDocs};
 pub use error::{DocLocation, TaskError};
 pub use instances::{build_instances, BuildOptions, Instance, DEFAULT_FEWSHOT_SEED};

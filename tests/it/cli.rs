@@ -356,6 +356,9 @@ fn stored_run(s: &Sandbox, dir: &str) -> PathBuf {
         grid_g_per_kwh: slmbench::measure::energy::DEFAULT_GRID_G_PER_KWH,
         shard: None,
         pack_tokens: slmbench::backend::DEFAULT_PACK_TOKENS,
+        apply_chat_template: false,
+        fewshot_as_multiturn: false,
+        system_instruction: None,
     };
     let rec = slmbench::record::RunRecord {
         run_id: dir.into(),

@@ -346,3 +346,100 @@ fn bad_generation_keys_are_one_line_errors() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+#[test]
+fn chat_requests_follow_lm_eval_fewshot_context() {
+    let Some(shared) = shared_dir() else { return };
+    let reg = slmbench::task::builtin_registry().expect("registry");
+    let data = DataDir::new(shared.join("data"));
+    let build = |task: &str, k: usize, multiturn: Option<bool>, system: Option<&str>| {
+        let spec = reg.task(task).expect("task").clone();
+        let docs = TaskDocs::load(&spec, &data, k).expect("data");
+        let opts = BuildOptions {
+            limit: Some(2),
+            num_fewshot: Some(k),
+            system_instruction: system.map(str::to_string),
+            chat: multiturn.map(|m| slmbench::task::ChatOptions {
+                fewshot_as_multiturn: m,
+            }),
+            ..BuildOptions::default()
+        };
+        build_instances(&spec, &docs, &opts).expect("instances")
+    };
+    let plain = build("gsm8k", 2, None, None);
+    let roles = |i: &slmbench::task::Instance| -> Vec<String> {
+        i.messages
+            .as_ref()
+            .expect("messages")
+            .iter()
+            .map(|m| m.role.clone())
+            .collect()
+    };
+    // Few-shot examples and the question share one user turn: its text is
+    // the plain prompt.
+    let one = build("gsm8k", 2, Some(false), None);
+    assert_eq!(roles(&one[0]), ["user"]);
+    assert_eq!(
+        one[0].messages.as_ref().expect("m")[0].content,
+        plain[0].context
+    );
+    // A system instruction is its own turn (and the plain prompt's head).
+    let sys = build("gsm8k", 2, Some(false), Some("Be brief."));
+    assert_eq!(roles(&sys[0]), ["system", "user"]);
+    assert!(build("gsm8k", 2, None, Some("Be brief."))[0]
+        .context
+        .starts_with("Be brief.Question:"));
+    // Multi-turn: question and answer turns, answers without the delimiter.
+    let multi = build("gsm8k", 2, Some(true), Some("Be brief."));
+    assert_eq!(
+        roles(&multi[0]),
+        ["system", "user", "assistant", "user", "assistant", "user"]
+    );
+    let m = multi[0].messages.as_ref().expect("m");
+    assert!(m[1].content.starts_with("Question: ") && m[1].content.ends_with("\nAnswer:"));
+    assert!(!m[2].content.starts_with(' ') && m[2].content.contains("#### "));
+    // Multiple choice under a chat template: no target delimiter.
+    let mc = build("arc_easy", 0, Some(false), None);
+    let plain_mc = build("arc_easy", 0, None, None);
+    for (c, p) in mc[0].continuations.iter().zip(&plain_mc[0].continuations) {
+        assert_eq!(format!(" {c}"), *p);
+    }
+}
+
+#[test]
+fn apply_chat_template_on_a_model_without_one_fails_its_cells() {
+    let Some(shared) = shared_dir() else { return };
+    model_path("gemma3-270m");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let o = bin()
+        .args([
+            "run",
+            "--model",
+            "gemma3-270m",
+            "--tasks",
+            "copa",
+            "--limit",
+            "2",
+        ])
+        .args(["--apply-chat-template", "--data-dir"])
+        .arg(shared.join("data"))
+        .arg("--out")
+        .arg(tmp.path().join("run"))
+        .output()
+        .expect("run");
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("gemma3-270m: the model has no chat template"),
+        "{err}"
+    );
+    let o = bin()
+        .args(["run", "--fewshot-as-multiturn", "--tasks", "copa"])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--apply-chat-template"),
+        "{err}"
+    );
+}

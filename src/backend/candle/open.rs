@@ -54,6 +54,8 @@ pub fn open(
         || open_tokenizer(&effective, &path, &meta),
         || super::load(&mut gguf, mode),
     );
+    let chat = crate::model::chat::ChatTemplate::of_model(&effective, &path, &meta)
+        .map_err(|e| BackendError::Engine(Box::new(e)))?;
     drop(meta);
     let tokenizer = tokenizer?;
     let model = model.map_err(|e| BackendError::Engine(Box::new(e)))?;
@@ -102,5 +104,6 @@ pub fn open(
     Ok(Loaded {
         scorer: Box::new(scorer),
         record,
+        chat,
     })
 }

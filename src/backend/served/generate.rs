@@ -71,7 +71,10 @@ pub fn generate(
         Api::OpenaiChat => (
             "/v1/chat/completions",
             with_model(json!({
-                "messages": [{"role": "user", "content": req.prompt}],
+                "messages": match req.messages {
+                    Some(m) => json!(m),
+                    None => json!([{"role": "user", "content": req.prompt}]),
+                },
                 "max_tokens": req.max_gen_toks,
                 "temperature": 0.0,
                 "stop": stops,

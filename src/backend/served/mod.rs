@@ -88,6 +88,7 @@ pub fn open(
             },
         }),
         record,
+        chat: None,
     })
 }
 
@@ -257,6 +258,10 @@ impl Scorer for ServedScorer {
 
     fn gen_per_call(&self) -> usize {
         self.concurrency
+    }
+
+    fn takes_messages(&self) -> bool {
+        self.api == Api::OpenaiChat
     }
 
     fn computes_locally(&self) -> bool {
