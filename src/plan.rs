@@ -122,7 +122,7 @@ pub fn prepare_tasks(specs: &[TaskSpec], cfg: &RunConfig) -> Result<Vec<Prepared
         num_fewshot: cfg.num_fewshot,
         seed: cfg.seed,
         system_instruction: cfg.system_instruction.clone(),
-        chat: cfg.apply_chat_template.then(|| crate::task::ChatOptions {
+        chat: cfg.apply_chat_template.then_some(crate::task::ChatOptions {
             fewshot_as_multiturn: cfg.fewshot_as_multiturn,
         }),
     };
