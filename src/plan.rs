@@ -172,7 +172,7 @@ pub fn task_registry(suite_files: &[PathBuf]) -> Result<TaskRegistry, PlanError>
                 path: f.display().to_string(),
                 message: format!("cannot read: {e}"),
             })?;
-            reg.add_yaml(&f.display().to_string(), &text)?;
+            reg.add_file(f, &text)?;
         }
     }
     Ok(reg)

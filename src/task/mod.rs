@@ -15,6 +15,7 @@ mod data;
 mod error;
 mod fewshot;
 pub mod filter;
+mod include;
 mod instances;
 pub mod parquet;
 mod parse;
@@ -30,7 +31,7 @@ pub use chat::{ChatOptions, Message};
 pub use data::{DataDir, ParquetReader, SplitDocs, TaskDocs};
 pub use error::{DocLocation, TaskError};
 pub use instances::{build_instances, BuildOptions, Instance, DEFAULT_FEWSHOT_SEED};
-pub use parse::parse_suite_yaml;
+pub use parse::{parse_suite_file, parse_suite_yaml};
 pub use parse_gen::DEFAULT_MAX_GEN_TOKS;
 pub use registry::{builtin_registry, load_suite_dir, load_task_file, TaskRegistry};
 pub use spec::{

@@ -111,7 +111,38 @@ fn spec_err(
 /// `file` names it in error messages.
 pub fn parse_suite_yaml(file: &str, text: &str) -> Result<SuiteFile, TaskError> {
     reject_python_tags(file, text)?;
-    let mut raw: RawFile = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, text, &e))?;
+    if super::include::has_include(text) {
+        return Err(spec_err(
+            file,
+            "include",
+            "this file was given as text, so there is nothing to include relative to",
+            "load it from its folder (--suite FILE or DIR)",
+        ));
+    }
+    let raw: RawFile = serde_saphyr::from_str(text).map_err(|e| yaml_error(file, text, &e))?;
+    from_raw(file, raw)
+}
+
+/// Parses one suite file read from `path`, merging its `include:`s
+/// (paths relative to it) as lm-eval does.
+pub fn parse_suite_file(path: &std::path::Path, text: &str) -> Result<SuiteFile, TaskError> {
+    let file = path.display().to_string();
+    if !super::include::has_include(text) {
+        return parse_suite_yaml(&file, text);
+    }
+    let merged = super::include::merged(path, text)?;
+    let raw: RawFile = serde_json::from_value(Json::Object(merged)).map_err(|e| {
+        spec_err(
+            &file,
+            "include",
+            format!("with its includes merged: {e}"),
+            "fix the key in this file or the included one",
+        )
+    })?;
+    from_raw(&file, raw)
+}
+
+fn from_raw(file: &str, mut raw: RawFile) -> Result<SuiteFile, TaskError> {
     if raw.process_docs.is_some() {
         return Err(spec_err(file, "process_docs", "not supported", PY_FUNC_FIX));
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::error::TaskError;
-use super::parse::parse_suite_yaml;
+use super::parse::{parse_suite_file, parse_suite_yaml};
 use super::spec::{GroupSpec, SuiteFile, TaskSpec};
 
 /// The suite files shipped with slmbench, embedded at build time.
@@ -70,7 +70,7 @@ pub fn load_task_file(path: &Path) -> Result<TaskSpec, TaskError> {
         path: file.clone(),
         source,
     })?;
-    match parse_suite_yaml(&file, &text)? {
+    match parse_suite_file(path, &text)? {
         SuiteFile::Task(t) => Ok(*t),
         SuiteFile::Group(g) => Err(TaskError::Spec {
             file,
@@ -154,8 +154,17 @@ impl TaskRegistry {
                 path: file.clone(),
                 source,
             })?;
-            layer.add(parse_suite_yaml(&file, &text)?)?;
+            layer.add(parse_suite_file(&path, &text)?)?;
         }
+        self.merge(layer);
+        Ok(())
+    }
+
+    /// Adds one suite file read from `path` (its `include:`s relative to
+    /// it), replacing a same-named entry.
+    pub fn add_file(&mut self, path: &Path, text: &str) -> Result<(), TaskError> {
+        let mut layer = Layer::default();
+        layer.add(parse_suite_file(path, text)?)?;
         self.merge(layer);
         Ok(())
     }

@@ -24,7 +24,7 @@ pub fn validate(files: &[PathBuf]) -> Result<i32> {
                 .map_err(Into::into)
         } else {
             let mut reg = crate::task::TaskRegistry::new();
-            reg.add_yaml(&f.display().to_string(), &text)
+            reg.add_file(f, &text)
                 .map(|_| "task file".to_string())
                 .map_err(Into::into)
         };
