@@ -17,7 +17,7 @@ use candle_core::{Device, Result, Tensor};
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use super::cpu::with_rows;
+use super::cpu::{with_heads, with_rows};
 use super::vmath;
 
 /// Query rows per work item: small enough to spread over the threads and to
@@ -65,15 +65,19 @@ pub fn attention(
     }
     let rep = heads / kv_heads;
     let scale = scale as f32;
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let q = q.contiguous()?;
     let mask = mask.map(|m| m.contiguous()).transpose()?;
     // Decoding's few rows run on the calling thread: waking the pool would
     // cost more than the work.
     let parallel = heads * t * s * d >= PARALLEL_MIN_MACS;
     let mut by_head = vec![0f32; heads * t * d];
     with_rows(&q, |q| {
-        with_rows(&k, |k| {
-            with_rows(&v, |v| {
+        // Keys and values in place: head g's rows start at g · hs.
+        with_heads(k, |k, hs| {
+            with_heads(v, |v, vs| {
+                if vs != hs {
+                    candle_core::bail!("attention: keys and values laid out differently");
+                }
                 let mut attend_all = |m: Option<&[f32]>| {
                     let ranges: Vec<(usize, usize)> = match m {
                         None => vec![(0, s); t],
@@ -89,7 +93,8 @@ pub fn attention(
                             .chunks(QUERY_BLOCK * s)
                             .zip(ranges.chunks(QUERY_BLOCK))
                             .map(|(m, r)| {
-                                sparse_keys(m, s, r).map(|keys| Gathered::new(&keys, m, k, v, s, d))
+                                sparse_keys(m, s, r)
+                                    .map(|keys| Gathered::new(&keys, m, (k, v, hs), kv_heads, s, d))
                             })
                             .collect(),
                     };
@@ -107,8 +112,8 @@ pub fn attention(
                         let (g, n) = (h / rep, out.len() / d);
                         let block = Block {
                             q: &q[(h * t + i0) * d..][..n * d],
-                            k: &k[g * s * d..][..s * d],
-                            v: &v[g * s * d..][..s * d],
+                            k: &k[g * hs..][..s * d],
+                            v: &v[g * hs..][..s * d],
                             mask: m.map(|m| &m[i0 * s..][..n * s]),
                             ranges: &ranges[i0..i0 + n],
                             gather: gathers[i0 / QUERY_BLOCK].as_ref().map(|b| b.group(g)),
@@ -198,8 +203,16 @@ struct Gathered {
 
 impl Gathered {
     /// Gathers `keys` from the block's mask rows `m` (`[n, s]`) and from
-    /// every KV group of `k`, `v` (`[kv_heads, s, d]`).
-    fn new(keys: &[usize], m: &[f32], k: &[f32], v: &[f32], s: usize, d: usize) -> Self {
+    /// every KV group of `k`, `v` (`[groups, s, d]` rows, group g's from
+    /// `g · hs`).
+    fn new(
+        keys: &[usize],
+        m: &[f32],
+        (k, v, hs): (&[f32], &[f32], usize),
+        groups: usize,
+        s: usize,
+        d: usize,
+    ) -> Self {
         let mask = m
             .chunks_exact(s)
             .flat_map(|row| keys.iter().map(move |&j| row[j]))
@@ -207,8 +220,9 @@ impl Gathered {
         // A copy per key row (an element-wise `flat_map` was 1.7% of
         // SmolLM2's scoring).
         let gather = |x: &[f32]| -> Vec<f32> {
-            let mut out = Vec::with_capacity(x.len() / s * keys.len());
-            for group in x.chunks_exact(s * d) {
+            let mut out = Vec::with_capacity(groups * keys.len() * d);
+            for g in 0..groups {
+                let group = &x[g * hs..][..s * d];
                 for &j in keys {
                     out.extend_from_slice(&group[j * d..][..d]);
                 }
@@ -219,7 +233,7 @@ impl Gathered {
             mask,
             k: gather(k),
             v: gather(v),
-            groups: k.len() / (s * d),
+            groups,
         }
     }
 
