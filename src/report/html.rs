@@ -163,6 +163,14 @@ fn failing_samples(runs: &[Run], out: &mut String) -> Result<(), ReportError> {
             continue;
         }
         let label = label_of(&labels, i, &c.model);
+        if wrong[0]
+            .metrics
+            .get("generation")
+            .is_some_and(|g| g.is_string())
+        {
+            failing_generations(out, &label, c, &metric.name, &wrong, samples.len());
+            continue;
+        }
         let _ = write!(
             out,
             "<details class=\"failing\"><summary>{} / {}: first {} wrong of {} documents</summary><table><thead><tr><th>doc</th><th>context</th><th>gold</th><th>predicted</th><th>log-likelihoods</th></tr></thead><tbody>",
@@ -187,6 +195,53 @@ fn failing_samples(runs: &[Run], out: &mut String) -> Result<(), ReportError> {
         out.push_str("</tbody></table></details>");
     }
     Ok(())
+}
+
+/// A generation cell's first wrong documents: the prompt's tail, the
+/// generation, the answer the metric's filter extracted, and the target.
+fn failing_generations(
+    out: &mut String,
+    label: &str,
+    c: &crate::record::CellResult,
+    metric: &str,
+    wrong: &[&crate::record::SampleRecord],
+    total: usize,
+) {
+    let filter = metric.split_once(',').map_or("none", |(_, f)| f);
+    let text = |s: &crate::record::SampleRecord, key: &str| {
+        s.metrics
+            .get(key)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let _ = write!(
+        out,
+        "<details class=\"failing\"><summary>{} / {}: first {} wrong of {} documents ({})</summary><table><thead><tr><th>doc</th><th>prompt (end)</th><th>generation</th><th>extracted</th><th>target</th></tr></thead><tbody>",
+        esc(label),
+        esc(&c.task),
+        wrong.len(),
+        total,
+        esc(metric)
+    );
+    for s in wrong {
+        let extracted = s
+            .metrics
+            .get("filtered")
+            .and_then(|f| f.get(filter))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "<tr><td class=\"num\">{}</td><td><pre>{}</pre></td><td><pre>{}</pre></td><td><pre>{}</pre></td><td><pre>{}</pre></td></tr>",
+            s.doc_id,
+            esc(&tail_chars(&text(s, "prompt"), CONTEXT_CHARS)),
+            esc(&text(s, "generation")),
+            esc(extracted),
+            esc(&text(s, "target")),
+        );
+    }
+    out.push_str("</tbody></table></details>");
 }
 
 fn fingerprints(runs: &[Run], out: &mut String) {

@@ -64,12 +64,14 @@ impl Run {
 }
 
 /// The metric a cell is judged and charted by: `acc` when the task has it,
-/// else the task's first metric (e.g. `mcc` for CoLA).
+/// else the first of its metrics by name (`mcc` for CoLA,
+/// `exact_match,flexible-extract` for GSM8K) — a rule the long table's
+/// rows, sorted by name, give the same answer to.
 pub fn primary_metric(cell: &CellResult) -> Option<&crate::record::MetricValue> {
     cell.metrics
         .iter()
         .find(|m| m.name == "acc")
-        .or_else(|| cell.metrics.first())
+        .or_else(|| cell.metrics.iter().min_by(|a, b| a.name.cmp(&b.name)))
 }
 
 /// One row of the long table: a run × model × task × metric.

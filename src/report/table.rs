@@ -105,6 +105,8 @@ pub fn markdown_summary(rows: &[Row], points: &[ModelPoint]) -> String {
     for r in rows {
         let key = (r.model.as_str(), r.task.as_str());
         match cell.get(&key) {
+            // Rows come sorted by metric name: the first one stays, unless
+            // `acc` comes later.
             Some(prev) if prev.metric == "acc" || r.metric != "acc" => {}
             _ => {
                 cell.insert(key, r);

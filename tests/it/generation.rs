@@ -308,6 +308,21 @@ fn served_completions_and_chat_generate_with_client_side_stops() {
     let served = &results["cells"][0]["served"];
     assert_eq!(served["requests"], 2);
     assert_eq!(served["completion_tokens"], 6);
+    // The report shows generation cells and their first wrong answers.
+    let o = bin()
+        .args(["report", "run", "--out", "rep"])
+        .current_dir(dir)
+        .output()
+        .expect("report");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(dir.join("rep/report.html")).expect("html");
+    assert!(
+        html.contains("comp / arith: first 1 wrong of 2 documents (exact_match,num)"),
+        "{html}"
+    );
+    assert!(html.contains("<td><pre> 5</pre></td><td><pre>5</pre></td><td><pre>4</pre></td>"));
+    let md = std::fs::read_to_string(dir.join("rep/summary.md")).expect("md");
+    assert!(md.contains("0.500 ± 0.500 (exact_match,num)"), "{md}");
 }
 
 #[test]
