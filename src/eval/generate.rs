@@ -1,7 +1,10 @@
-//! One model × `generate_until` task cell: each document's prompt through
-//! [`Scorer::generate`], the answer extracted by every filter pipeline and
-//! scored by `exact_match` against the target, a sample line appended per
-//! document, and metrics keyed `exact_match,<filter>` with lm-eval's stderr.
+//! One model × task cell by generation: each document's prompt through
+//! [`Scorer::generate`], the answer judged ([`Judge`]), a sample line
+//! appended per document, and a mean with lm-eval's stderr per metric.
+//! A `generate_until` task is judged by its filters and `exact_match`
+//! (metrics `exact_match,<filter>`); a multiple-choice task on an engine
+//! with no log-probabilities (a chat endpoint) by the letter its reply
+//! names (`super::lettered`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -21,7 +24,7 @@ use crate::record::{
 };
 use crate::spec::endpoint::Price;
 use crate::task::filter::{CompiledFilters, CompiledMatch};
-use crate::task::GenerationSpec;
+use crate::task::{GenerationSpec, Instance};
 
 fn stop_name(s: StopReason) -> &'static str {
     match s {
@@ -42,33 +45,84 @@ fn percentile(xs: &[f64], p: f64) -> Option<f64> {
     Some(xs[lo] + (xs[hi] - xs[lo]) * (h - lo as f64))
 }
 
+/// The answer of a judged generation: the target as text, each filter's
+/// answer, and one value per metric key.
+pub type Judged = (String, Vec<(String, String)>, Vec<f64>);
+
+/// Judges one document's generation.
+pub type JudgeFn<'a> = Box<dyn Fn(&Instance, &str) -> Judged + 'a>;
+
+/// How a cell's documents are asked and their answers judged.
+pub struct Judge<'a> {
+    /// Metric names, one value per document each.
+    pub keys: Vec<String>,
+    pub until: Vec<String>,
+    pub max_gen_toks: usize,
+    /// The prompt sent for a document.
+    pub prompt: Box<dyn Fn(&Instance) -> String + 'a>,
+    /// A document's generation judged.
+    pub judge: JudgeFn<'a>,
+}
+
+/// The answer no filter could read (lm-eval's fallback, and a reply that
+/// names no letter).
+pub const INVALID: &str = "[invalid]";
+
+impl<'a> Judge<'a> {
+    /// A `generate_until` task: its filters, then `exact_match` against
+    /// `doc_to_target`.
+    pub fn exact_match(gen: &'a GenerationSpec) -> Result<Self, String> {
+        let filters = CompiledFilters::new(&gen.filters).map_err(|e| e.to_string())?;
+        let matcher = CompiledMatch::new(&gen.exact_match).map_err(|e| e.to_string())?;
+        Ok(Self {
+            keys: gen
+                .filters
+                .iter()
+                .map(|f| format!("exact_match,{}", f.name))
+                .collect(),
+            until: gen.until.clone(),
+            max_gen_toks: gen.max_gen_toks,
+            prompt: Box::new(|inst| inst.context.clone()),
+            judge: Box::new(move |inst, text| {
+                let target = inst.target.clone().unwrap_or_default();
+                let answers = filters.apply(text);
+                let ems = answers
+                    .iter()
+                    .map(|(_, a)| matcher.score(a, &target))
+                    .collect();
+                (target, answers, ems)
+            }),
+        })
+    }
+}
+
+/// Whether the first filter's answer is the fallback.
+fn first_invalid(filtered: &Map<String, Value>) -> bool {
+    filtered
+        .values()
+        .next()
+        .and_then(Value::as_str)
+        .is_some_and(|a| a == INVALID)
+}
+
 /// Generates one model × task cell, appending samples to `run_dir`.
 pub fn run_gen_cell(
     scorer: &mut dyn Scorer,
     model: &str,
     task: &PreparedTask,
-    gen: &GenerationSpec,
+    judge: &Judge<'_>,
     run_dir: &Path,
     measure: MeasureOptions,
     price: Option<&Price>,
 ) -> Result<CellResult, EvalError> {
     let t0 = Instant::now();
-    let metric_err = |message: String| EvalError::Metric {
-        context: task.spec.name.clone(),
-        message,
-    };
-    let filters = CompiledFilters::new(&gen.filters).map_err(|e| metric_err(e.to_string()))?;
-    let matcher = CompiledMatch::new(&gen.exact_match).map_err(|e| metric_err(e.to_string()))?;
-    let keys: Vec<String> = gen
-        .filters
-        .iter()
-        .map(|f| format!("exact_match,{}", f.name))
-        .collect();
+    let keys = &judge.keys;
     let probe = CellProbe::start(&measure);
     let path = samples_path(run_dir, model, &task.spec.name);
     let wanted: BTreeSet<usize> = task.instances.iter().map(|i| i.doc_id).collect();
-    // Per document: its exact_match per filter, and how it stopped.
-    let mut done: BTreeMap<usize, (Vec<f64>, String)> = BTreeMap::new();
+    // Per document: its value per metric, how it stopped, and whether its
+    // first filter found no answer.
+    let mut done: BTreeMap<usize, (Vec<f64>, String, bool)> = BTreeMap::new();
     let mut truncated = 0;
     for r in read_records::<GenSampleRecord>(&path)? {
         if wanted.contains(&r.doc_id) {
@@ -77,7 +131,8 @@ pub fn run_gen_cell(
                 .map(|k| r.metrics.get(k).and_then(Value::as_f64).unwrap_or(0.0))
                 .collect();
             truncated += usize::from(r.truncated);
-            done.insert(r.doc_id, (ems, r.stop));
+            let invalid = first_invalid(&r.filtered);
+            done.insert(r.doc_id, (ems, r.stop, invalid));
         }
     }
     let resumed = done.len();
@@ -95,12 +150,14 @@ pub fn run_gen_cell(
     let scoring = Instant::now();
     for chunk in todo.chunks(scorer.gen_per_call().max(1)) {
         let t = Instant::now();
+        let prompts: Vec<String> = chunk.iter().map(|inst| (judge.prompt)(inst)).collect();
         let reqs: Vec<GenRequest<'_>> = chunk
             .iter()
-            .map(|inst| GenRequest {
-                prompt: &inst.context,
-                until: &gen.until,
-                max_gen_toks: gen.max_gen_toks,
+            .zip(&prompts)
+            .map(|(inst, prompt)| GenRequest {
+                prompt,
+                until: &judge.until,
+                max_gen_toks: judge.max_gen_toks,
                 messages: inst.messages.as_deref().filter(|_| takes_messages),
             })
             .collect();
@@ -113,27 +170,25 @@ pub fn run_gen_cell(
             }
         })?;
         let chunk_ms = t.elapsed().as_secs_f64() * 1e3;
-        for (inst, g) in chunk.iter().zip(gens) {
+        for ((inst, g), prompt) in chunk.iter().zip(gens).zip(prompts) {
             // A served request's own time; else the call's, shared.
             let latency_ms = if g.requests.is_empty() {
                 chunk_ms / chunk.len() as f64
             } else {
                 g.requests.iter().map(|r| r.ms).sum()
             };
-            let target = inst.target.clone().unwrap_or_default();
+            let (target, answers, ems) = (judge.judge)(inst, &g.text);
             let mut filtered = Map::new();
             let mut metrics = Map::new();
-            let mut ems = Vec::with_capacity(keys.len());
-            for ((name, answer), key) in filters.apply(&g.text).into_iter().zip(&keys) {
-                let em = matcher.score(&answer, &target);
-                metrics.insert(key.clone(), Value::from(em));
+            for ((name, answer), (key, em)) in answers.into_iter().zip(keys.iter().zip(&ems)) {
+                metrics.insert(key.clone(), Value::from(*em));
                 filtered.insert(name, Value::from(answer));
-                ems.push(em);
             }
+            let invalid = first_invalid(&filtered);
             let stop = stop_name(g.stop).to_string();
             writer.append(&GenSampleRecord {
                 doc_id: inst.doc_id,
-                prompt: inst.context.clone(),
+                prompt,
                 generation: g.text.clone(),
                 target,
                 filtered,
@@ -153,7 +208,7 @@ pub fn run_gen_cell(
             forwarded += g.prompt_tokens + g.generated_tokens;
             generated += g.generated_tokens as u64;
             request_stats.extend_from_slice(&g.requests);
-            done.insert(inst.doc_id, (ems, stop));
+            done.insert(inst.doc_id, (ems, stop, invalid));
             pb.inc(1);
         }
     }
@@ -163,7 +218,7 @@ pub fn run_gen_cell(
     let (peak_rss, energy) = finish_probe(probe, scorer, n_todo, forwarded, &measure);
     let mut metrics = Vec::with_capacity(keys.len());
     for (k, key) in keys.iter().enumerate() {
-        let xs: Vec<f64> = done.values().map(|(ems, _)| ems[k]).collect();
+        let xs: Vec<f64> = done.values().map(|(ems, _, _)| ems[k]).collect();
         metrics.push(MetricValue {
             name: key.clone(),
             value: if xs.is_empty() { f64::NAN } else { mean(&xs) },
@@ -171,9 +226,10 @@ pub fn run_gen_cell(
         });
     }
     let mut stops = StopCounts::default();
-    for (_, s) in done.values() {
+    for (_, s, _) in done.values() {
         stops.add(s);
     }
+    let invalid = done.values().filter(|d| d.2).count();
     speeds.sort_by(f64::total_cmp);
     Ok(CellResult {
         model: model.to_string(),
@@ -200,6 +256,7 @@ pub fn run_gen_cell(
             decode_tokens_per_s_p90: percentile(&speeds, 0.9),
             generated_tokens: generated,
             stops,
+            invalid,
         }),
     })
 }

@@ -9,6 +9,7 @@
 mod cell;
 mod error;
 mod generate;
+mod lettered;
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 pub use cell::{run_cell, DOCS_PER_CALL, WARMUP_DOCS};
 pub use error::EvalError;
-pub use generate::run_gen_cell;
+pub use generate::{run_gen_cell, Judge};
 
 use crate::backend::{BackendOptions, Loaded};
 use crate::model::chat::ChatTemplate;
@@ -207,8 +208,25 @@ pub fn execute(
             let measure = crate::measure::MeasureOptions::new(cfg.cpu_watts, cfg.grid_g_per_kwh);
             let price = models.get(model).ok().and_then(|s| s.price.as_ref());
             let scorer = loaded.scorer.as_mut();
+            let takes_messages = scorer.takes_messages();
             let result = match &p.spec.generation {
-                Some(gen) => run_gen_cell(scorer, model, p, gen, &run_dir, measure, price),
+                Some(gen) => match Judge::exact_match(gen) {
+                    Ok(j) => run_gen_cell(scorer, model, p, &j, &run_dir, measure, price),
+                    Err(e) => Err(EvalError::Metric {
+                        context: p.spec.name.clone(),
+                        message: e,
+                    }),
+                },
+                // A chat endpoint has no log-probabilities: ask for the letter.
+                None if takes_messages => run_gen_cell(
+                    scorer,
+                    model,
+                    p,
+                    &lettered::judge(),
+                    &run_dir,
+                    measure,
+                    price,
+                ),
                 None => run_cell(
                     scorer,
                     model,

@@ -73,4 +73,7 @@ pub struct GenerationStats {
     pub generated_tokens: u64,
     /// How the generations ended (all documents of the cell).
     pub stops: StopCounts,
+    /// Documents whose answer the first filter could not read (`[invalid]`).
+    #[serde(default)]
+    pub invalid: usize,
 }

@@ -224,7 +224,15 @@ fn arith_server(req: &Req, _n: usize) -> (u16, Vec<(String, String)>, String) {
         .as_str()
         .or(req.body["messages"][0]["content"].as_str())
         .unwrap_or("");
-    let text = if prompt.contains("1+1") {
+    let text = if prompt.contains("Answer with the letter") {
+        // Multiple choice by letter: a letter for COPA's "because"
+        // questions, no letter for the others.
+        if prompt.contains("because") {
+            "I think (B)."
+        } else {
+            "no idea"
+        }
+    } else if prompt.contains("1+1") {
         " 2 STOP 3"
     } else {
         " 5"
@@ -271,7 +279,7 @@ fn served_completions_and_chat_generate_with_client_side_stops() {
             "--suite",
             "arith.yaml",
             "--tasks",
-            "arith,smoke_copa",
+            "arith",
             "--data-dir",
             "data",
             "--out",
@@ -280,13 +288,7 @@ fn served_completions_and_chat_generate_with_client_side_stops() {
         .current_dir(dir)
         .output()
         .expect("run");
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    // The chat endpoint cannot score multiple choice: that cell fails, the rest run.
-    assert!(!o.status.success());
-    assert!(
-        stderr.contains("chat/smoke_copa") && stderr.contains("no prompt log-probabilities"),
-        "{stderr}"
-    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for model in ["comp", "chat"] {
         let s = read_jsonl(&dir.join(format!("run/samples/{model}/arith.jsonl")));
         assert_eq!(s.len(), 2, "{model}");
@@ -323,6 +325,54 @@ fn served_completions_and_chat_generate_with_client_side_stops() {
     assert!(html.contains("<td><pre> 5</pre></td><td><pre>5</pre></td><td><pre>4</pre></td>"));
     let md = std::fs::read_to_string(dir.join("rep/summary.md")).expect("md");
     assert!(md.contains("0.500 ± 0.500 (exact_match,num)"), "{md}");
+}
+
+#[test]
+fn a_chat_endpoint_answers_multiple_choice_by_letter() {
+    let stand = Stand::start(Box::new(arith_server));
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path();
+    let yaml = format!(
+        "models:\n  chat:\n    endpoint: {{api: openai-chat, base_url: \"{}\", model: m}}\n",
+        stand.url()
+    );
+    std::fs::write(dir.join("models.yaml"), yaml).expect("write");
+    let o = bin()
+        .args(["run", "--models", "models.yaml", "--model", "chat"])
+        .args(["--tasks", "smoke_copa", "--out", "run"])
+        .current_dir(dir)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = read_jsonl(&dir.join("run/samples/chat/smoke_copa.jsonl"));
+    assert_eq!(s.len(), 12);
+    let (mut invalid, mut right) = (0, 0.0);
+    for r in &s {
+        let prompt = r["prompt"].as_str().expect("prompt");
+        assert!(
+            prompt.contains("\nA. ") && prompt.contains("\nB. "),
+            "{prompt}"
+        );
+        let letter = r["filtered"]["letter"].as_str().expect("letter");
+        if prompt.contains("because") {
+            assert_eq!(letter, "B");
+            assert_eq!(r["acc"], f64::from(u8::from(r["target"] == "B")));
+        } else {
+            assert_eq!(letter, "[invalid]");
+            assert_eq!(r["acc"], 0.0);
+            invalid += 1;
+        }
+        right += r["acc"].as_f64().expect("acc");
+    }
+    assert!(invalid > 0 && invalid < 12, "{invalid}");
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("run/results.json")).expect("results"),
+    )
+    .expect("json");
+    let cell = &results["cells"][0];
+    assert_eq!(cell["generation"]["invalid"], invalid);
+    assert_eq!(cell["metrics"][0]["name"], "acc");
+    assert!((cell["metrics"][0]["value"].as_f64().expect("acc") - right / 12.0).abs() < 1e-12);
 }
 
 #[test]
