@@ -250,8 +250,44 @@ fn llama_server_scores_like_the_local_engine_and_survives_a_kill() {
             .expect("json");
     assert_eq!(results["cells"][0]["resumed_samples"], kept);
 
+    // Generation: GSM8K through llama-server's /completion, and locally.
+    let gen = tmp.path().join("gen");
+    let o = run(
+        &[
+            "run",
+            "--models",
+            models.to_str().expect("utf-8"),
+            "--model",
+            "gemma3-served",
+            "--model",
+            "gemma3-270m",
+            "--tasks",
+            "gsm8k",
+            "--limit",
+            "3",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--out",
+            gen.to_str().expect("utf-8"),
+        ],
+        tmp.path(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let served = common::read_jsonl(&gen.join("samples/gemma3-served/gsm8k.jsonl"));
+    let local = common::read_jsonl(&gen.join("samples/gemma3-270m/gsm8k.jsonl"));
+    assert_eq!(served.len(), 3);
+    let mut same = 0;
+    for (s, l) in served.iter().zip(&local) {
+        assert!(s["prompt_tokens"].as_u64() > Some(1000), "{s}");
+        assert!(s["generated_tokens"].as_u64() > Some(0), "{s}");
+        assert!(s["filtered"]["strict-match"].is_string(), "{s}");
+        assert_ne!(s["stop"], "context", "{s}");
+        same += usize::from(s["generation"] == l["generation"]);
+    }
+    eprintln!("gsm8k on llama-server vs local: {same}/3 generations identical");
+
     // The key went in a header and nowhere else.
-    for dir in [tmp.path().join("both"), out] {
+    for dir in [tmp.path().join("both"), out, gen] {
         for f in walk(&dir) {
             let text = std::fs::read(&f).expect("read");
             assert!(
