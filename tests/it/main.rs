@@ -6,6 +6,7 @@ mod common;
 mod fetch;
 mod fidelity;
 mod generation;
+mod invariance;
 mod layout;
 mod measure;
 mod parquet;

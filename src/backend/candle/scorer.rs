@@ -4,6 +4,7 @@
 
 use candle_core::Tensor;
 
+use super::kernels::streamed::F32Activations;
 use super::nn::head::TokenScore;
 use super::pack::DocTree;
 use super::{CausalLm, PackedHidden};
@@ -265,6 +266,9 @@ fn choice_score(rest: &mut &[TokenScore], n: usize) -> ChoiceScore {
 
 impl Scorer for CandleScorer {
     fn score_docs(&mut self, docs: &[(&str, &[String])]) -> Result<Vec<DocScore>, ScoreError> {
+        // Scores never come through 8-bit activations, however few rows a
+        // forward has: they must not depend on packing.
+        let _f32 = F32Activations::hold();
         if self.pack_tokens == 0 {
             return docs
                 .iter()
@@ -304,6 +308,7 @@ impl Scorer for CandleScorer {
         context: &str,
         continuations: &[String],
     ) -> Result<DocScore, ScoreError> {
+        let _f32 = F32Activations::hold();
         let pairs = self.encode(context, continuations)?;
         self.score_encoded(pairs)
     }

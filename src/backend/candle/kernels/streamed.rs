@@ -13,6 +13,38 @@ use super::cpu::with_rows;
 /// than quantized dot products.
 pub const STREAM_MIN_ROWS: usize = 16;
 
+thread_local! {
+    static F32_ACTIVATIONS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While alive, every matmul on this thread over a quantized weight in
+/// `WeightMode::Auto` keeps f32 activations (dequantize, then the f32
+/// GEMM), whatever its row count: scoring holds one, so a document's
+/// scores do not depend on how many rows its forward had (a short forward
+/// would otherwise take the 8-bit-activation kernels). Decoding holds none.
+pub struct F32Activations {
+    before: bool,
+}
+
+impl F32Activations {
+    pub fn hold() -> Self {
+        Self {
+            before: F32_ACTIVATIONS.with(|c| c.replace(true)),
+        }
+    }
+
+    /// Whether a guard is alive on this thread.
+    pub fn held() -> bool {
+        F32_ACTIVATIONS.with(std::cell::Cell::get)
+    }
+}
+
+impl Drop for F32Activations {
+    fn drop(&mut self) {
+        F32_ACTIVATIONS.with(|c| c.set(self.before));
+    }
+}
+
 /// f32 elements of the dequantized slab (4 MiB; one buffer per thread):
 /// bounds the memory of a streamed matmul, and is small enough that the
 /// slab is still in cache when the GEMM packs it.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Module, Result, Tensor};
 
-use crate::backend::candle::kernels::streamed::{streamed_matmul, STREAM_MIN_ROWS};
+use crate::backend::candle::kernels::streamed::{streamed_matmul, F32Activations, STREAM_MIN_ROWS};
 
 /// `y = x Wᵀ (+ b)` with the weight quantized or dense. Dense weights are
 /// stored transposed (`[in, out]`, contiguous) so the GEMM reads them
@@ -50,7 +50,7 @@ impl Weight {
         };
         Ok(match self {
             Weight::Quantized(q) => q.forward(x)?,
-            Weight::Streamed(q, mm) if rows < STREAM_MIN_ROWS => {
+            Weight::Streamed(q, mm) if rows < STREAM_MIN_ROWS && !F32Activations::held() => {
                 match crate::backend::candle::kernels::gemv::matmul(&x.reshape((rows, k))?, q)? {
                     Some(y) => with_last(y, q.shape().dims2()?.0)?,
                     None => mm.forward(x)?,
