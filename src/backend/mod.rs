@@ -65,6 +65,9 @@ pub enum ScoreError {
     Tokenizer(#[from] TokenizerError),
     #[error("model forward failed: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// The run was interrupted (SIGINT/SIGTERM); what was reported is kept.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 impl ScoreError {
@@ -142,6 +145,20 @@ pub trait Scorer {
     /// fewer forwards. The default scores them one at a time.
     fn score_docs(&mut self, docs: &[(&str, &[String])]) -> Result<Vec<DocScore>, ScoreError> {
         docs.iter().map(|(c, k)| self.score_doc(c, k)).collect()
+    }
+    /// Scores several documents, handing each score to `sink` (document
+    /// index, score) as soon as it and every earlier one are done, so the
+    /// caller can write it before the next is computed. A sink error stops
+    /// the call. The default scores them all, then hands them over.
+    fn score_docs_into(
+        &mut self,
+        docs: &[(&str, &[String])],
+        sink: &mut dyn FnMut(usize, DocScore) -> Result<(), ScoreError>,
+    ) -> Result<(), ScoreError> {
+        for (i, d) in self.score_docs(docs)?.into_iter().enumerate() {
+            sink(i, d)?;
+        }
+        Ok(())
     }
     /// Longest token sequence the scorer feeds the model.
     fn max_length(&self) -> usize;

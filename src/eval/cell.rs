@@ -103,30 +103,35 @@ pub fn run_cell(
     let n_todo = todo.len();
     let scoring = Instant::now();
     for chunk in todo.chunks(scorer.docs_per_call().clamp(1, DOCS_PER_CALL)) {
+        if let Some(sig) = super::interrupt::requested() {
+            return Err(EvalError::Interrupted(sig));
+        }
         let t = Instant::now();
         let requests: Vec<(&str, &[String])> = chunk
             .iter()
             .map(|i| (i.context.as_str(), i.continuations.as_slice()))
             .collect();
-        let docs = scorer.score_docs(&requests).map_err(|source| {
-            let first = chunk.first().map_or(0, |i| i.doc_id);
-            let last = chunk.last().map_or(0, |i| i.doc_id);
-            EvalError::Score {
-                docs: format!("docs {first}..={last}"),
-                source,
-            }
-        })?;
-        let chunk_ms = t.elapsed().as_secs_f64() * 1e3 / chunk.len().max(1) as f64;
-        for (inst, doc) in chunk.iter().zip(docs) {
+        // Each document is written as soon as it is scored; a failure
+        // writing it (or a signal) stops the call.
+        let mut failed: Option<EvalError> = None;
+        let mut sink = |k: usize, doc: crate::backend::DocScore| {
+            let inst = chunk[k];
+            let chunk_ms = t.elapsed().as_secs_f64() * 1e3 / (k + 1) as f64;
             let latency_ms = doc.shared_ms.unwrap_or(chunk_ms);
             latencies.push(latency_ms);
             let lls: Vec<f64> = doc.choices.iter().map(|c| c.loglikelihood).collect();
             let chars: Vec<usize> = inst.choices.iter().map(|c| c.chars().count()).collect();
-            let s = score_sample(&lls, &chars, inst.gold).map_err(|e| EvalError::Metric {
-                context: format!("doc {}", inst.doc_id),
-                message: e.to_string(),
-            })?;
-            writer.append(&SampleRecord {
+            let s = match score_sample(&lls, &chars, inst.gold) {
+                Ok(s) => s,
+                Err(e) => {
+                    failed = Some(EvalError::Metric {
+                        context: format!("doc {}", inst.doc_id),
+                        message: e.to_string(),
+                    });
+                    return Err(crate::backend::ScoreError::Interrupted);
+                }
+            };
+            if let Err(e) = writer.append(&SampleRecord {
                 doc_id: inst.doc_id,
                 gold: inst.gold,
                 context: inst.context.clone(),
@@ -139,13 +144,40 @@ pub fn run_cell(
                 continuation_tokens: doc.choices.iter().map(|c| c.n_tokens).collect(),
                 truncated: doc.truncated,
                 latency_ms: Some(latency_ms),
-            })?;
+            }) {
+                failed = Some(e.into());
+                return Err(crate::backend::ScoreError::Interrupted);
+            }
             truncated += usize::from(doc.truncated);
             forwarded += doc.tokens_forwarded;
             request_stats.extend_from_slice(&doc.requests);
             peak_cached = peak_cached.max(doc.peak_cached_tokens);
             scores.insert(inst.doc_id, s);
             pb.inc(1);
+            match super::interrupt::requested() {
+                Some(_) => Err(crate::backend::ScoreError::Interrupted),
+                None => Ok(()),
+            }
+        };
+        let result = scorer.score_docs_into(&requests, &mut sink);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        match result {
+            Ok(()) => {}
+            Err(crate::backend::ScoreError::Interrupted) => {
+                return Err(EvalError::Interrupted(
+                    super::interrupt::requested().unwrap_or(2),
+                ))
+            }
+            Err(source) => {
+                let first = chunk.first().map_or(0, |i| i.doc_id);
+                let last = chunk.last().map_or(0, |i| i.doc_id);
+                return Err(EvalError::Score {
+                    docs: format!("docs {first}..={last}"),
+                    source,
+                });
+            }
         }
     }
     pb.finish_and_clear();

@@ -25,6 +25,10 @@ pub enum EvalError {
     Score { docs: String, source: ScoreError },
     #[error("{context}: {message}")]
     Metric { context: String, message: String },
+    /// SIGINT (2) or SIGTERM (15) stopped the run; every reported document
+    /// is on disk.
+    #[error("interrupted by signal {0}")]
+    Interrupted(i32),
     #[error("cannot serialize the run configuration: {0}")]
     Config(#[from] serde_json::Error),
 }

@@ -149,6 +149,9 @@ pub fn run_gen_cell(
     let mut request_stats: Vec<RequestStat> = Vec::new();
     let scoring = Instant::now();
     for chunk in todo.chunks(scorer.gen_per_call().max(1)) {
+        if let Some(sig) = super::interrupt::requested() {
+            return Err(EvalError::Interrupted(sig));
+        }
         let t = Instant::now();
         let prompts: Vec<String> = chunk.iter().map(|inst| (judge.prompt)(inst)).collect();
         let reqs: Vec<GenRequest<'_>> = chunk

@@ -9,6 +9,7 @@
 mod cell;
 mod error;
 mod generate;
+pub mod interrupt;
 mod lettered;
 
 use std::borrow::Cow;
@@ -57,6 +58,8 @@ pub struct RunOutcome {
     pub run_dir: PathBuf,
     pub failed_cells: usize,
     pub record: RunRecord,
+    /// The signal that stopped the run (status `interrupted`), if one did.
+    pub interrupted: Option<i32>,
 }
 
 /// Obtains `name` (fetching it into the cache, or materializing a variant)
@@ -238,6 +241,18 @@ pub fn execute(
                 ),
             };
             let cell = match result {
+                Err(EvalError::Interrupted(sig)) => {
+                    // The cell is unfinished: its samples stay for --resume.
+                    record.status = "interrupted".into();
+                    record.wall_time_s = prior_wall + t0.elapsed().as_secs_f64();
+                    record.write(&run_dir)?;
+                    return Ok(RunOutcome {
+                        run_dir,
+                        failed_cells: 0,
+                        record,
+                        interrupted: Some(sig),
+                    });
+                }
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("error: {model}/{}: {e}", p.spec.name);
@@ -262,5 +277,6 @@ pub fn execute(
         run_dir,
         failed_cells: failed,
         record,
+        interrupted: None,
     })
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod common;
+mod durability;
 mod fetch;
 mod fidelity;
 mod generation;

@@ -244,6 +244,19 @@ impl CandleScorer {
     }
 }
 
+/// Hands `out`'s scores from `next` on to `sink` while they are there.
+fn emit_ready(
+    out: &mut [Option<DocScore>],
+    next: &mut usize,
+    sink: &mut dyn FnMut(usize, DocScore) -> Result<(), ScoreError>,
+) -> Result<(), ScoreError> {
+    while let Some(d) = out.get_mut(*next).and_then(Option::take) {
+        sink(*next, d)?;
+        *next += 1;
+    }
+    Ok(())
+}
+
 fn empty_score() -> ChoiceScore {
     ChoiceScore {
         loglikelihood: 0.0,
@@ -266,18 +279,31 @@ fn choice_score(rest: &mut &[TokenScore], n: usize) -> ChoiceScore {
 
 impl Scorer for CandleScorer {
     fn score_docs(&mut self, docs: &[(&str, &[String])]) -> Result<Vec<DocScore>, ScoreError> {
+        let mut all = Vec::with_capacity(docs.len());
+        self.score_docs_into(docs, &mut |_, d| {
+            all.push(d);
+            Ok(())
+        })?;
+        Ok(all)
+    }
+
+    fn score_docs_into(
+        &mut self,
+        docs: &[(&str, &[String])],
+        sink: &mut dyn FnMut(usize, DocScore) -> Result<(), ScoreError>,
+    ) -> Result<(), ScoreError> {
         // Scores never come through 8-bit activations, however few rows a
         // forward has: they must not depend on packing.
         let _f32 = F32Activations::hold();
         if self.pack_tokens == 0 {
-            return docs
-                .iter()
-                .map(|(c, k)| {
-                    let pairs = self.encode(c, k)?;
-                    self.score_timed(pairs)
-                })
-                .collect();
+            for (i, (c, k)) in docs.iter().enumerate() {
+                let pairs = self.encode(c, k)?;
+                sink(i, self.score_timed(pairs)?)?;
+            }
+            return Ok(());
         }
+        // Scores are handed over in document order as soon as they exist.
+        let mut next = 0;
         let mut out: Vec<Option<DocScore>> = vec![None; docs.len()];
         let mut pack: Vec<Encoded> = Vec::new();
         let mut pack_ids: Vec<usize> = Vec::new();
@@ -295,12 +321,15 @@ impl Scorer for CandleScorer {
                 }
                 Err(pairs) => out[i] = Some(self.score_timed(pairs)?),
             }
+            emit_ready(&mut out, &mut next, sink)?;
         }
         self.flush_pack(&mut pack, &mut pack_ids, &mut waiting, &mut out)?;
         self.finish_packs(&mut waiting, &mut out)?;
-        out.into_iter()
-            .map(|s| s.ok_or_else(|| ScoreError::backend("a document was not scored")))
-            .collect()
+        emit_ready(&mut out, &mut next, sink)?;
+        if next < out.len() {
+            return Err(ScoreError::backend("a document was not scored"));
+        }
+        Ok(())
     }
 
     fn score_doc(

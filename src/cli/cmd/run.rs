@@ -21,6 +21,9 @@ pub fn run(a: RunArgs) -> Result<i32> {
             None => bail!("{}: no `default` model: pass --model NAME", reg.origin),
         }
     }
+    // A first SIGINT/SIGTERM stops after the document in flight is
+    // written; a second exits at once.
+    crate::eval::interrupt::install()?;
     let outcome = in_pool(cfg.threads, || {
         Ok(crate::eval::execute(
             cfg,
@@ -29,6 +32,13 @@ pub fn run(a: RunArgs) -> Result<i32> {
             &FetchOptions::from_env(),
         )?)
     })?;
+    if let Some(sig) = outcome.interrupted {
+        eprintln!(
+            "interrupted — resume with `slmbench run --resume {}`",
+            outcome.run_dir.display()
+        );
+        return Ok(128 + sig);
+    }
     print!("{}", crate::report::text::summary_table(&outcome.record));
     let comparison = crate::report::lineage::comparison(&outcome.run_dir)?;
     if !comparison.models.is_empty() {
