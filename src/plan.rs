@@ -164,6 +164,7 @@ pub fn data_dir(dir: &Path) -> DataDir {
 pub fn task_registry(suite_files: &[PathBuf]) -> Result<TaskRegistry, PlanError> {
     let mut reg = crate::task::builtin_registry()?;
     crate::task::smoke::register(&mut reg)?;
+    reg.seal_builtins();
     for f in suite_files {
         if f.is_dir() {
             reg.add_dir(f)?;

@@ -128,6 +128,27 @@ pub fn execute(
     };
     std::fs::create_dir_all(&run_dir)
         .map_err(|e| EvalError::io(&run_dir, format!("cannot create: {e}")))?;
+    // One process per run directory: an advisory lock, released when this
+    // process ends however it ends.
+    let lock_path = run_dir.join(".lock");
+    let _lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| EvalError::io(&lock_path, format!("cannot create: {e}")))?;
+    match _lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            return Err(EvalError::io(
+                &run_dir,
+                "another slmbench run is using this directory; wait for it to end, or pass another --out",
+            ))
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(EvalError::io(&lock_path, format!("cannot lock: {e}")))
+        }
+    }
     let prior_wall = record.wall_time_s;
     record.write(&run_dir)?;
     eprintln!("run directory: {}", run_dir.display());

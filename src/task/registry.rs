@@ -43,6 +43,9 @@ const BUILTIN_SUITES: &[(&str, &str)] = &[
 pub struct TaskRegistry {
     tasks: BTreeMap<String, TaskSpec>,
     groups: BTreeMap<String, GroupSpec>,
+    /// Names sealed as built-in (name → its file): a later file may not
+    /// redefine them.
+    builtin: BTreeMap<String, String>,
 }
 
 /// The registry of the suites built into slmbench.
@@ -52,7 +55,8 @@ pub fn builtin_registry() -> Result<TaskRegistry, TaskError> {
         layer.add(parse_suite_yaml(file, text)?)?;
     }
     let mut reg = TaskRegistry::default();
-    reg.merge(layer);
+    reg.merge(layer)?;
+    reg.seal_builtins();
     Ok(reg)
 }
 
@@ -130,7 +134,23 @@ impl TaskRegistry {
         Self::default()
     }
 
-    fn merge(&mut self, layer: Layer) {
+    fn merge(&mut self, layer: Layer) -> Result<(), TaskError> {
+        let names = layer
+            .tasks
+            .iter()
+            .map(|(n, t)| (n, &t.source, "task"))
+            .chain(layer.groups.iter().map(|(n, g)| (n, &g.source, "group")));
+        for (name, source, key) in names {
+            if let Some(builtin) = self.builtin.get(name) {
+                return Err(TaskError::Spec {
+                    file: source.clone(),
+                    key: key.into(),
+                    message: format!("`{name}` is already a built-in name ({builtin})"),
+                    fix: "give it another name (built-in tasks and groups cannot be redefined)"
+                        .into(),
+                });
+            }
+        }
         for (name, t) in layer.tasks {
             self.groups.remove(&name);
             self.tasks.insert(name, t);
@@ -139,10 +159,26 @@ impl TaskRegistry {
             self.tasks.remove(&name);
             self.groups.insert(name, g);
         }
+        Ok(())
+    }
+
+    /// Seals every name defined so far as built-in: later files that define
+    /// one again are refused rather than silently shadowing it.
+    pub fn seal_builtins(&mut self) {
+        let sources = self
+            .tasks
+            .iter()
+            .map(|(n, t)| (n.clone(), t.source.clone()))
+            .chain(
+                self.groups
+                    .iter()
+                    .map(|(n, g)| (n.clone(), g.source.clone())),
+            );
+        self.builtin.extend(sources.collect::<Vec<_>>());
     }
 
     /// Adds the task and group files under `dir` (recursively), replacing
-    /// same-named entries already present (e.g. built-in ones).
+    /// same-named entries already present; a built-in name is refused.
     pub fn add_dir(&mut self, dir: &Path) -> Result<(), TaskError> {
         let mut files = Vec::new();
         collect_yaml(dir, &mut files)?;
@@ -156,8 +192,7 @@ impl TaskRegistry {
             })?;
             layer.add(parse_suite_file(&path, &text)?)?;
         }
-        self.merge(layer);
-        Ok(())
+        self.merge(layer)
     }
 
     /// Adds one suite file read from `path` (its `include:`s relative to
@@ -165,8 +200,7 @@ impl TaskRegistry {
     pub fn add_file(&mut self, path: &Path, text: &str) -> Result<(), TaskError> {
         let mut layer = Layer::default();
         layer.add(parse_suite_file(path, text)?)?;
-        self.merge(layer);
-        Ok(())
+        self.merge(layer)
     }
 
     /// Adds one suite file given as text (`file` names it in messages),
@@ -174,8 +208,7 @@ impl TaskRegistry {
     pub fn add_yaml(&mut self, file: &str, text: &str) -> Result<(), TaskError> {
         let mut layer = Layer::default();
         layer.add(parse_suite_yaml(file, text)?)?;
-        self.merge(layer);
-        Ok(())
+        self.merge(layer)
     }
 
     /// The task named `name`.

@@ -41,7 +41,7 @@ pub fn ggml_type(t: QuantType) -> GgmlDType {
 /// The type used for rows of `row_len` when `requested` is asked for, and
 /// why it differs (one line), if it does.
 pub fn choose_type(requested: GgmlDType, row_len: usize) -> (GgmlDType, Option<String>) {
-    let fits = |t: GgmlDType| row_len % t.block_size() == 0;
+    let fits = |t: GgmlDType| row_len.is_multiple_of(t.block_size());
     if fits(requested) {
         return (requested, None);
     }

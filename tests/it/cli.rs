@@ -245,7 +245,7 @@ fn default_run_writes_results_and_samples() {
     let cell = &results["cells"][0];
     let kv = cell["kv_cache_peak_bytes"].as_u64().expect("kv bytes");
     // SmolLM2: 30 layers × 3 KV heads × 64 dims × (K+V) × 4 bytes per cached token.
-    assert!(kv > 0 && kv % (30 * 3 * 64 * 2 * 4) == 0, "{kv}");
+    assert!(kv > 0 && kv.is_multiple_of(30 * 3 * 64 * 2 * 4), "{kv}");
     assert!(cell["latency"]["p50_ms"].as_f64().expect("p50") > 0.0);
     assert!(cell["tokens_per_s"].as_f64().expect("t/s") > 0.0);
     assert!(cell["energy"]["energy_j"].as_f64().expect("energy") > 0.0);
@@ -463,5 +463,60 @@ fn export_does_not_overwrite_without_force() {
     assert_eq!(
         std::fs::read_to_string(s.path().join("exists.gguf")).expect("read"),
         "keep me"
+    );
+}
+
+/// The binary in the sandbox with the user's model cache.
+fn cached(s: &Sandbox, args: &[&str]) -> Output {
+    common::model_path("smollm2-135m-instruct");
+    common::bin()
+        .args(args)
+        .current_dir(s.path())
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn report_reads_a_run_given_twice_once() {
+    let s = Sandbox::new();
+    let o = cached(&s, &["run", "--tasks", "smoke_copa", "--out", "r"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let one = cached(&s, &["report", "r", "--out", "rep1"]);
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let two = cached(&s, &["report", "r", "r/", "--out", "rep2"]);
+    assert!(
+        two.status.success(),
+        "{}",
+        String::from_utf8_lossy(&two.stderr)
+    );
+    assert!(String::from_utf8_lossy(&two.stderr).contains("given more than once"));
+    let read = |d: &str| std::fs::read_to_string(s.path().join(d).join("summary.md")).expect("md");
+    assert_eq!(read("rep1"), read("rep2"));
+}
+
+#[test]
+fn bench_refuses_lengths_past_the_context_window_up_front() {
+    let s = Sandbox::new();
+    let o = cached(
+        &s,
+        &[
+            "bench",
+            "--model",
+            "smollm2-135m-instruct",
+            "-p",
+            "100000",
+            "-t",
+            "1",
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("exceed the model's context window of 8192"),
+        "{err}"
     );
 }

@@ -169,3 +169,31 @@ fn sigint_and_sigterm_stop_cleanly_with_status_interrupted() {
         assert_eq!(lines(&out), 60);
     }
 }
+
+#[test]
+fn a_second_process_on_one_run_directory_is_refused_and_a_dead_ones_lock_is_not() {
+    let Some(shared) = shared_dir() else { return };
+    model_path("smollm2-135m-instruct");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("run");
+    let mut child = start(&shared.join("data"), &out);
+    wait_for(&out, 1);
+    let o = bin()
+        .arg("run")
+        .arg("--resume")
+        .arg(&out)
+        .output()
+        .expect("second");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("another slmbench run is using this directory"),
+        "{err}"
+    );
+    // SIGKILL leaves the lock file, not the lock.
+    child.kill().expect("kill");
+    let _ = child.wait();
+    let rec = resume(&out);
+    assert_eq!(rec["status"], "complete");
+    assert_eq!(lines(&out), 60);
+}

@@ -459,15 +459,27 @@ fn user_dir_on_top_of_builtin_and_missing_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     let toy = dir.path().join("toy.yaml");
     std::fs::write(&toy, FEWSHOT_TASK).expect("write");
+    let copa = "task: copa\ndataset_path: mine\noutput_type: multiple_choice\nvalidation_split: validation\ndoc_to_text: \"{{premise}}\"\ndoc_to_choice: \"{{[choice1, choice2]}}\"\ndoc_to_target: label\n";
+    let clash = tempfile::tempdir().expect("tempdir");
+    std::fs::write(clash.path().join("my_copa.yaml"), copa).expect("write");
+    let mut reg = builtin_registry().expect("builtin suites load");
+    // A user task may not silently shadow a built-in one.
+    let err = reg
+        .add_dir(clash.path())
+        .expect_err("clash refused")
+        .to_string();
+    assert!(
+        err.contains("my_copa.yaml") && err.contains("`copa` is already a built-in name"),
+        "{err}"
+    );
     std::fs::write(
         dir.path().join("my_copa.yaml"),
-        "task: copa\ndataset_path: mine\noutput_type: multiple_choice\nvalidation_split: validation\ndoc_to_text: \"{{premise}}\"\ndoc_to_choice: \"{{[choice1, choice2]}}\"\ndoc_to_target: label\n",
+        copa.replace("task: copa", "task: my_copa"),
     )
     .expect("write");
-    let mut reg = builtin_registry().expect("builtin suites load");
     reg.add_dir(dir.path()).expect("user dir loads");
     assert_eq!(
-        reg.task("copa").map(|t| t.dataset_path.as_str()),
+        reg.task("my_copa").map(|t| t.dataset_path.as_str()),
         Some("mine")
     );
     assert_eq!(
@@ -480,7 +492,7 @@ fn user_dir_on_top_of_builtin_and_missing_data() {
         slmbench::task::load_suite_dir(dir.path())
             .expect("dir")
             .task_names(),
-        ["copa", "toy"]
+        ["my_copa", "toy"]
     );
 
     let err = DataDir::new(dir.path().join("data"))
@@ -501,12 +513,12 @@ fn user_dir_on_top_of_builtin_and_missing_data() {
         "task: bad\ninclude: arc_easy.yaml\n",
     )
     .expect("write");
-    let err = reg
+    let err = TaskRegistry::default()
         .add_dir(dir.path())
-        .expect_err("include unsupported")
+        .expect_err("include of a missing file")
         .to_string();
     assert!(
-        err.contains("bad.yaml line 2") && err.contains("`include` is not supported"),
+        err.contains("bad.yaml: include: cannot read `arc_easy.yaml`"),
         "{err}"
     );
 }

@@ -117,7 +117,11 @@ fn token_scores_equal_log_softmax_of_the_full_logits_in_any_slab_size() {
     // Even rows score their argmax, odd rows a token that is not.
     let pick = |i: usize, r: &[f32]| {
         let a = argmax(r);
-        (if i % 2 == 0 { a } else { (a + 1 + i) % n }) as u32
+        (if i.is_multiple_of(2) {
+            a
+        } else {
+            (a + 1 + i) % n
+        }) as u32
     };
     let reference = |logits: &[Vec<f32>], targets: &[u32]| -> Vec<(f64, bool)> {
         logits

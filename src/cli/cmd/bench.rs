@@ -35,6 +35,16 @@ pub fn bench(a: &BenchArgs) -> Result<i32> {
             let mut loaded =
                 crate::eval::load_model(&reg, &a.model, &opts, &FetchOptions::from_env())?;
             let rec = &loaded.record;
+            // Checked before any timing: a prompt or a generation past the
+            // window would fail (or wrap) minutes into the run.
+            let window = loaded.scorer.max_length();
+            let longest = a.prompts.iter().chain(&a.gens).copied().max().unwrap_or(0);
+            if longest > window {
+                bail!(
+                    "{}: -p/-n {longest} tokens exceed the model's context window of {window}; give at most {window}",
+                    a.model
+                );
+            }
             let ctx = crate::bench::RowContext {
                 model: a.model.clone(),
                 model_file: rec

@@ -7,8 +7,19 @@ use crate::cli::args::ReportArgs;
 
 /// `report`: merge runs, write every table, chart and the HTML page.
 pub fn report(a: &ReportArgs) -> Result<i32> {
-    let runs = a
-        .runs
+    // The same run directory named twice would count its rows twice (and
+    // shrink every standard error): each is read once.
+    let mut seen = std::collections::BTreeSet::new();
+    let mut dirs = Vec::new();
+    for d in &a.runs {
+        let key = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        if seen.insert(key) {
+            dirs.push(d);
+        } else {
+            eprintln!("note: {} is given more than once; read once", d.display());
+        }
+    }
+    let runs = dirs
         .iter()
         .map(|d| crate::report::Run::load(d))
         .collect::<Result<Vec<_>, _>>()?;

@@ -141,7 +141,7 @@ impl Model {
                 .as_ref()
                 .and_then(|o| o.get(i))
                 .map_or(i, |&x| x as usize);
-            let sliding = (index + 1) % SLIDING_WINDOW_PATTERN != 0;
+            let sliding = !(index + 1).is_multiple_of(SLIDING_WINDOW_PATTERN);
             let norm = |l: &mut Loader<'_>, s: &str| -> std::result::Result<RmsNorm, LoadError> {
                 Ok(RmsNorm::new(l.vector(&p(s))?, cfg.rms_eps))
             };
