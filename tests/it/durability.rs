@@ -162,6 +162,16 @@ fn sigint_and_sigterm_stop_cleanly_with_status_interrupted() {
         )
         .expect("json");
         assert_eq!(rec["status"], "interrupted", "{sig}");
+        // A report of it says the run is unfinished.
+        let o = bin()
+            .arg("report")
+            .arg(&out)
+            .arg("--out")
+            .arg(tmp.path().join(format!("rep{code}")))
+            .output()
+            .expect("report");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("is interrupted (0 cells finished)"), "{err}");
         let kept = lines(&out);
         assert!((5..60).contains(&kept), "{sig}: {kept}");
         let rec = resume(&out);

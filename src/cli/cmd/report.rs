@@ -23,6 +23,18 @@ pub fn report(a: &ReportArgs) -> Result<i32> {
         .iter()
         .map(|d| crate::report::Run::load(d))
         .collect::<Result<Vec<_>, _>>()?;
+    for run in &runs {
+        // An unfinished run's table holds only its finished cells: say so.
+        let status = run.record.status.as_str();
+        if status != "complete" && status != "failed" {
+            eprintln!(
+                "warning: {} is {status} ({} cells finished); its tables hold only those — complete it with `slmbench run --resume {}`",
+                run.dir.display(),
+                run.record.cells.len(),
+                run.dir.display()
+            );
+        }
+    }
     let files = crate::report::write_report(&runs, &a.out)?;
     for f in &files.files {
         println!("{}", f.display());
