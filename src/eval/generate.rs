@@ -60,6 +60,10 @@ pub struct Judge<'a> {
     pub max_gen_toks: usize,
     /// The prompt sent for a document.
     pub prompt: Box<dyn Fn(&Instance) -> String + 'a>,
+    /// Whether an engine that takes messages gets the document's
+    /// conversation (true when the prompt is the document's own; a judge
+    /// that rewrites the prompt sends it as one user turn).
+    pub conversation: bool,
     /// A document's generation judged.
     pub judge: JudgeFn<'a>,
 }
@@ -83,6 +87,7 @@ impl<'a> Judge<'a> {
             until: gen.until.clone(),
             max_gen_toks: gen.max_gen_toks,
             prompt: Box::new(|inst| inst.context.clone()),
+            conversation: true,
             judge: Box::new(move |inst, text| {
                 let target = inst.target.clone().unwrap_or_default();
                 let answers = filters.apply(text);
@@ -161,7 +166,10 @@ pub fn run_gen_cell(
                 prompt,
                 until: &judge.until,
                 max_gen_toks: judge.max_gen_toks,
-                messages: inst.messages.as_deref().filter(|_| takes_messages),
+                messages: inst
+                    .messages
+                    .as_deref()
+                    .filter(|_| takes_messages && judge.conversation),
             })
             .collect();
         let gens = scorer.generate(&reqs).map_err(|source| {

@@ -58,6 +58,8 @@ pub fn judge() -> Judge<'static> {
         until: Vec::new(),
         max_gen_toks: 16,
         prompt: Box::new(prompt),
+        // The lettered prompt replaces the task's: one user turn.
+        conversation: false,
         judge: Box::new(|inst, text| {
             let gold = letter(inst.gold).to_string();
             let (answer, acc) = match parse(text, inst.choices.len()) {

@@ -373,6 +373,24 @@ fn a_chat_endpoint_answers_multiple_choice_by_letter() {
     assert_eq!(cell["generation"]["invalid"], invalid);
     assert_eq!(cell["metrics"][0]["name"], "acc");
     assert!((cell["metrics"][0]["value"].as_f64().expect("acc") - right / 12.0).abs() < 1e-12);
+    // Under --apply-chat-template the lettered prompt is still what is sent
+    // (as one user turn), not the task's own conversation.
+    let o = bin()
+        .args(["run", "--models", "models.yaml", "--model", "chat"])
+        .args([
+            "--tasks",
+            "smoke_copa",
+            "--apply-chat-template",
+            "--out",
+            "run2",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("run");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s2 = read_jsonl(&dir.join("run2/samples/chat/smoke_copa.jsonl"));
+    let lettered = s2.iter().filter(|r| r["filtered"]["letter"] == "B").count();
+    assert_eq!(lettered, 12 - invalid);
 }
 
 #[test]

@@ -174,14 +174,20 @@ fn variant_materializes_exports_and_reloads_identically() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::env::set_var("SLMBENCH_HOME", &home);
-    std::env::set_var("SLMBENCH_OFFLINE", "1");
+    // The sandbox's cache, offline, passed explicitly: setting the process's
+    // SLMBENCH_HOME here leaked into every binary the other tests spawned
+    // afterwards (they then looked for models in this sandbox).
     let reg = slmbench::spec::models::Registry::load(&yaml).expect("registry");
-    let opts = slmbench::model::fetch::FetchOptions::from_env();
-    let mut a =
-        slmbench::eval::load_model(&reg, "small", &Default::default(), &opts).expect("variant");
-    let mut b =
-        slmbench::eval::load_model(&reg, "exported", &Default::default(), &opts).expect("exported");
+    let opts = slmbench::model::fetch::FetchOptions::from_env_with(|k| {
+        (k == "SLMBENCH_OFFLINE").then(|| "1".to_string())
+    });
+    let load = |name: &str| {
+        let got = slmbench::obtain::obtain(&reg, name, &home, &opts).expect("obtain");
+        let spec = reg.get(name).expect("spec");
+        slmbench::backend::open(spec, &got, &Default::default()).expect("open")
+    };
+    let mut a = load("small");
+    let mut b = load("exported");
     assert_eq!(a.record.n_layer, Some(28));
     assert_eq!(b.record.n_layer, Some(28));
     let lineage = a.record.lineage.as_ref().expect("lineage");
