@@ -19,8 +19,8 @@ use crate::measure::{CellProbe, MeasureOptions};
 use crate::metrics::{mean, mean_stderr};
 use crate::plan::PreparedTask;
 use crate::record::{
-    read_records, samples_path, CellResult, CellStatus, GenSampleRecord, GenerationStats,
-    LatencyStats, MetricValue, SampleWriter, StopCounts,
+    percentile, read_records, samples_path, CellResult, CellStatus, GenSampleRecord,
+    GenerationStats, LatencyStats, MetricValue, SampleWriter, StopCounts,
 };
 use crate::spec::endpoint::Price;
 use crate::task::filter::{CompiledFilters, CompiledMatch};
@@ -33,16 +33,6 @@ fn stop_name(s: StopReason) -> &'static str {
         StopReason::MaxTokens => "max_tokens",
         StopReason::Context => "context",
     }
-}
-
-/// Percentile by linear interpolation (numpy's default) of sorted `xs`.
-fn percentile(xs: &[f64], p: f64) -> Option<f64> {
-    if xs.is_empty() {
-        return None;
-    }
-    let h = p * (xs.len() - 1) as f64;
-    let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
-    Some(xs[lo] + (xs[hi] - xs[lo]) * (h - lo as f64))
 }
 
 /// The answer of a judged generation: the target as text, each filter's

@@ -255,6 +255,18 @@ pub struct ServedStats {
     pub currency: Option<String>,
 }
 
+/// The `p`-quantile of sorted `xs` by linear interpolation between order
+/// statistics (numpy's default); `None` for no values.
+pub fn percentile(xs: &[f64], p: f64) -> Option<f64> {
+    let n = xs.len();
+    if n == 0 {
+        return None;
+    }
+    let h = p * (n - 1) as f64;
+    let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
+    Some(xs[lo] + (h - lo as f64) * (xs[hi] - xs[lo]))
+}
+
 /// Summary of per-document latencies.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LatencyStats {
@@ -281,11 +293,7 @@ impl LatencyStats {
         }
         xs.sort_by(f64::total_cmp);
         let n = xs.len();
-        let q = |p: f64| {
-            let h = p * (n - 1) as f64;
-            let (lo, hi) = (h.floor() as usize, h.ceil() as usize);
-            xs[lo] + (h - lo as f64) * (xs[hi] - xs[lo])
-        };
+        let q = |p: f64| percentile(&xs, p).unwrap_or(f64::NAN);
         let mean = xs.iter().sum::<f64>() / n as f64;
         let sd = (n > 1)
             .then(|| (xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());

@@ -14,6 +14,24 @@ use slmbench::task::{build_instances, BuildOptions, DataDir, TaskDocs};
 use crate::common::{bin, model_path, read_jsonl, shared_dir};
 use crate::served::{Req, Stand};
 
+/// The binary run with `input` on its standard input.
+fn with_stdin(args: &[&str], input: &[u8]) -> std::process::Output {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    child.wait_with_output().expect("wait")
+}
+
 #[test]
 fn chat_templates_render_as_transformers() {
     let Some(shared) = shared_dir() else { return };
@@ -27,20 +45,7 @@ fn chat_templates_render_as_transformers() {
             args.push("--add-generation-prompt");
         }
         args.push("-");
-        let mut child = bin()
-            .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(r["messages"].to_string().as_bytes())
-            .expect("write");
-        let o = child.wait_with_output().expect("wait");
+        let o = with_stdin(&args, r["messages"].to_string().as_bytes());
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         assert_eq!(
             String::from_utf8(o.stdout).expect("utf-8"),
@@ -51,19 +56,10 @@ fn chat_templates_render_as_transformers() {
     }
     // A model without a template is a one-line error naming it.
     model_path("gemma3-270m");
-    let mut child = bin()
-        .args(["template", "--model", "gemma3-270m", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"[{\"role\": \"user\", \"content\": \"hi\"}]")
-        .expect("write");
-    let o = child.wait_with_output().expect("wait");
+    let o = with_stdin(
+        &["template", "--model", "gemma3-270m", "-"],
+        b"[{\"role\": \"user\", \"content\": \"hi\"}]",
+    );
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success());
     assert!(
