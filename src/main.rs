@@ -8,13 +8,9 @@ fn main() {
     let code = match slmbench::cli::main_with(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", one_line(&format!("{e:#}")));
+            eprintln!("error: {}", slmbench::cli::error_line(&e));
             2
         }
     };
     std::process::exit(code);
-}
-
-fn one_line(s: &str) -> String {
-    s.lines().map(str::trim).collect::<Vec<_>>().join(" ")
 }

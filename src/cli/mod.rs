@@ -109,6 +109,30 @@ pub enum Command {
     },
 }
 
+/// The one line `error: …` prints for `e`: each cause of the chain after
+/// the message, except a cause whose text the message already holds (a
+/// `thiserror` variant that formats its `source` and also returns it from
+/// `source()` would otherwise print the OS message twice); line breaks
+/// become spaces.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Runs the CLI; the returned code is the process exit code.
 pub fn main_with(cli: Cli) -> Result<i32> {
     // No subcommand means `run` with its defaults (as clap fills them).
@@ -157,5 +181,27 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             add_generation_prompt,
             file,
         } => cmd::template::template(&model, &registry, &file, add_generation_prompt),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[test]
+    fn an_os_message_is_printed_once() {
+        // A thiserror variant that prints its source and also chains it.
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file (os error 2)");
+        let e = anyhow::Error::new(crate::record::RecordError::Io {
+            path: "run/results.json".into(),
+            source: io,
+        });
+        assert_eq!(
+            error_line(&e),
+            "run/results.json: No such file (os error 2)"
+        );
+        // Context still comes first, then each new cause once.
+        let e = anyhow::anyhow!("bad line\n  in file").context("reading x");
+        assert_eq!(error_line(&e), "reading x: bad line in file");
     }
 }

@@ -413,6 +413,21 @@ fn resume_with_a_conflicting_flag_names_it() {
 }
 
 #[test]
+fn an_os_error_is_printed_once() {
+    let s = Sandbox::new();
+    // Was "…results.json: No such file or directory (os error 2): No such
+    // file or directory (os error 2)".
+    assert_error(
+        &s.run(&["run", "--resume", "no-such-run"]),
+        &["no-such-run", "os error 2"],
+    );
+    assert_error(
+        &s.run(&["run", "--suite", "no-such-dir", "--tasks", "copa"]),
+        &["no-such-dir"],
+    );
+}
+
+#[test]
 fn thread_counts_past_the_machine_are_refused() {
     let s = Sandbox::new();
     assert_error(

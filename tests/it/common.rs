@@ -69,6 +69,11 @@ pub fn assert_error(out: &Output, needles: &[&str]) {
     assert!(!err.contains("RUST_BACKTRACE"), "backtrace hint: {err}");
     let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
     assert_eq!(lines.len(), 1, "one error line: {err}");
+    assert!(
+        lines[0].matches("os error").count() <= 1,
+        "the OS message printed twice: {}",
+        lines[0]
+    );
     for n in needles {
         assert!(
             lines[0].contains(n),
