@@ -51,14 +51,14 @@ pub fn obtain(
     let spec = reg.get(name)?;
     let Some(parent) = &spec.parent else {
         // A served model has nothing to fetch: the backend opens its endpoint.
-        let path = match spec.engine {
-            Engine::Served => PathBuf::new(),
-            Engine::Local => fetch_model(reg, name, home, opts)?,
+        let (path, tokenizer) = match spec.engine {
+            Engine::Served => (PathBuf::new(), served_tokenizer(reg, spec, home, opts)?),
+            Engine::Local => (fetch_model(reg, name, home, opts)?, spec.tokenizer.clone()),
         };
         return Ok(Obtained {
             path,
             format: spec.format,
-            tokenizer: spec.tokenizer.clone(),
+            tokenizer,
             context_length: spec.context_length,
             lineage: spec.distilled_from.as_ref().map(|t| Lineage {
                 relation: "distilled_from".into(),
@@ -111,6 +111,30 @@ pub fn obtain(
         report: Some(report),
         key: Some(key),
     })
+}
+
+/// A served model's tokenizer as a path: a `tokenizer.json` as given, or
+/// the file of the local model it names (obtained like any model: its
+/// GGUF holds the vocabulary; a safetensors folder its tokenizer.json).
+fn served_tokenizer(
+    reg: &Registry,
+    spec: &ModelSpec,
+    home: &Path,
+    opts: &FetchOptions,
+) -> Result<Option<PathBuf>, VariantError> {
+    let Some(t) = &spec.tokenizer else {
+        return Ok(None);
+    };
+    let name = t.to_string_lossy();
+    if !reg.models.contains_key(name.as_ref()) {
+        return Ok(Some(t.clone()));
+    }
+    let got = obtain(reg, &name, home, opts)?;
+    Ok(Some(match (got.tokenizer, got.format) {
+        (Some(json), _) => json,
+        (None, Format::Safetensors) => got.path.join("tokenizer.json"),
+        (None, Format::Gguf) => got.path,
+    }))
 }
 
 /// Obtains `name`'s model: a GGUF file, or a safetensors folder (a `path`

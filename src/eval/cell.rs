@@ -49,7 +49,7 @@ pub(super) fn progress_bar(len: u64, label: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::with_draw_target(Some(len), target);
     pb.set_style(
         indicatif::ProgressStyle::with_template(
-            "{prefix:>32} [{bar:30}] {pos}/{len} docs {per_sec} ETA {eta}",
+            "{prefix:>32} [{bar:30}] {pos}/{len} docs {per_sec} {msg} ETA {eta}",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
         .progress_chars("=> "),
@@ -102,6 +102,7 @@ pub fn run_cell(
     let mut request_stats: Vec<RequestStat> = Vec::new();
     let n_todo = todo.len();
     let scoring = Instant::now();
+    let harness = HarnessClock::start();
     for chunk in todo.chunks(scorer.docs_per_call().clamp(1, DOCS_PER_CALL)) {
         if let Some(sig) = super::interrupt::requested() {
             return Err(EvalError::Interrupted(sig));
@@ -153,6 +154,9 @@ pub fn run_cell(
             request_stats.extend_from_slice(&doc.requests);
             peak_cached = peak_cached.max(doc.peak_cached_tokens);
             scores.insert(inst.doc_id, s);
+            if !doc.requests.is_empty() {
+                request_rate(&pb, request_stats.len(), scoring);
+            }
             pb.inc(1);
             match super::interrupt::requested() {
                 Some(_) => Err(crate::backend::ScoreError::Interrupted),
@@ -182,6 +186,7 @@ pub fn run_cell(
     }
     pb.finish_and_clear();
     let scoring_s = scoring.elapsed().as_secs_f64();
+    let harness_cpu_s = harness.cpu_s();
     let (peak_rss, energy) = finish_probe(probe, scorer, n_todo, forwarded, &measure);
     let samples: Vec<SampleScore> = scores.values().copied().collect();
     let opts = AggregateOptions { bootstrap_iters };
@@ -217,7 +222,7 @@ pub fn run_cell(
         energy,
         resumed_samples: resumed,
         error: None,
-        served: served_stats(&request_stats, n_todo, scoring_s, price),
+        served: served_stats(&request_stats, n_todo, scoring_s, harness_cpu_s, price),
         generation: None,
     })
 }
@@ -261,6 +266,7 @@ pub(super) fn served_stats(
     requests: &[RequestStat],
     docs: usize,
     scoring_s: f64,
+    harness_cpu_s: Option<f64>,
     price: Option<&Price>,
 ) -> Option<ServedStats> {
     if requests.is_empty() {
@@ -284,7 +290,35 @@ pub(super) fn served_stats(
         cost,
         cost_per_1k_docs: cost.filter(|_| docs > 0).map(|c| c * 1000.0 / docs as f64),
         currency: price.map(|p| p.currency.clone()),
+        harness_cpu_s,
+        harness_cpu_share: harness_cpu_s
+            .filter(|_| scoring_s > 0.0)
+            .map(|c| c / scoring_s),
     })
+}
+
+/// Process CPU time at the start of a cell's scoring, to measure what the
+/// harness itself costs while a served model answers.
+pub(super) struct HarnessClock(Option<f64>);
+
+impl HarnessClock {
+    pub(super) fn start() -> Self {
+        Self(crate::measure::energy::process_cpu_time_s())
+    }
+
+    /// CPU seconds since [`HarnessClock::start`], where the OS reports them.
+    pub(super) fn cpu_s(&self) -> Option<f64> {
+        Some(crate::measure::energy::process_cpu_time_s()? - self.0?)
+    }
+}
+
+/// The progress bar's message for a served model: requests answered per
+/// second so far (a local model's bar shows documents per second only).
+pub(super) fn request_rate(pb: &indicatif::ProgressBar, requests: usize, since: Instant) {
+    let s = since.elapsed().as_secs_f64();
+    if requests > 0 && s > 0.0 {
+        pb.set_message(format!("{:.1} req/s", requests as f64 / s));
+    }
 }
 
 /// Documents at the start of each cell left out of latency statistics.

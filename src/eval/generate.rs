@@ -143,6 +143,7 @@ pub fn run_gen_cell(
     let (mut latencies, mut ttfts, mut speeds) = (Vec::new(), Vec::new(), Vec::new());
     let mut request_stats: Vec<RequestStat> = Vec::new();
     let scoring = Instant::now();
+    let harness = super::cell::HarnessClock::start();
     for chunk in todo.chunks(scorer.gen_per_call().max(1)) {
         if let Some(sig) = super::interrupt::requested() {
             return Err(EvalError::Interrupted(sig));
@@ -209,6 +210,9 @@ pub fn run_gen_cell(
             forwarded += g.prompt_tokens + g.generated_tokens;
             generated += g.generated_tokens as u64;
             request_stats.extend_from_slice(&g.requests);
+            if !g.requests.is_empty() {
+                super::cell::request_rate(&pb, request_stats.len(), scoring);
+            }
             done.insert(inst.doc_id, (ems, stop, invalid));
             pb.inc(1);
         }
@@ -216,6 +220,7 @@ pub fn run_gen_cell(
     pb.finish_and_clear();
     let n_todo = todo.len();
     let scoring_s = scoring.elapsed().as_secs_f64();
+    let harness_cpu_s = harness.cpu_s();
     let (peak_rss, energy) = finish_probe(probe, scorer, n_todo, forwarded, &measure);
     let mut metrics = Vec::with_capacity(keys.len());
     for (k, key) in keys.iter().enumerate() {
@@ -249,7 +254,7 @@ pub fn run_gen_cell(
         energy,
         resumed_samples: resumed,
         error: None,
-        served: served_stats(&request_stats, n_todo, scoring_s, price),
+        served: served_stats(&request_stats, n_todo, scoring_s, harness_cpu_s, price),
         generation: Some(GenerationStats {
             ttft: LatencyStats::from_ms(&ttfts, WARMUP_DOCS),
             decode_tokens_per_s_p10: percentile(&speeds, 0.1),

@@ -98,6 +98,37 @@ impl TextTokenizer {
         })
     }
 
+    /// A tokenizer on its own, for a served model: the vocabulary of a
+    /// GGUF file (with its BOS rule), or a `tokenizer.json` whose BOS rule
+    /// is what its post-processor adds before a text (Hugging Face's
+    /// `add_special_tokens=True`).
+    pub fn open_standalone(path: &Path) -> Result<Self, TokenizerError> {
+        let mut magic = [0u8; 4];
+        let is_gguf = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && &magic == b"GGUF";
+        if is_gguf {
+            return Self::from_gguf(&GgufFile::open(path)?);
+        }
+        let mut tok = Self::from_json_file(path, None)?;
+        let enc = |special: bool| {
+            tok.inner
+                .encode("a", special)
+                .map(|e| e.get_ids().to_vec())
+                .map_err(|e| TokenizerError::Build {
+                    path: path.to_path_buf(),
+                    reason: e.to_string(),
+                })
+        };
+        let (plain, special) = (enc(false)?, enc(true)?);
+        if special.len() > plain.len() && special[1..].starts_with(&plain) {
+            tok.bos_id = special.first().copied();
+            tok.add_bos = true;
+        }
+        Ok(tok)
+    }
+
     /// Builds the tokenizer from `tokenizer.ggml.*` metadata.
     pub fn from_gguf(g: &GgufFile) -> Result<Self, TokenizerError> {
         let inner = GgufBpe::read(g)?.build(g)?;

@@ -253,6 +253,16 @@ pub struct ServedStats {
     pub cost: Option<f64>,
     pub cost_per_1k_docs: Option<f64>,
     pub currency: Option<String>,
+    /// CPU seconds this process spent while the cell's requests were
+    /// being answered: the harness's own work (building requests,
+    /// tokenizing, parsing replies, writing samples), not the server's.
+    #[serde(default)]
+    pub harness_cpu_s: Option<f64>,
+    /// `harness_cpu_s` over the cell's scoring wall time: the share of
+    /// the run the harness itself was busy (small when the server is the
+    /// bottleneck, as it should be).
+    #[serde(default)]
+    pub harness_cpu_share: Option<f64>,
 }
 
 /// The `p`-quantile of sorted `xs` by linear interpolation between order
@@ -422,6 +432,10 @@ pub struct EndpointRecord {
     pub server_version: Option<String>,
     /// Documents in flight at once.
     pub concurrency: usize,
+    /// How prompts were sent: `text`, or token ids from the named
+    /// tokenizer with its BOS rule (`… (BOS added)` / `(no BOS)`).
+    #[serde(default)]
+    pub prompts: Option<String>,
 }
 
 /// Where a model comes from: a variant's parent and steps, or a student's teacher.

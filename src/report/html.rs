@@ -73,7 +73,12 @@ fn summary_table(rows: &[Row], points: &[ModelPoint], out: &mut String) {
     for t in &tasks {
         let _ = write!(out, "<th>{}</th>", esc(t));
     }
-    out.push_str("<th>mean</th><th>latency ms/doc</th><th>peak RSS</th><th>energy J/doc</th><th>parameters</th></tr></thead><tbody>");
+    let priced = points.iter().any(|p| p.cost_per_1k_docs.is_some());
+    out.push_str("<th>mean</th><th>latency ms/doc</th><th>peak RSS</th><th>energy J/doc</th><th>parameters</th>");
+    if priced {
+        out.push_str("<th>cost /1k docs</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
     for m in &models {
         let _ = write!(out, "<tr><td>{}</td>", esc(m));
         for t in &tasks {
@@ -99,8 +104,21 @@ fn summary_table(rows: &[Row], points: &[ModelPoint], out: &mut String) {
                     opt_cell(p.energy_per_doc_j, |v| format!("{v:.3}")),
                     opt_cell(p.n_params, |v| format!("{:.1}M", v as f64 / 1e6)),
                 );
+                if priced {
+                    let cur = p.currency.as_deref().unwrap_or("");
+                    let _ = write!(
+                        out,
+                        "<td class=\"num\">{}</td>",
+                        esc(&opt_cell(p.cost_per_1k_docs, |v| format!("{v:.4} {cur}")))
+                    );
+                }
             }
-            None => out.push_str("<td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td>"),
+            None => {
+                out.push_str("<td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td><td>n/a</td>");
+                if priced {
+                    out.push_str("<td>n/a</td>");
+                }
+            }
         }
         out.push_str("</tr>");
     }
@@ -110,15 +128,36 @@ fn summary_table(rows: &[Row], points: &[ModelPoint], out: &mut String) {
 fn task_tables(rows: &[Row], out: &mut String) {
     let tasks: BTreeSet<&str> = rows.iter().map(|r| r.task.as_str()).collect();
     for t in tasks {
+        // Served models' requests, throughput and cost, when the task has one.
+        let served = rows.iter().any(|r| r.task == t && r.requests.is_some());
         let _ = write!(
             out,
-            "<h3>{}</h3><table class=\"task\"><thead><tr><th>model</th><th>metric</th><th>value ± se</th><th>n</th><th>p50 ms</th><th>p90 ms</th><th>tokens/s</th><th>peak RSS</th><th>energy J</th><th>status</th></tr></thead><tbody>",
-            esc(t)
+            "<h3>{}</h3><table class=\"task\"><thead><tr><th>model</th><th>metric</th><th>value ± se</th><th>n</th><th>p50 ms</th><th>p90 ms</th><th>tokens/s</th><th>peak RSS</th><th>energy J</th>{}<th>status</th></tr></thead><tbody>",
+            esc(t),
+            if served { "<th>requests</th><th>req/s</th><th>tokens in/out</th><th>cost</th><th>harness CPU</th>" } else { "" }
         );
         for r in rows.iter().filter(|r| r.task == t) {
+            let served_cells = if served {
+                format!(
+                    "<td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>",
+                    opt_cell(r.requests, |v| v.to_string()),
+                    opt_cell(r.requests_per_s, |v| format!("{v:.1}")),
+                    match (r.prompt_tokens, r.completion_tokens) {
+                        (Some(i), Some(o)) => format!("{i} / {o}"),
+                        _ => "n/a".into(),
+                    },
+                    esc(&opt_cell(r.cost, |v| format!(
+                        "{v:.4} {}",
+                        r.currency.as_deref().unwrap_or("")
+                    ))),
+                    opt_cell(r.harness_cpu_share, |v| format!("{:.1}%", v * 100.0)),
+                )
+            } else {
+                String::new()
+            };
             let _ = write!(
                 out,
-                "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>{}<td>{}</td></tr>",
                 esc(&r.model),
                 esc(&r.metric),
                 esc(&opt_cell(r.value, |v| value_pm(v, r.stderr))),
@@ -131,6 +170,7 @@ fn task_tables(rows: &[Row], out: &mut String) {
                     "{v:.1} ({})",
                     r.energy_method.as_deref().unwrap_or("n/a")
                 ))),
+                served_cells,
                 esc(&r.status),
             );
         }

@@ -102,6 +102,19 @@ pub struct Row {
     pub energy_method: Option<String>,
     pub file_bytes: Option<u64>,
     pub n_params: Option<u64>,
+    /// A served model's requests, tokens billed, throughput and cost
+    /// (empty for a local model).
+    pub requests: Option<u64>,
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    pub requests_per_s: Option<f64>,
+    pub request_p50_ms: Option<f64>,
+    pub ttfb_p50_ms: Option<f64>,
+    pub cost: Option<f64>,
+    pub cost_per_1k_docs: Option<f64>,
+    pub currency: Option<String>,
+    /// The harness's own CPU time over the cell's wall time.
+    pub harness_cpu_share: Option<f64>,
 }
 
 /// Labels per (run index, model): the plain name unless the same model ×
@@ -176,6 +189,7 @@ pub fn long_rows(runs: &[Run]) -> Vec<Row> {
         let rec = &run.record;
         for c in &rec.cells {
             let model_rec = rec.models.get(&c.model);
+            let served = c.served.as_ref();
             let base = Row {
                 run_id: rec.run_id.clone(),
                 model: label_of(&labels, i, &c.model),
@@ -202,6 +216,16 @@ pub fn long_rows(runs: &[Run]) -> Vec<Row> {
                     .and_then(|v| v.as_str().map(String::from)),
                 file_bytes: model_rec.and_then(|m| m.file_bytes),
                 n_params: model_rec.and_then(|m| m.params),
+                requests: served.map(|s| s.requests as u64),
+                prompt_tokens: served.map(|s| s.prompt_tokens),
+                completion_tokens: served.map(|s| s.completion_tokens),
+                requests_per_s: served.and_then(|s| s.requests_per_s),
+                request_p50_ms: served.and_then(|s| s.request_latency.as_ref().map(|l| l.p50_ms)),
+                ttfb_p50_ms: served.and_then(|s| s.ttfb_p50_ms),
+                cost: served.and_then(|s| s.cost),
+                cost_per_1k_docs: served.and_then(|s| s.cost_per_1k_docs),
+                currency: served.and_then(|s| s.currency.clone()),
+                harness_cpu_share: served.and_then(|s| s.harness_cpu_share),
             };
             if c.metrics.is_empty() {
                 rows.push(base);

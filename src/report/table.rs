@@ -43,6 +43,16 @@ pub fn dataframe(rows: &[Row]) -> Result<DataFrame, ReportError> {
         col(rows, "energy_method", |r| r.energy_method.clone()),
         col(rows, "file_bytes", |r| r.file_bytes),
         col(rows, "n_params", |r| r.n_params),
+        col(rows, "requests", |r| r.requests),
+        col(rows, "prompt_tokens", |r| r.prompt_tokens),
+        col(rows, "completion_tokens", |r| r.completion_tokens),
+        col(rows, "requests_per_s", |r| r.requests_per_s),
+        col(rows, "request_p50_ms", |r| r.request_p50_ms),
+        col(rows, "ttfb_p50_ms", |r| r.ttfb_p50_ms),
+        col(rows, "cost", |r| r.cost),
+        col(rows, "cost_per_1k_docs", |r| r.cost_per_1k_docs),
+        col(rows, "currency", |r| r.currency.clone()),
+        col(rows, "harness_cpu_share", |r| r.harness_cpu_share),
     ];
     DataFrame::new(rows.len(), cols).map_err(polars_err)
 }
@@ -119,11 +129,21 @@ pub fn markdown_summary(rows: &[Row], points: &[ModelPoint]) -> String {
     for t in &tasks {
         s.push_str(&format!(" {} |", md_cell(t)));
     }
-    s.push_str(" mean | latency ms/doc | peak RSS MiB | energy J/doc |\n|---|");
+    // The cost column only when some model has a price (served models).
+    let priced = points.iter().any(|p| p.cost_per_1k_docs.is_some());
+    s.push_str(" mean | latency ms/doc | peak RSS MiB | energy J/doc |");
+    if priced {
+        s.push_str(" cost /1k docs |");
+    }
+    s.push_str("\n|---|");
     for _ in &tasks {
         s.push_str("---|");
     }
-    s.push_str("---|---|---|---|\n");
+    s.push_str(if priced {
+        "---|---|---|---|---|\n"
+    } else {
+        "---|---|---|---|\n"
+    });
     for m in &models {
         s.push_str(&format!("| {} |", md_cell(m)));
         for t in &tasks {
@@ -145,14 +165,28 @@ pub fn markdown_summary(rows: &[Row], points: &[ModelPoint]) -> String {
             s.push_str(&format!(" {text} |"));
         }
         match point.get(m) {
-            Some(p) => s.push_str(&format!(
-                " {} | {} | {} | {} |\n",
-                value_pm(p.score, p.score_se),
-                opt(p.latency_ms, |v| format!("{v:.1}")),
-                opt(p.peak_rss_bytes, mib),
-                opt(p.energy_per_doc_j, |v| format!("{v:.3}")),
-            )),
-            None => s.push_str(" n/a | n/a | n/a | n/a |\n"),
+            Some(p) => {
+                s.push_str(&format!(
+                    " {} | {} | {} | {} |",
+                    value_pm(p.score, p.score_se),
+                    opt(p.latency_ms, |v| format!("{v:.1}")),
+                    opt(p.peak_rss_bytes, mib),
+                    opt(p.energy_per_doc_j, |v| format!("{v:.3}")),
+                ));
+                if priced {
+                    let cur = p.currency.as_deref().unwrap_or("");
+                    s.push_str(&format!(
+                        " {} |",
+                        opt(p.cost_per_1k_docs, |v| format!("{v:.4} {cur}"))
+                    ));
+                }
+                s.push('\n');
+            }
+            None => s.push_str(if priced {
+                " n/a | n/a | n/a | n/a | n/a |\n"
+            } else {
+                " n/a | n/a | n/a | n/a |\n"
+            }),
         }
     }
     let methods: BTreeSet<&str> = rows
@@ -162,11 +196,18 @@ pub fn markdown_summary(rows: &[Row], points: &[ModelPoint]) -> String {
     s.push_str(&format!(
         "\nValues: primary metric (acc unless named) ± standard error; mean: over tasks, ± sqrt(Σ se²)/k. \
          Latency: mean per document, warm-up excluded. Peak RSS: kernel high-water mark (VmHWM). \
-         Energy method: {}.\n",
+         Energy method: {}.{}\n",
         if methods.is_empty() {
             "n/a".to_string()
         } else {
             methods.into_iter().collect::<Vec<_>>().join(", ")
+        },
+        if priced {
+            " Cost: the prompt and completion tokens of every request (the server's `usage` where it \
+             reports it, else counted from its reply) at the model's `price`, per 1,000 documents scored. \
+             A served model's peak RSS and energy are n/a: they are the server's, not this process's."
+        } else {
+            ""
         }
     ));
     s

@@ -46,5 +46,39 @@ pub fn summary_table(record: &RunRecord) -> String {
         }
     }
     let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
-    crate::text_table::table(&rows)
+    let mut out = crate::text_table::table(&rows);
+    out.push_str(&served_lines(record));
+    out
+}
+
+/// One line per served model's cell: requests, throughput, tokens, cost
+/// and the harness's own share of the time (empty for local models).
+fn served_lines(record: &RunRecord) -> String {
+    let mut out = String::new();
+    for c in &record.cells {
+        let Some(s) = &c.served else { continue };
+        if out.is_empty() {
+            out.push_str("served:\n");
+        }
+        let mut parts = vec![format!("{} requests", s.requests)];
+        if let Some(r) = s.requests_per_s {
+            parts.push(format!("{r:.1} req/s"));
+        }
+        if let Some(l) = &s.request_latency {
+            parts.push(format!("p50 {:.0} ms, p99 {:.0} ms", l.p50_ms, l.p99_ms));
+        }
+        parts.push(format!(
+            "{} prompt + {} completion tokens",
+            s.prompt_tokens, s.completion_tokens
+        ));
+        if let (Some(cost), Some(per_1k)) = (s.cost, s.cost_per_1k_docs) {
+            let cur = s.currency.as_deref().unwrap_or("");
+            parts.push(format!("cost {cost:.4} {cur} ({per_1k:.4} per 1k docs)"));
+        }
+        if let Some(h) = s.harness_cpu_share {
+            parts.push(format!("harness CPU {:.1}% of the wall time", h * 100.0));
+        }
+        out.push_str(&format!("  {}/{}: {}\n", c.model, c.task, parts.join(", ")));
+    }
+    out
 }

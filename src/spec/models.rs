@@ -227,6 +227,12 @@ impl Registry {
             Self::validate_served(m).map_err(|e| invalid(name, e))?;
         }
         for (name, m) in &self.models {
+            if m.engine == Engine::Served {
+                self.check_served_tokenizer(m)
+                    .map_err(|e| invalid(name, e))?;
+            }
+        }
+        for (name, m) in &self.models {
             let parent = m.parent.as_deref().and_then(|p| self.models.get(p));
             if parent.is_some_and(|p| p.engine == Engine::Served) {
                 return Err(invalid(
@@ -314,6 +320,50 @@ impl Registry {
             ));
         }
         m.engine = Engine::Served;
+        Ok(())
+    }
+
+    /// A served model's `tokenizer`: a local model of this file (its
+    /// vocabulary) or a path to a `tokenizer.json`, on an API that takes
+    /// token-id prompts.
+    fn check_served_tokenizer(&self, m: &ModelSpec) -> Result<(), String> {
+        let (Some(t), Some(ep)) = (&m.tokenizer, &m.endpoint) else {
+            return Ok(());
+        };
+        use crate::spec::endpoint::Api;
+        match ep.api {
+            Api::Vllm | Api::Sglang | Api::OpenaiCompletions => {}
+            Api::LlamaServer => {
+                return Err(
+                    "field `tokenizer`: llama-server tokenizes with its own `/tokenize`; remove it"
+                        .into(),
+                )
+            }
+            Api::Tgi => {
+                return Err(
+                    "field `tokenizer`: TGI's `/generate` takes text, not token ids; remove it"
+                        .into(),
+                )
+            }
+            Api::OpenaiChat => {
+                return Err(
+                    "field `tokenizer`: a chat endpoint takes messages, not token ids; remove it"
+                        .into(),
+                )
+            }
+        }
+        let name = t.to_string_lossy();
+        if let Some(other) = self.models.get(name.as_ref()) {
+            if other.engine == Engine::Served {
+                return Err(format!(
+                    "field `tokenizer`: `{name}` is a served model; name a local model (its vocabulary is read from its file) or a tokenizer.json path"
+                ));
+            }
+        } else if t.extension().is_none_or(|e| e != "json") {
+            return Err(format!(
+                "field `tokenizer`: `{name}` is neither a model of this file nor a `.json` path; name a local model or a tokenizer.json"
+            ));
+        }
         Ok(())
     }
 

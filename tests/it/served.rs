@@ -518,6 +518,17 @@ fn a_served_run_records_requests_tokens_and_cost_and_no_local_figures() {
     );
     assert_eq!(served["currency"], "USD");
     assert!(served["request_latency"]["p50_ms"].as_f64().is_some());
+    // The harness's own CPU time is measured, as a share of the wall time
+    // (two cores at most: this process's threads on a 2-core machine).
+    let share = served["harness_cpu_share"].as_f64().expect("harness share");
+    let cpu = served["harness_cpu_s"].as_f64().expect("harness cpu");
+    assert!(cpu >= 0.0 && (0.0..=64.0).contains(&share), "{served}");
+    // The printed summary says what the requests were and cost.
+    let printed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        printed.contains("served:") && printed.contains("req/s") && printed.contains("USD"),
+        "{printed}"
+    );
     // This process only waited: no peak RSS or energy of its own.
     assert!(
         cell["peak_rss"].is_null() && cell["energy"].is_null(),
@@ -537,6 +548,25 @@ fn a_served_run_records_requests_tokens_and_cost_and_no_local_figures() {
     assert!(rep.join("score_vs_cost.svg").is_file());
     let html = std::fs::read_to_string(rep.join("report.html")).expect("html");
     assert!(html.contains("Score vs cost"));
+    // The cost columns: in the summary, the HTML and the long table.
+    assert!(html.contains("cost /1k docs") && html.contains("harness CPU"));
+    let summary = std::fs::read_to_string(rep.join("summary.md")).expect("summary");
+    assert!(
+        summary.contains("cost /1k docs") && summary.contains("USD"),
+        "{summary}"
+    );
+    let csv = std::fs::read_to_string(rep.join("results_long.csv")).expect("csv");
+    let header = csv.lines().next().expect("header");
+    for col in [
+        "requests",
+        "prompt_tokens",
+        "cost",
+        "cost_per_1k_docs",
+        "currency",
+        "harness_cpu_share",
+    ] {
+        assert!(header.split(',').any(|h| h == col), "{col} not in {header}");
+    }
     // The stand-in's scores, summed per choice as the model gives them.
     for s in &samples {
         let conts = s["continuations"].as_array().expect("conts");
@@ -552,5 +582,167 @@ fn a_served_run_records_requests_tokens_and_cost_and_no_local_figures() {
                 .sum();
             assert!((ll.as_f64().expect("ll") - want).abs() < 1e-9);
         }
+    }
+}
+
+/// A `tokenizer.json` for the stand-ins' vocabulary (byte-level words,
+/// `<s>` added before every text, as Gemma-style models do).
+fn vocab_tokenizer(dir: &std::path::Path) -> std::path::PathBuf {
+    let vocab: serde_json::Map<String, Value> = VOCAB
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.replace(' ', "\u{120}"), json!(i)))
+        .collect();
+    let tok = json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [{"id": 0, "content": "<s>", "single_word": false, "lstrip": false,
+                          "rstrip": false, "normalized": false, "special": true}],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {"<s>": {"id": "<s>", "ids": [0], "tokens": ["<s>"]}}},
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<s>"}
+    });
+    let p = dir.join("tokenizer.json");
+    std::fs::write(&p, tok.to_string()).expect("write tokenizer.json");
+    p
+}
+
+/// Stand-ins for the token-id APIs: each checks that the prompt is the
+/// ids of "<s>The sky is" + a continuation and answers in its API's shape;
+/// `off` shifts the ids the reply names (a reply that does not line up).
+fn ids_handler(off: u64) -> Box<Handler> {
+    Box::new(move |req: &Req, _n| {
+        if req.path == "/v1/models" {
+            return (200, vec![], json!({"data": [{"id": "big"}]}).to_string());
+        }
+        let key = if req.path == "/generate" {
+            "input_ids"
+        } else {
+            "prompt"
+        };
+        let ids: Vec<u64> = req.body[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_u64).collect())
+            .unwrap_or_default();
+        assert_eq!(&ids[..4], &[0, 1, 2, 3], "BOS, then the context's ids");
+        let v = match req.path.as_str() {
+            "/generate" => {
+                let start = req.body["logprob_start_len"].as_u64().expect("start") as usize;
+                let lps: Vec<Value> = ids[start..]
+                    .iter()
+                    .map(|&i| json!([lp(i), i + off, null]))
+                    .collect();
+                let tops: Vec<Value> = ids[start..]
+                    .iter()
+                    .map(|&i| json!([[lp(i), if i == 4 { 4 } else { 1 }, null]]))
+                    .collect();
+                json!({"text": " red", "meta_info": {
+                    "prompt_tokens": ids.len(), "completion_tokens": 1,
+                    "input_token_logprobs": lps, "input_top_logprobs": tops}})
+            }
+            _ if req.body.get("prompt_logprobs").is_some() => {
+                let mut pl = vec![Value::Null];
+                for &i in &ids[1..] {
+                    pl.push(json!({(i + off).to_string(): {"logprob": lp(i), "rank": 1, "decoded_token": VOCAB[i as usize]}}));
+                }
+                json!({"choices": [{"text": " red", "prompt_logprobs": pl}],
+                       "usage": {"prompt_tokens": ids.len(), "completion_tokens": 1}})
+            }
+            _ => {
+                let mut lps: Vec<Value> = vec![Value::Null];
+                lps.extend(ids[1..].iter().map(|&i| json!(lp(i))));
+                lps.push(json!(lp(7)));
+                json!({"choices": [{"text": " red", "logprobs": {"token_logprobs": lps}}],
+                       "usage": {"prompt_tokens": ids.len() as u64 + off, "completion_tokens": 1}})
+            }
+        };
+        (200, vec![], v.to_string())
+    })
+}
+
+#[test]
+fn with_a_tokenizer_prompts_go_out_as_token_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tok = vocab_tokenizer(dir.path());
+    for api in ["vllm", "sglang", "openai-completions"] {
+        let stand = Stand::start(ids_handler(0));
+        let yaml = format!(
+            "models:\n  big:\n    tokenizer: \"{}\"\n    endpoint: {{api: {api}, base_url: \"{}\", model: big}}\n",
+            tok.display(),
+            stand.url()
+        );
+        let reg = Registry::parse(&yaml, "test.yaml").expect("registry");
+        let mut loaded = open(&reg).expect("open");
+        let ep = loaded.record.endpoint.clone().expect("endpoint record");
+        assert!(
+            ep.prompts
+                .as_deref()
+                .is_some_and(|p| p.starts_with("token ids") && p.contains("BOS added")),
+            "{api}: {:?}",
+            ep.prompts
+        );
+        assert_eq!(
+            sky(&mut loaded).expect("score"),
+            vec![lp(4) + lp(6), lp(5) + lp(6)],
+            "{api}"
+        );
+    }
+}
+
+#[test]
+fn a_token_id_reply_that_does_not_line_up_is_an_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tok = vocab_tokenizer(dir.path());
+    for api in ["vllm", "sglang", "openai-completions"] {
+        let stand = Stand::start(ids_handler(1));
+        let yaml = format!(
+            "models:\n  big:\n    tokenizer: \"{}\"\n    endpoint: {{api: {api}, base_url: \"{}\"}}\n",
+            tok.display(),
+            stand.url()
+        );
+        let reg = Registry::parse(&yaml, "test.yaml").expect("registry");
+        let mut loaded = open(&reg).expect("open");
+        let e = sky(&mut loaded).expect_err("misaligned");
+        assert!(e.contains("does not line up"), "{api}: {e}");
+    }
+}
+
+#[test]
+fn a_served_tokenizer_is_checked_against_the_api() {
+    for (endpoint, tokenizer, want) in [
+        (
+            "{api: llama-server, base_url: \"http://h:1\"}",
+            "t.json",
+            "/tokenize",
+        ),
+        (
+            "{api: tgi, base_url: \"http://h:1\"}",
+            "t.json",
+            "takes text",
+        ),
+        (
+            "{api: vllm, base_url: \"http://h:1\"}",
+            "nosuch",
+            "neither a model",
+        ),
+        (
+            "{api: vllm, base_url: \"http://h:1\"}",
+            "other",
+            "is a served model",
+        ),
+    ] {
+        let text = format!(
+            "models:\n  big:\n    tokenizer: {tokenizer}\n    endpoint: {endpoint}\n  other:\n    endpoint: {{api: vllm, base_url: \"http://h:2\"}}\n"
+        );
+        let Err(e) = Registry::parse(&text, "m.yaml") else {
+            panic!("{endpoint} with {tokenizer}: accepted");
+        };
+        let e = e.to_string();
+        assert!(e.contains(want) && e.contains("field `tokenizer`"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 }

@@ -9,6 +9,7 @@
 mod echo;
 mod generate;
 pub mod http;
+mod ids;
 mod llama_server;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -32,6 +33,9 @@ pub struct ServedScorer {
     model: Option<String>,
     concurrency: usize,
     max_length: usize,
+    /// The model's tokenizer, when `tokenizer:` names one: prompts then go
+    /// out as token ids.
+    tokenizer: Option<crate::model::tokenizer::TextTokenizer>,
 }
 
 fn engine_error(message: String) -> BackendError {
@@ -57,6 +61,25 @@ pub fn open(
         })?),
         None => None,
     };
+    let tokenizer = match &got.tokenizer {
+        Some(p) => Some(
+            crate::model::tokenizer::TextTokenizer::open_standalone(p).map_err(|e| {
+                engine_error(format!(
+                    "the served model's `tokenizer` ({}): {e}",
+                    p.display()
+                ))
+            })?,
+        ),
+        None => None,
+    };
+    let prompts = match (&tokenizer, &spec.tokenizer) {
+        (Some(t), Some(name)) => format!(
+            "token ids ({}, {})",
+            name.display(),
+            if t.add_bos { "BOS added" } else { "no BOS" }
+        ),
+        _ => "text".into(),
+    };
     let client = Client::new(&ep.base_url, key, ep.timeout_s, ep.max_retries);
     let (server_version, n_ctx) = describe(&client, ep.api)?;
     let context_length = got.context_length.or(n_ctx).unwrap_or(0);
@@ -71,6 +94,7 @@ pub fn open(
             model: ep.model.clone(),
             server_version,
             concurrency: ep.concurrency,
+            prompts: Some(prompts),
         }),
         lineage: got.lineage.clone(),
         ..ModelRecord::default()
@@ -86,6 +110,7 @@ pub fn open(
             } else {
                 usize::MAX
             },
+            tokenizer,
         }),
         record,
         chat: None,
@@ -130,6 +155,7 @@ impl ServedScorer {
     fn score_one(&self, context: &str, continuations: &[String]) -> Result<DocScore, String> {
         let mut choices = Vec::with_capacity(continuations.len());
         let mut requests = Vec::new();
+        let mut truncated = false;
         match self.api {
             Api::LlamaServer => {
                 for c in continuations {
@@ -137,6 +163,36 @@ impl ServedScorer {
                     let (s, stats) = llama_server::score(&self.client, &ctx, &cont)?;
                     choices.push(s);
                     requests.extend(stats);
+                }
+            }
+            Api::OpenaiCompletions | Api::Vllm | Api::Sglang if self.tokenizer.is_some() => {
+                let tok = self.tokenizer.as_ref().ok_or("no tokenizer")?;
+                let api = match self.api {
+                    Api::Vllm => ids::IdsApi::Vllm,
+                    Api::Sglang => ids::IdsApi::Sglang,
+                    _ => ids::IdsApi::OpenAi,
+                };
+                for c in continuations {
+                    let (mut ctx, cont) = crate::backend::request::encode_pair(tok, context, c)
+                        .map_err(|e| e.to_string())?;
+                    // The window keeps the prompt's last tokens (lm-eval's
+                    // left truncation); the continuation must fit whole.
+                    let over = (ctx.len() + cont.len()).saturating_sub(self.max_length);
+                    if over > 0 {
+                        if over >= ctx.len() {
+                            return Err(format!(
+                                "the continuation's {} tokens do not fit the server's {}-token window",
+                                cont.len(),
+                                self.max_length
+                            ));
+                        }
+                        ctx.drain(..over);
+                        truncated = true;
+                    }
+                    let (s, stat) =
+                        ids::score(&self.client, api, self.model.as_deref(), &ctx, &cont)?;
+                    choices.push(s);
+                    requests.push(stat);
                 }
             }
             Api::OpenaiCompletions | Api::Vllm | Api::Sglang | Api::Tgi => {
@@ -165,7 +221,7 @@ impl ServedScorer {
         }
         Ok(DocScore {
             choices,
-            truncated: false,
+            truncated,
             tokens_forwarded: requests.iter().map(|r| r.prompt_tokens).sum(),
             peak_cached_tokens: 0,
             shared_ms: Some(requests.iter().map(|r| r.ms).sum()),
