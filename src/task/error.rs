@@ -110,6 +110,31 @@ impl fmt::Display for DocLocation {
     }
 }
 
+/// A value from a task file as an error quotes it: control characters
+/// (newlines, tabs) escaped so the message stays on one line, and at most
+/// 80 characters, so a pasted paragraph does not drown the fix.
+pub(crate) fn shown(s: &str) -> String {
+    shown_at_most(s, 80)
+}
+
+/// [`shown`] with a chosen length limit (`usize::MAX` for paths, which are
+/// only escaped).
+pub(crate) fn shown_at_most(s: &str, max: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(max.saturating_add(8)));
+    for (i, c) in s.chars().enumerate() {
+        if i == max {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Collapses a message onto one line.
 pub(crate) fn one_line(s: &str) -> String {
     let mut out = String::with_capacity(s.len());

@@ -23,8 +23,8 @@ pub struct RegexError {
 
 fn compile(pattern: &str) -> Result<Regex, RegexError> {
     Regex::new(pattern).map_err(|e| RegexError {
-        pattern: pattern.to_string(),
-        reason: e.to_string(),
+        pattern: super::error::shown(pattern),
+        reason: super::error::one_line(&e.to_string()),
     })
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json};
 
-use super::error::TaskError;
+use super::error::{shown, shown_at_most, TaskError};
 use super::yaml_diag::{reject_python_tags, yaml_error};
 
 /// Includes nested deeper than this are taken for a cycle.
@@ -81,7 +81,11 @@ fn merge_at(file: &Path, text: &str, depth: usize) -> Result<Map<String, Json>, 
         let inc_text = std::fs::read_to_string(&path).map_err(|e| {
             err(
                 &name,
-                format!("cannot read `{inc}` ({}): {e}", path.display()),
+                format!(
+                    "cannot read `{}` ({}): {e}",
+                    shown(inc),
+                    shown_at_most(&path.display().to_string(), usize::MAX)
+                ),
                 "give a path relative to this file",
             )
         })?;

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::error::TaskError;
+use super::error::{shown, TaskError};
 use super::parse_gen::{generation_spec, RawFilterPipeline, RawGenKwargs, RawMatchKwargs};
 use super::spec::{ChoiceSpec, GroupSpec, SamplerKind, SuiteFile, TargetSpec, TaskSpec};
 use super::template;
@@ -255,7 +255,7 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
             return Err(spec_err(
                 file,
                 "output_type",
-                format!("`{other}` is not supported"),
+                format!("`{}` is not supported", shown(other)),
                 "use `output_type: multiple_choice` or `generate_until`",
             ))
         }
@@ -365,7 +365,7 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
             return Err(spec_err(
                 file,
                 "fewshot_config.sampler",
-                format!("unknown sampler `{other}`"),
+                format!("unknown sampler `{}`", shown(other)),
                 "use `default` or `first_n`",
             ))
         }
@@ -584,6 +584,40 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains('\n'), "{err}");
+    }
+
+    /// Found by the `task_yaml` fuzz target: a YAML block scalar put a
+    /// paragraph with newlines into a regex that does not compile, and the
+    /// error quoted it verbatim over thirty lines.
+    #[test]
+    fn a_bad_value_with_newlines_is_quoted_on_one_line() {
+        let long = "x".repeat(200);
+        let gen = "task: t\ndataset_path: a/b\noutput_type: generate_until\ntest_split: test\ndoc_to_text: \"{{q}}\"\ndoc_to_target: a\n";
+        let cases = [
+            (
+                "filter_list",
+                format!("{gen}filter_list:\n  - name: s\n    filter:\n      - function: regex\n        regex_pattern: |\n          a{{\n\n          {long}\n"),
+            ),
+            (
+                "output_type",
+                MINIMAL.replace("output_type: multiple_choice", "output_type: \"multiple\\nchoice\""),
+            ),
+            (
+                "fewshot_config.sampler",
+                format!("{MINIMAL}fewshot_config:\n  sampler: \"first\\tn\\n\"\n"),
+            ),
+        ];
+        for (key, text) in cases {
+            let err = parse_suite_yaml("t.yaml", &text)
+                .expect_err("must fail")
+                .to_string();
+            assert!(!err.contains('\n') && !err.contains('\t'), "{key}: {err}");
+            assert!(
+                err.starts_with("t.yaml: ") && err.contains(key),
+                "{key}: {err}"
+            );
+            assert!(err.len() < 400, "{key}: {} chars: {err}", err.len());
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use serde::Deserialize;
 use serde_json::Value as Json;
 
-use super::error::TaskError;
+use super::error::{shown, TaskError};
 use super::spec::{ExactMatchSpec, FilterPipeline, FilterStep, GenerationSpec};
 
 /// lm-eval's default `max_gen_toks`.
@@ -76,7 +76,10 @@ fn check_regex(file: &str, key: &str, pattern: &str) -> Result<(), TaskError> {
         err(
             file,
             key,
-            format!("`{pattern}` is not a valid regular expression ({reason})"),
+            format!(
+                "`{}` is not a valid regular expression ({reason})",
+                shown(pattern)
+            ),
             "fix the pattern (Python `re` syntax without look-around or back-references)",
         )
     })
@@ -165,7 +168,7 @@ pub(super) fn generation_spec(
                     return Err(err(
                         file,
                         "filter_list.name",
-                        format!("`{}` is repeated or contains a comma", p.name),
+                        format!("`{}` is repeated or contains a comma", shown(&p.name)),
                         "give each pipeline a distinct name without commas",
                     ));
                 }
@@ -241,7 +244,7 @@ fn filter_step(file: &str, s: RawFilterStep) -> Result<FilterStep, TaskError> {
             return Err(err(
                 file,
                 "filter_list.filter.function",
-                format!("unknown filter function `{other}`"),
+                format!("unknown filter function `{}`", shown(other)),
                 "use one of regex, take_first, lowercase, uppercase, remove_whitespace, strip",
             ))
         }

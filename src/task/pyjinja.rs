@@ -40,7 +40,11 @@ pub(crate) fn make_env() -> Environment<'static> {
                         let re = regex::Regex::new(pattern).map_err(|e| {
                             Error::new(
                                 ErrorKind::InvalidOperation,
-                                format!("bad regex `{pattern}`: {}", one_line(&e.to_string())),
+                                format!(
+                                    "bad regex `{}`: {}",
+                                    super::error::shown(pattern),
+                                    one_line(&e.to_string())
+                                ),
                             )
                         })?;
                         cache.insert(pattern.to_string(), re.clone());
