@@ -305,23 +305,98 @@ pub fn file_type_name(g: &GgufFile) -> Option<String> {
 }
 
 /// A truncated download passes header parsing; catch it before loading tensors.
+/// The sizes come from the file, so every step is checked: a shape whose
+/// element count does not fit in 64 bits is an invalid file, not an
+/// overflow (found by the `gguf` fuzz target).
 fn check_tensor_extent(path: &Path, content: &Content, file_len: u64) -> Result<(), GgufError> {
+    let invalid = |reason: String| GgufError::Invalid {
+        path: path.to_path_buf(),
+        reason,
+    };
     let mut end = 0u64;
-    for info in content.tensor_infos.values() {
-        let elems = info.shape.elem_count() as u64;
+    for (name, info) in &content.tensor_infos {
+        let too_big = || {
+            invalid(format!(
+                "tensor `{}` claims shape {:?}, more bytes than 64 bits count",
+                name.escape_debug(),
+                info.shape.dims()
+            ))
+        };
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(too_big)?;
         let block = info.ggml_dtype.block_size() as u64;
-        let bytes = elems / block * info.ggml_dtype.type_size() as u64;
-        end = end.max(content.tensor_data_offset + info.offset + bytes);
+        let bytes = (elems / block)
+            .checked_mul(info.ggml_dtype.type_size() as u64)
+            .ok_or_else(too_big)?;
+        let tensor_end = content
+            .tensor_data_offset
+            .checked_add(info.offset)
+            .and_then(|v| v.checked_add(bytes))
+            .ok_or_else(too_big)?;
+        end = end.max(tensor_end);
     }
     if end > file_len {
-        return Err(GgufError::Invalid {
-            path: path.to_path_buf(),
-            reason: format!("tensor data needs {end} bytes but the file has {file_len}"),
-        });
+        return Err(invalid(format!(
+            "tensor data needs {end} bytes but the file has {file_len}"
+        )));
     }
     Ok(())
 }
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A GGUF v3 file with no metadata and one F32 tensor of shape `dims`
+    /// at offset 0, followed by `data` bytes of tensor data.
+    fn one_tensor_gguf(dims: &[u64], data: usize) -> Vec<u8> {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes()); // tensors
+        b.extend(0u64.to_le_bytes()); // metadata entries
+        let name = b"w";
+        b.extend((name.len() as u64).to_le_bytes());
+        b.extend(name);
+        b.extend((dims.len() as u32).to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(0u64.to_le_bytes()); // offset
+        while b.len() % 32 != 0 {
+            b.push(0);
+        }
+        b.resize(b.len() + data, 0);
+        b
+    }
+
+    #[test]
+    fn a_tensor_shape_past_64_bits_is_an_invalid_file_not_an_overflow() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("huge.gguf");
+        std::fs::write(
+            &path,
+            one_tensor_gguf(&[1 << 20, 1 << 20, 1 << 20, 1 << 20], 64),
+        )
+        .expect("write");
+        let err = GgufFile::open(&path).err().expect("must fail").to_string();
+        assert!(err.contains("not a valid GGUF file"), "{err}");
+        assert!(err.contains("tensor `w`") && !err.contains('\n'), "{err}");
+
+        // The same layout with an honest shape opens, and one byte short
+        // of its data is caught as truncated.
+        std::fs::write(&path, one_tensor_gguf(&[4, 4], 64)).expect("write");
+        GgufFile::open(&path).expect("opens");
+        std::fs::write(&path, one_tensor_gguf(&[4, 4], 63)).expect("write");
+        let err = GgufFile::open(&path).err().expect("must fail").to_string();
+        assert!(err.contains("needs"), "{err}");
+    }
 }
