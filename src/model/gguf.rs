@@ -329,6 +329,21 @@ fn check_tensor_extent(path: &Path, content: &Content, file_len: u64) -> Result<
             .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
             .ok_or_else(too_big)?;
         let block = info.ggml_dtype.block_size() as u64;
+        // A dimension of 0 is no tensor at all (candle would build its
+        // blocks from a dangling pointer), and a row must hold whole blocks.
+        let row = info.shape.dims().first().copied().unwrap_or(1) as u64;
+        if elems == 0 || row % block != 0 {
+            return Err(invalid(format!(
+                "tensor `{}` has shape {:?}: {}",
+                name.escape_debug(),
+                info.shape.dims(),
+                if elems == 0 {
+                    "no elements".to_string()
+                } else {
+                    format!("rows of {row} are not whole blocks of {block}")
+                }
+            )));
+        }
         let bytes = (elems / block)
             .checked_mul(info.ggml_dtype.type_size() as u64)
             .ok_or_else(too_big)?;
@@ -379,7 +394,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tensor_shape_past_64_bits_is_an_invalid_file_not_an_overflow() {
+    fn a_tensor_shape_with_no_elements_or_past_64_bits_is_an_invalid_file() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("huge.gguf");
         std::fs::write(
@@ -390,6 +405,14 @@ mod tests {
         let err = GgufFile::open(&path).err().expect("must fail").to_string();
         assert!(err.contains("not a valid GGUF file"), "{err}");
         assert!(err.contains("tensor `w`") && !err.contains('\n'), "{err}");
+
+        // Found by the same fuzz target: a dimension of 0.
+        std::fs::write(&path, one_tensor_gguf(&[0, 1 << 40], 64)).expect("write");
+        let err = GgufFile::open(&path).err().expect("must fail").to_string();
+        assert!(
+            err.contains("tensor `w`") && err.contains("no elements"),
+            "{err}"
+        );
 
         // The same layout with an honest shape opens, and one byte short
         // of its data is caught as truncated.
