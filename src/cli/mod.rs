@@ -117,7 +117,12 @@ pub enum Command {
 pub fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
-        let text = cause.to_string();
+        // candle appends a stack trace to its errors when RUST_BACKTRACE
+        // is set; the message is what precedes it.
+        let text = match cause.downcast_ref::<candle_core::Error>() {
+            Some(candle_core::Error::WithBacktrace { inner, .. }) => inner.to_string(),
+            _ => cause.to_string(),
+        };
         if text.is_empty() || line.contains(&text) {
             continue;
         }
@@ -203,5 +208,16 @@ mod tests {
         // Context still comes first, then each new cause once.
         let e = anyhow::anyhow!("bad line\n  in file").context("reading x");
         assert_eq!(error_line(&e), "reading x: bad line in file");
+    }
+
+    #[test]
+    fn a_candle_backtrace_is_not_printed() {
+        let e = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("shape mismatch".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        assert!(e.to_string().lines().count() > 1, "a trace to leave out");
+        let e = anyhow::Error::new(e).context("loading model.gguf");
+        assert_eq!(error_line(&e), "loading model.gguf: shape mismatch");
     }
 }

@@ -105,7 +105,9 @@ impl GgufFile {
         GgufError::Key {
             path: self.path.clone(),
             key: key.to_string(),
-            reason: reason.into(),
+            // candle's messages end with a stack trace when RUST_BACKTRACE
+            // is set (found by the gguf fuzz target, which runs with it).
+            reason: first_line(&reason.into()),
         }
     }
 
@@ -391,6 +393,26 @@ mod tests {
         }
         b.resize(b.len() + data, 0);
         b
+    }
+
+    #[test]
+    fn a_key_error_is_one_line_when_candle_adds_a_backtrace() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, one_tensor_gguf(&[4, 4], 64)).expect("write");
+        let g = GgufFile::open(&path).expect("opens");
+        let candle = candle_core::Error::WithBacktrace {
+            inner: Box::new(candle_core::Error::Msg("not a string F64(1.5)".into())),
+            backtrace: Box::new(std::backtrace::Backtrace::force_capture()),
+        };
+        let err = g
+            .key_err("tokenizer.ggml.merges", candle.to_string())
+            .to_string();
+        assert!(!err.contains('\n'), "{err}");
+        assert!(
+            err.contains("tokenizer.ggml.merges") && err.contains("F64(1.5)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -235,7 +235,10 @@ fn task_from_raw(file: &str, name: String, raw: RawFile) -> Result<TaskSpec, Tas
         return Err(spec_err(
             file,
             "task",
-            format!("`{name}` cannot be a file name (it names the task's samples file)"),
+            format!(
+                "`{}` cannot be a file name (it names the task's samples file)",
+                shown(&name)
+            ),
             "use letters, digits, `_`, `-` and `.` (not first)",
         ));
     }
@@ -598,6 +601,8 @@ mod tests {
                 "filter_list",
                 format!("{gen}filter_list:\n  - name: s\n    filter:\n      - function: regex\n        regex_pattern: |\n          a{{\n\n          {long}\n"),
             ),
+            // The second crash of that target: the task name.
+            ("task", MINIMAL.replace("task: t", "task: \"gsm8k\\n- \\\",\\\"\"")),
             (
                 "output_type",
                 MINIMAL.replace("output_type: multiple_choice", "output_type: \"multiple\\nchoice\""),
