@@ -332,8 +332,9 @@ fn check_tensor_extent(path: &Path, content: &Content, file_len: u64) -> Result<
             .ok_or_else(too_big)?;
         let block = info.ggml_dtype.block_size() as u64;
         // A dimension of 0 is no tensor at all (candle would build its
-        // blocks from a dangling pointer), and a row must hold whole blocks.
-        let row = info.shape.dims().first().copied().unwrap_or(1) as u64;
+        // blocks from a dangling pointer), and a row (ggml's ne[0], candle's
+        // last dimension) must hold whole blocks.
+        let row = info.shape.dims().last().copied().unwrap_or(1) as u64;
         if elems == 0 || row % block != 0 {
             return Err(invalid(format!(
                 "tensor `{}` has shape {:?}: {}",
@@ -375,6 +376,12 @@ mod tests {
     /// A GGUF v3 file with no metadata and one F32 tensor of shape `dims`
     /// at offset 0, followed by `data` bytes of tensor data.
     fn one_tensor_gguf(dims: &[u64], data: usize) -> Vec<u8> {
+        one_tensor_gguf_typed(dims, 0, data)
+    }
+
+    /// [`one_tensor_gguf`] with ggml type `ggml_type` (8 is Q8_0) and
+    /// `dims` in candle's order (the reverse of the file's).
+    fn one_tensor_gguf_typed(dims: &[u64], ggml_type: u32, data: usize) -> Vec<u8> {
         let mut b = b"GGUF".to_vec();
         b.extend(3u32.to_le_bytes());
         b.extend(1u64.to_le_bytes()); // tensors
@@ -383,10 +390,10 @@ mod tests {
         b.extend((name.len() as u64).to_le_bytes());
         b.extend(name);
         b.extend((dims.len() as u32).to_le_bytes());
-        for d in dims {
+        for d in dims.iter().rev() {
             b.extend(d.to_le_bytes());
         }
-        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(ggml_type.to_le_bytes());
         b.extend(0u64.to_le_bytes()); // offset
         while b.len() % 32 != 0 {
             b.push(0);
@@ -427,6 +434,17 @@ mod tests {
         let err = GgufFile::open(&path).err().expect("must fail").to_string();
         assert!(err.contains("not a valid GGUF file"), "{err}");
         assert!(err.contains("tensor `w`") && !err.contains('\n'), "{err}");
+
+        // Rows of whole blocks: a Q8_0 tensor with 64-wide rows opens
+        // (its 8 rows hold 16 blocks of 34 bytes), 48-wide rows do not.
+        std::fs::write(&path, one_tensor_gguf_typed(&[8, 64], 8, 16 * 34)).expect("write");
+        GgufFile::open(&path).expect("rows of whole blocks");
+        std::fs::write(&path, one_tensor_gguf_typed(&[8, 48], 8, 16 * 34)).expect("write");
+        let err = GgufFile::open(&path).err().expect("must fail").to_string();
+        assert!(
+            err.contains("rows of 48 are not whole blocks of 32"),
+            "{err}"
+        );
 
         // Found by the same fuzz target: a dimension of 0.
         std::fs::write(&path, one_tensor_gguf(&[0, 1 << 40], 64)).expect("write");
