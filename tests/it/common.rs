@@ -82,3 +82,43 @@ pub fn assert_error(out: &Output, needles: &[&str]) {
         );
     }
 }
+
+/// `page` opened from `file://` in headless Chromium: the DOM after its
+/// scripts ran, and Chromium's log. `None` (with a notice) when no
+/// Chromium is installed, which CI (`CI=true`) does not accept.
+pub fn chromium_dom(page: &Path) -> Option<(String, String)> {
+    let Some(browser) = ["chromium", "chromium-headless-shell", "chromium-browser"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but no chromium on PATH"
+        );
+        eprintln!("notice: chromium not found; skipping the browser check");
+        return None;
+    };
+    let out = std::process::Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+        ])
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .expect("chromium");
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{log}");
+    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:?}");
+    Some((String::from_utf8_lossy(&out.stdout).into_owned(), log))
+}

@@ -302,47 +302,15 @@ fn report_writes_every_format_and_escapes_text() {
 /// `CI=true` (`.ci/run` installs it).
 #[test]
 fn html_renders_in_headless_chromium() {
-    let Some(browser) = ["chromium", "chromium-headless-shell", "chromium-browser"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    else {
-        assert!(
-            std::env::var("CI").map_or(true, |v| v != "true"),
-            "CI=true but no chromium on PATH"
-        );
-        eprintln!("notice: chromium not found; skipping the browser check");
-        return;
-    };
     let tmp = tempfile::tempdir().expect("tmp");
     let run = write_run(tmp.path(), "run-a", &good_cells());
     let out_dir = tmp.path().join("out");
     assert!(report_cmd(&[&run], &out_dir).status.success());
-    let page = out_dir.join("report.html");
-    let out = std::process::Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--dump-dom",
-        ])
-        .arg(format!("file://{}", page.display()))
-        .output()
-        .expect("chromium");
-    let dom = String::from_utf8_lossy(&out.stdout);
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{log}");
+    let Some((dom, log)) = common::chromium_dom(&out_dir.join("report.html")) else {
+        return;
+    };
     // The page's one script ran and counted six inline SVG charts.
     assert!(dom.contains("data-rendered=\"6\""), "{log}\n{dom:.2000}");
-    let console: Vec<&str> = log.lines().filter(|l| l.contains("CONSOLE")).collect();
-    assert!(console.is_empty(), "console messages: {console:?}");
     // The dataset's markup stayed text.
     assert!(dom.contains("&lt;script&gt;alert"));
 }

@@ -58,7 +58,11 @@ pub fn score(
     };
     let reply = client.post(path, &body).map_err(|e| e.to_string())?;
     let (tokens, n_prompt) = match api {
-        EchoApi::OpenAi => openai_tokens(&reply.json)?,
+        EchoApi::OpenAi => {
+            let (tokens, n) = openai_tokens(&reply.json)?;
+            check_generation_echoed(&reply.json, &tokens, &prompt)?;
+            (tokens, n)
+        }
         EchoApi::Tgi => tgi_tokens(&reply.json)?,
     };
     let choice = align(&tokens, n_prompt, context, continuation)?;
@@ -140,6 +144,31 @@ pub fn openai_tokens(v: &Value) -> Result<(Vec<EchoToken>, usize), String> {
     Ok((tokens, n_prompt))
 }
 
+/// An OpenAI echo lists the generated tokens after the prompt's. When the
+/// reply's text runs past the prompt but its tokens stop at the prompt's
+/// end, the server has dropped one entry and paired every other token
+/// with the distribution of the position after it: llama-cpp-python on a
+/// model that adds no BOS (its issue #1983; measured with SmolLM2 and
+/// 0.3.36: each prompt token's value is the next position's). Every score
+/// would be one position off, so the reply is refused.
+pub fn check_generation_echoed(
+    v: &Value,
+    tokens: &[EchoToken],
+    prompt: &str,
+) -> Result<(), String> {
+    let Some(text) = v.pointer("/choices/0/text").and_then(Value::as_str) else {
+        return Ok(());
+    };
+    let joined: String = tokens.iter().map(|t| t.text.as_str()).collect();
+    if text.len() > prompt.len() && text.starts_with(prompt) && joined.ends_with(prompt) {
+        return Err(format!(
+            "the reply's text goes on after the prompt ({:?}) but its echoed tokens stop at the prompt's end: this server pairs each echoed token with the next position's distribution (llama-cpp-python on a model without BOS, its issue #1983), so every score would be one position off; serve a model that adds BOS, or use llama-server",
+            clip(&text[prompt.len()..])
+        ));
+    }
+    Ok(())
+}
+
 /// TGI's `details.prefill` (the prompt, each with its log-probability).
 pub fn tgi_tokens(v: &Value) -> Result<(Vec<EchoToken>, usize), String> {
     let v = if v.is_array() { &v[0] } else { v };
@@ -205,6 +234,13 @@ pub fn align(
             "the server counts {n_prompt} prompt tokens but {} returned tokens spell the prompt",
             end - start
         ));
+    }
+    // Nothing precedes the prompt's first token, so a correct echo gives it
+    // no log-probability (null, or 0). A number there means the server
+    // paired each echoed token with the distribution of the position after
+    // it: every score would be one position off and cannot be corrected.
+    if start == 0 && !unechoed_bos && tokens[0].logprob.is_some_and(|x| x != 0.0) {
+        return Err("the prompt's first token came back with a log-probability though nothing precedes it: this server pairs each echoed token with the next position's distribution, so every score would be one position off".into());
     }
     let prompt = &tokens[..end];
     let mut at = 0usize;
@@ -322,6 +358,61 @@ mod tests {
         assert_eq!((c.n_tokens, c.loglikelihood), (1, -0.25));
         // Two more than the spelled prompt is not a BOS: refused.
         assert!(align(&t, 5, "The sky", " blue").is_err());
+    }
+
+    #[test]
+    fn an_echo_one_position_off_is_refused() {
+        // llama-cpp-python on a model without BOS: the prompt's first token
+        // has a number, and usage counts exactly the echoed prompt.
+        let t = vec![
+            tok("The", Some(-3.0)),
+            tok(" sky", Some(-2.0)),
+            tok(" blue", Some(-0.25)),
+            tok(" The", Some(-1.0)),
+        ];
+        let e = align(&t, 3, "The sky", " blue").expect_err("one position off");
+        assert!(e.contains("one position off"), "{e}");
+        // The same echo with a null (or 0) first value is a correct one.
+        let mut ok = t.clone();
+        ok[0].logprob = None;
+        assert!(align(&ok, 3, "The sky", " blue").is_ok());
+        ok[0].logprob = Some(0.0);
+        assert!(align(&ok, 3, "The sky", " blue").is_ok());
+    }
+
+    /// What llama-cpp-python 0.3.36 returned for SmolLM2 (no BOS), cut
+    /// down: the text has the generated " the", the tokens stop at the
+    /// prompt, the first is null and the rest are one position off.
+    #[test]
+    fn a_llama_cpp_python_echo_without_bos_is_refused() {
+        let v: Value = serde_json::from_str(
+            r#"{"choices":[{"text":"The sky is the","logprobs":{"tokens":["The"," sky"," is"],
+               "token_logprobs":[null,-8.34,-11.62],"top_logprobs":[null,{" sky":-8.34},{" is":-11.62}]}}],
+               "usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+        )
+        .expect("json");
+        let (t, n) = openai_tokens(&v).expect("read");
+        // align alone cannot tell: the tokens spell the prompt and match the count.
+        assert!(align(&t, n, "The sky", " is").is_ok());
+        let e = check_generation_echoed(&v, &t, "The sky is").expect_err("refused");
+        assert!(e.contains("#1983") && e.contains("\" the\""), "{e}");
+        // The same server on a model with BOS lists the generated token.
+        let v: Value = serde_json::from_str(
+            r#"{"choices":[{"text":"The sky is the","logprobs":{"tokens":["The"," sky"," is"," the"],
+               "token_logprobs":[null,-11.41,-1.14,-1.07]}}],"usage":{"prompt_tokens":4,"completion_tokens":1}}"#,
+        )
+        .expect("json");
+        let (t, n) = openai_tokens(&v).expect("read");
+        assert!(check_generation_echoed(&v, &t, "The sky is").is_ok());
+        assert!(align(&t, n, "The sky", " is").is_ok());
+        // A generation that is only an end-of-sequence token adds no text.
+        let v: Value = serde_json::from_str(
+            r#"{"choices":[{"text":"The sky is","logprobs":{"tokens":["The"," sky"," is",""],
+               "token_logprobs":[null,-1.0,-1.0,-0.5]}}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#,
+        )
+        .expect("json");
+        let (t, _) = openai_tokens(&v).expect("read");
+        assert!(check_generation_echoed(&v, &t, "The sky is").is_ok());
     }
 
     #[test]
