@@ -2,7 +2,7 @@
 //! the file and key, and tensor loading. Knows nothing about architectures.
 
 use std::fs::File;
-use std::io::BufReader;
+use std::io::{BufReader, Read, Seek};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -64,6 +64,18 @@ impl GgufFile {
         })?;
         let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut reader = BufReader::new(file);
+        if let Some(reason) = bad_alignment(&mut reader) {
+            return Err(GgufError::Invalid {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
+        reader
+            .seek(std::io::SeekFrom::Start(0))
+            .map_err(|source| GgufError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
         let mut content = Content::read(&mut reader).map_err(|e| GgufError::Invalid {
             path: path.to_path_buf(),
             reason: first_line(&e.to_string()),
@@ -306,6 +318,101 @@ pub fn file_type_name(g: &GgufFile) -> Option<String> {
     Some(name.to_string())
 }
 
+/// `general.alignment` when it is not a power of two, as llama.cpp's reader
+/// refuses it: candle's divides by it (a zero panicked, found by the gguf
+/// fuzz target). Walks the metadata of a v2/v3 header; anything it cannot
+/// read is left for candle's reader to report.
+fn bad_alignment(r: &mut impl Read) -> Option<String> {
+    fn u32_(r: &mut impl Read) -> Option<u32> {
+        let mut b = [0u8; 4];
+        r.read_exact(&mut b).ok()?;
+        Some(u32::from_le_bytes(b))
+    }
+    fn u64_(r: &mut impl Read) -> Option<u64> {
+        let mut b = [0u8; 8];
+        r.read_exact(&mut b).ok()?;
+        Some(u64::from_le_bytes(b))
+    }
+    fn skip(r: &mut impl Read, n: u64) -> Option<()> {
+        let copied = std::io::copy(&mut r.take(n), &mut std::io::sink()).ok()?;
+        (copied == n).then_some(())
+    }
+    fn string(r: &mut impl Read) -> Option<Vec<u8>> {
+        let n = u64_(r)?;
+        let mut b = Vec::new();
+        r.take(n).read_to_end(&mut b).ok()?;
+        (b.len() as u64 == n).then_some(b)
+    }
+    // Skips a value of type `t`; returns an integer value when it is one.
+    fn value(r: &mut impl Read, t: u32, depth: usize) -> Option<Option<i128>> {
+        let width: Option<usize> = match t {
+            0 | 1 | 7 => Some(1),
+            2 | 3 => Some(2),
+            4..=6 => Some(4),
+            10..=12 => Some(8),
+            _ => None,
+        };
+        if let Some(w) = width {
+            let mut b = [0u8; 8];
+            r.read_exact(&mut b[..w]).ok()?;
+            let v = match t {
+                0 => i128::from(b[0]),
+                1 => i128::from(b[0] as i8),
+                2 => i128::from(u16::from_le_bytes([b[0], b[1]])),
+                3 => i128::from(i16::from_le_bytes([b[0], b[1]])),
+                4 => i128::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                5 => i128::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                10 => i128::from(u64::from_le_bytes(b)),
+                11 => i128::from(i64::from_le_bytes(b)),
+                _ => return Some(None),
+            };
+            return Some(Some(v));
+        }
+        match t {
+            8 => string(r).map(|_| None),
+            9 if depth < 4 => {
+                let et = u32_(r)?;
+                let n = u64_(r)?;
+                match et {
+                    0 | 1 | 7 => skip(r, n)?,
+                    2 | 3 => skip(r, n.checked_mul(2)?)?,
+                    4..=6 => skip(r, n.checked_mul(4)?)?,
+                    10..=12 => skip(r, n.checked_mul(8)?)?,
+                    _ => {
+                        for _ in 0..n {
+                            value(r, et, depth + 1)?;
+                        }
+                    }
+                }
+                Some(None)
+            }
+            _ => None,
+        }
+    }
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic).ok()?;
+    let version = u32_(r)?;
+    if &magic != b"GGUF" || !(2..=3).contains(&version) {
+        return None;
+    }
+    let _tensors = u64_(r)?;
+    let kvs = u64_(r)?;
+    for _ in 0..kvs {
+        let key = string(r)?;
+        let t = u32_(r)?;
+        let v = value(r, t, 0)?;
+        if key == b"general.alignment" {
+            if let Some(a) = v {
+                if a <= 0 || (a & (a - 1)) != 0 {
+                    return Some(format!("general.alignment is {a}, not a power of two"));
+                }
+            }
+            return None;
+        }
+    }
+    None
+}
+
 /// A truncated download passes header parsing; catch it before loading tensors.
 /// The sizes come from the file, so every step is checked: a shape whose
 /// element count does not fit in 64 bits is an invalid file, not an
@@ -335,7 +442,7 @@ fn check_tensor_extent(path: &Path, content: &Content, file_len: u64) -> Result<
         // blocks from a dangling pointer), and a row (ggml's ne[0], candle's
         // last dimension) must hold whole blocks.
         let row = info.shape.dims().last().copied().unwrap_or(1) as u64;
-        if elems == 0 || row % block != 0 {
+        if elems == 0 || !row.is_multiple_of(block) {
             return Err(invalid(format!(
                 "tensor `{}` has shape {:?}: {}",
                 name.escape_debug(),
@@ -395,11 +502,43 @@ mod tests {
         }
         b.extend(ggml_type.to_le_bytes());
         b.extend(0u64.to_le_bytes()); // offset
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         b.resize(b.len() + data, 0);
         b
+    }
+
+    /// [`one_tensor_gguf`] with one metadata entry, `general.alignment`
+    /// as a u32.
+    fn aligned_gguf(alignment: u32) -> Vec<u8> {
+        let mut b = one_tensor_gguf(&[4, 4], 0);
+        b[16..24].copy_from_slice(&1u64.to_le_bytes());
+        let key = b"general.alignment";
+        let mut kv = (key.len() as u64).to_le_bytes().to_vec();
+        kv.extend(key);
+        kv.extend(4u32.to_le_bytes());
+        kv.extend(alignment.to_le_bytes());
+        b.splice(24..24, kv);
+        b.truncate(b.len() - b.len() % 32);
+        b.resize(b.len() + 128, 0);
+        b
+    }
+
+    #[test]
+    fn an_alignment_that_is_not_a_power_of_two_is_an_invalid_file() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("a.gguf");
+        for bad in [0u32, 24] {
+            std::fs::write(&path, aligned_gguf(bad)).expect("write");
+            let err = GgufFile::open(&path).err().expect("must fail").to_string();
+            assert!(
+                err.contains(&format!("general.alignment is {bad}, not a power of two")),
+                "{err}"
+            );
+        }
+        std::fs::write(&path, aligned_gguf(64)).expect("write");
+        GgufFile::open(&path).expect("a power of two opens");
     }
 
     #[test]

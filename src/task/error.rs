@@ -18,7 +18,7 @@ pub enum TaskError {
     },
 
     /// The YAML of a task file is malformed or has a key/value of the wrong shape.
-    #[error("{file} line {line} column {column}: {message} — {fix}")]
+    #[error("{file} line {line} column {column}: {} — {fix}", escaped(.message))]
     Yaml {
         /// The task file.
         file: String,
@@ -33,7 +33,7 @@ pub enum TaskError {
     },
 
     /// A task or group file is well-formed YAML but its content is not usable.
-    #[error("{file}: {key}: {message} — {fix}")]
+    #[error("{file}: {key}: {} — {fix}", escaped(.message))]
     Spec {
         /// The task file (or `suites/<name>.yaml` for a built-in suite).
         file: String,
@@ -46,7 +46,7 @@ pub enum TaskError {
     },
 
     /// A task or group name that no loaded file defines.
-    #[error("unknown task or group `{name}` — use one of: {known}")]
+    #[error("unknown task or group `{}` — use one of: {known}", shown(.name))]
     UnknownName {
         /// The name asked for.
         name: String,
@@ -68,7 +68,7 @@ pub enum TaskError {
     },
 
     /// A problem with one document (bad JSON line, template error, bad gold label).
-    #[error("{location}: {field}: {message} — {fix}")]
+    #[error("{location}: {field}: {} — {fix}", escaped(.message))]
     Doc {
         /// `<file> line <n>` (JSONL) or `<file> row <n>` (Parquet).
         location: DocLocation,
@@ -81,7 +81,7 @@ pub enum TaskError {
     },
 
     /// A task-level problem found while building instances.
-    #[error("{task}: {message} — {fix}")]
+    #[error("{task}: {} — {fix}", escaped(.message))]
     Build {
         /// The task name.
         task: String,
@@ -115,6 +115,17 @@ impl fmt::Display for DocLocation {
 /// 80 characters, so a pasted paragraph does not drown the fix.
 pub(crate) fn shown(s: &str) -> String {
     shown_at_most(s, 80)
+}
+
+/// A message built around values from task files and documents, with any
+/// control character in them escaped: the last guard of the one-line rule
+/// (the fuzz targets found values quoted verbatim more than once).
+fn escaped(message: &str) -> String {
+    if message.chars().any(char::is_control) {
+        shown_at_most(message, usize::MAX)
+    } else {
+        message.to_string()
+    }
 }
 
 /// [`shown`] with a chosen length limit (`usize::MAX` for paths, which are

@@ -442,7 +442,7 @@ fn generation_metric(
             return Err(spec_err(
                 file,
                 "metric_list.metric",
-                format!("`{}` is not supported for generate_until", m.metric),
+                format!("`{}` is not supported for generate_until", shown(&m.metric)),
                 "use `metric: exact_match`",
             ));
         }
@@ -512,7 +512,10 @@ fn parse_metrics(file: &str, list: Option<Vec<RawMetric>>) -> Result<Vec<Metric>
             return Err(spec_err(
                 file,
                 "metric_list",
-                format!("`{}` takes no ignore_* or regexes_to_ignore", m.metric),
+                format!(
+                    "`{}` takes no ignore_* or regexes_to_ignore",
+                    shown(&m.metric)
+                ),
                 "remove them (they belong to exact_match)",
             ));
         }
@@ -529,7 +532,7 @@ fn parse_metrics(file: &str, list: Option<Vec<RawMetric>>) -> Result<Vec<Metric>
                 return Err(spec_err(
                     file,
                     "metric_list.aggregation",
-                    format!("`{agg}` is not supported for {}", metric.name()),
+                    format!("`{}` is not supported for {}", shown(agg), metric.name()),
                     format!(
                         "use `aggregation: {}` or leave it out",
                         metric.aggregation_name()
@@ -601,7 +604,11 @@ mod tests {
                 "filter_list",
                 format!("{gen}filter_list:\n  - name: s\n    filter:\n      - function: regex\n        regex_pattern: |\n          a{{\n\n          {long}\n"),
             ),
-            // The second crash of that target: the task name.
+            // Further crashes of that target: the metric name and the task name.
+            (
+                "metric_list.metric",
+                "task: t\ndataset_path: a/b\ntest_split: test\ndoc_to_text: q\ndoc_to_target: a\nmetric_list:\n  - metric: \"exact_match\\n- x\"\n".to_string(),
+            ),
             ("task", MINIMAL.replace("task: t", "task: \"gsm8k\\n- \\\",\\\"\"")),
             (
                 "output_type",
