@@ -32,6 +32,9 @@ pub struct BenchRow {
     pub ttft_ms_mean: Option<f64>,
     pub cpu: String,
     pub isa_flags: String,
+    /// The kernel set and how it was chosen (see `SLMBENCH_KERNELS`).
+    #[serde(default)]
+    pub kernels: String,
     pub slmbench_version: String,
     pub git_hash: String,
     pub build_profile: String,
@@ -94,6 +97,7 @@ pub fn run_tests(
         ttft_ms_mean: ttft,
         cpu: env.cpu.clone(),
         isa_flags: env.isa_flags.join(" "),
+        kernels: crate::backend::kernels(),
         slmbench_version: env.slmbench_version.clone(),
         git_hash: env.git_hash.clone(),
         build_profile: env.build_profile.clone(),
@@ -139,10 +143,10 @@ pub fn render(rows: &[BenchRow], format: BenchFormat) -> String {
     match format {
         BenchFormat::Json => serde_json::to_string_pretty(rows).unwrap_or_default() + "\n",
         BenchFormat::Csv => {
-            let mut s = String::from("model,model_file,architecture,quant_type,dtype,threads,test,n_tokens,repetitions,tokens_per_s_mean,tokens_per_s_sd,ttft_ms_mean,cpu,isa_flags,slmbench_version,git_hash,build_profile\n");
+            let mut s = String::from("model,model_file,architecture,quant_type,dtype,threads,test,n_tokens,repetitions,tokens_per_s_mean,tokens_per_s_sd,ttft_ms_mean,cpu,isa_flags,kernels,slmbench_version,git_hash,build_profile\n");
             for r in rows {
                 s.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{:.3},{},{},\"{}\",{},{},{},{}\n",
+                    "{},{},{},{},{},{},{},{},{},{:.3},{},{},\"{}\",{},\"{}\",{},{},{}\n",
                     r.model,
                     r.model_file,
                     r.architecture,
@@ -161,6 +165,7 @@ pub fn render(rows: &[BenchRow], format: BenchFormat) -> String {
                         .unwrap_or_default(),
                     r.cpu.replace('"', "'"),
                     r.isa_flags,
+                    r.kernels,
                     r.slmbench_version,
                     r.git_hash,
                     r.build_profile
@@ -187,8 +192,8 @@ pub fn render(rows: &[BenchRow], format: BenchFormat) -> String {
             }
             if let Some(r) = rows.first() {
                 s.push_str(&format!(
-                    "\n{} ({}), slmbench {} {} ({} build); mean ± sd over {} repetitions after a warm-up run\n",
-                    r.cpu, r.isa_flags, r.slmbench_version, r.git_hash, r.build_profile, r.repetitions
+                    "\n{} ({}; kernels {}), slmbench {} {} ({} build); mean ± sd over {} repetitions after a warm-up run\n",
+                    r.cpu, r.isa_flags, r.kernels, r.slmbench_version, r.git_hash, r.build_profile, r.repetitions
                 ));
             }
             s

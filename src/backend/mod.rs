@@ -260,6 +260,24 @@ pub fn set_threads(n: usize) {
     candle::set_threads(n);
 }
 
+/// `cause`'s message without the stack trace an engine may attach to it
+/// (candle does when `RUST_BACKTRACE` is set).
+pub fn error_text(cause: &(dyn std::error::Error + 'static)) -> String {
+    candle::error_text(cause)
+}
+
+/// The local engine's kernel set and how it was chosen, for fingerprints
+/// (`avx2 (detected)`, `scalar (SLMBENCH_KERNELS)`).
+pub fn kernels() -> String {
+    candle::kernels()
+}
+
+/// `Err` with a one-line message when `SLMBENCH_KERNELS` names a kernel
+/// set this build or CPU cannot use.
+pub fn check_kernels() -> Result<(), String> {
+    candle::kernels::simd::check_env().map(|_| ())
+}
+
 /// Opens an obtained model in the engine its spec names.
 pub fn open(
     spec: &ModelSpec,

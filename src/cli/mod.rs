@@ -117,12 +117,9 @@ pub enum Command {
 pub fn error_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain() {
-        // candle appends a stack trace to its errors when RUST_BACKTRACE
-        // is set; the message is what precedes it.
-        let text = match cause.downcast_ref::<candle_core::Error>() {
-            Some(candle_core::Error::WithBacktrace { inner, .. }) => inner.to_string(),
-            _ => cause.to_string(),
-        };
+        // An engine may append a stack trace to its errors (candle does
+        // when RUST_BACKTRACE is set); the backend gives the message alone.
+        let text = crate::backend::error_text(cause);
         if text.is_empty() || line.contains(&text) {
             continue;
         }
@@ -147,6 +144,13 @@ pub fn main_with(cli: Cli) -> Result<i32> {
             .command
             .context("no command")?,
     };
+    if matches!(
+        command,
+        Command::Run(_) | Command::Bench(_) | Command::Variants { .. }
+    ) {
+        // A bad SLMBENCH_KERNELS is an error before any work, not ignored.
+        crate::backend::check_kernels().map_err(anyhow::Error::msg)?;
+    }
     match command {
         Command::Run(a) => cmd::run::run(a),
         Command::Ls {

@@ -115,7 +115,10 @@ pub fn execute(
                 finished_at: None,
                 wall_time_s: 0.0,
                 config: serde_json::to_value(&cfg)?,
-                environment: crate::measure::environment::fingerprint(cfg.threads),
+                environment: crate::measure::environment::Environment {
+                    kernels: crate::backend::kernels(),
+                    ..crate::measure::environment::fingerprint(cfg.threads)
+                },
                 models: Default::default(),
                 cells: Vec::new(),
                 versions: prepared

@@ -22,6 +22,10 @@ pub struct Environment {
     /// Instruction-set features detected at run time (avx2, fma, avx512f, …).
     #[serde(default)]
     pub isa_flags: Vec<String>,
+    /// The local engine's kernel set and how it was chosen (`avx2
+    /// (detected)`, `scalar (SLMBENCH_KERNELS)`); empty in older runs.
+    #[serde(default)]
+    pub kernels: String,
     /// Set when timings are not representative (e.g. a debug build).
     #[serde(default)]
     pub measurement_warning: Option<String>,
@@ -58,6 +62,7 @@ pub fn fingerprint(threads: usize) -> Environment {
         os,
         total_memory_bytes: Some(sys.total_memory()).filter(|&m| m > 0),
         isa_flags: crate::measure::isa_flags(),
+        kernels: String::new(),
         measurement_warning,
     }
 }

@@ -295,7 +295,11 @@ fn fingerprints(runs: &[Run], out: &mut String) {
             esc(&e.cpu),
             e.threads,
             e.cores_logical,
-            esc(&e.isa_flags.join(" ")),
+            esc(&if e.kernels.is_empty() {
+                e.isa_flags.join(" ")
+            } else {
+                format!("{}; kernels {}", e.isa_flags.join(" "), e.kernels)
+            }),
             esc(&opt_cell(e.total_memory_bytes, |b| format!("{:.1} GiB", b as f64 / 1073741824.0))),
             esc(&e.os),
             esc(&e.slmbench_version),

@@ -2,7 +2,8 @@
 //! under `src/` over 800 lines; the engine (`candle`) named only by the
 //! backend that runs it and by the model-file and variant code that use
 //! candle-core as their tensor and GGUF library; and no import cycle
-//! between sibling modules (`crate::`/`super::` paths, tests left out).
+//! between sibling modules (`crate::`/`super::` paths, tests left out);
+//! `unsafe` only in the SIMD kernels, each block with its `// SAFETY:`.
 //! Run alone with `cargo test --release --test it layout`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -201,6 +202,47 @@ fn only_the_engine_and_the_tensor_users_name_candle() {
         "candle named outside backend/candle, model and variant:\n{}",
         hits.join("\n")
     );
+}
+
+/// `unsafe` lives in one module: `allow(unsafe_code)` appears only where
+/// `kernels/mod.rs` declares `simd`, no file outside `kernels/simd/` holds
+/// an `unsafe` block, and every block there has a `// SAFETY:` line right
+/// above it (or above its statement).
+#[test]
+fn unsafe_code_is_confined_to_the_simd_kernels_with_a_safety_line_each() {
+    const HOME: &str = "backend/candle/kernels/simd/";
+    let mut hits = Vec::new();
+    for s in sources() {
+        let lines: Vec<&str> = s.text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if code.contains("allow(unsafe_code)")
+                && !(s.rel == "backend/candle/kernels/mod.rs"
+                    && lines
+                        .get(i + 1)
+                        .is_some_and(|l| l.trim() == "pub mod simd;"))
+            {
+                hits.push(format!("src/{}:{}: allow(unsafe_code)", s.rel, i + 1));
+            }
+            let block = code.contains("unsafe {") || code.contains("unsafe{");
+            if !block {
+                continue;
+            }
+            if !s.rel.starts_with(HOME) {
+                hits.push(format!("src/{}:{}: unsafe outside {HOME}", s.rel, i + 1));
+                continue;
+            }
+            let safety = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| is_comment(l))
+                .any(|l| l.trim_start().starts_with("// SAFETY:"));
+            if !safety {
+                hits.push(format!("src/{}:{}: no // SAFETY: line", s.rel, i + 1));
+            }
+        }
+    }
+    assert!(hits.is_empty(), "{}", hits.join("\n"));
 }
 
 #[test]

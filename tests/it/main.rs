@@ -8,6 +8,7 @@ mod fetch;
 mod fidelity;
 mod generation;
 mod invariance;
+mod kernels;
 mod layout;
 mod measure;
 mod parquet;

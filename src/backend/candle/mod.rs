@@ -171,6 +171,26 @@ pub fn set_threads(n: usize) {
     }
 }
 
+/// `cause`'s message, without the backtrace candle appends to its errors
+/// when `RUST_BACKTRACE` is set.
+pub fn error_text(cause: &(dyn std::error::Error + 'static)) -> String {
+    match cause.downcast_ref::<candle_core::Error>() {
+        Some(candle_core::Error::WithBacktrace { inner, .. }) => inner.to_string(),
+        _ => cause.to_string(),
+    }
+}
+
+/// The kernel set in use and how it was chosen (see [`kernels::simd`]).
+pub fn kernels() -> String {
+    let set = kernels::simd::active();
+    let how = if std::env::var_os(kernels::simd::ENV).is_some_and(|v| !v.is_empty()) {
+        kernels::simd::ENV
+    } else {
+        "detected"
+    };
+    format!("{} ({how})", set.name())
+}
+
 /// Loads a GGUF model, choosing the model file by `general.architecture`.
 pub fn load(gguf: &mut GgufFile, mode: WeightMode) -> Result<Box<dyn CausalLm>, LoadError> {
     let arch = gguf.architecture()?;

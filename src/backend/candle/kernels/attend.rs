@@ -18,7 +18,7 @@ use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::cpu::{with_heads, with_rows};
-use super::vmath;
+use super::{simd, vmath};
 
 /// Query rows per work item: small enough to spread over the threads and to
 /// keep a block's visible keys tight along a causal diagonal, large enough
@@ -70,6 +70,7 @@ pub fn attention(
     // Decoding's few rows run on the calling thread: waking the pool would
     // cost more than the work.
     let parallel = heads * t * s * d >= PARALLEL_MIN_MACS;
+    let set = simd::active();
     let mut by_head = vec![0f32; heads * t * d];
     with_rows(&q, |q| {
         // Keys and values in place: head g's rows start at g · hs.
@@ -120,7 +121,12 @@ pub fn attention(
                             d,
                             scale,
                         };
-                        block.attend(out);
+                        // The block's loops compiled for the kernel set's CPU.
+                        simd::vectorized(
+                            set,
+                            #[inline(always)]
+                            || block.attend(out),
+                        );
                     };
                     if parallel {
                         items.into_par_iter().for_each(attend);
@@ -268,6 +274,7 @@ struct Block<'a> {
 
 impl Block<'_> {
     /// Writes the block's `[n, d]` outputs into `out`.
+    #[inline(always)]
     fn attend(&self, out: &mut [f32]) {
         let d = self.d;
         let lo = self.ranges.iter().map(|r| r.0).min().unwrap_or(0);
@@ -300,41 +307,50 @@ impl Block<'_> {
 
     /// Attention of the block's queries over `keys`/`values` (`[w, d]`)
     /// with `mask`'s rows over the same keys.
+    #[inline(always)]
     fn attend_over(&self, keys: &[f32], values: &[f32], mask: Option<MaskRows>, out: &mut [f32]) {
         let (n, d) = (self.ranges.len(), self.d);
         let w = keys.len() / d;
+        // Inside `with`'s closure too: `LocalKey::with` is not inlined, so
+        // the closure would be compiled only for the baseline CPU.
         SCORES.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            if buf.len() < n * w {
-                buf.resize(n * w, 0.0);
-            }
-            let p = &mut buf[..n * w];
-            if n <= DIRECT_ROWS {
-                return self.attend_direct(keys, values, mask, p, out);
-            }
-            // Scores [n, w] row-major, computed as their transpose K·Qᵀ into a
-            // column-major view (faer's row-major destinations are unsafe to
-            // use, see `streamed::gemm_t`).
-            matmul(
-                MatMut::from_column_major_slice_mut(p, w, n),
-                Accum::Replace,
-                MatRef::from_row_major_slice(keys, w, d),
-                MatRef::from_row_major_slice(self.q, n, d).transpose(),
-                1.0f32,
-                Par::Seq,
-            );
-            for (r, row) in p.chunks_exact_mut(w).enumerate() {
-                softmax_row(row, mask.map(|m| m.row(r, w)), self.scale);
-            }
-            // Outputs [n, d] = P·V, as Vᵀ·Pᵀ into a column-major view.
-            matmul(
-                MatMut::from_column_major_slice_mut(out, d, n),
-                Accum::Replace,
-                MatRef::from_row_major_slice(values, w, d).transpose(),
-                MatRef::from_row_major_slice(p, n, w).transpose(),
-                1.0f32,
-                Par::Seq,
-            );
+            simd::vectorized(
+                simd::active(),
+                #[inline(always)]
+                || {
+                    let mut buf = cell.borrow_mut();
+                    if buf.len() < n * w {
+                        buf.resize(n * w, 0.0);
+                    }
+                    let p = &mut buf[..n * w];
+                    if n <= DIRECT_ROWS {
+                        return self.attend_direct(keys, values, mask, p, out);
+                    }
+                    // Scores [n, w] row-major, computed as their transpose K·Qᵀ into a
+                    // column-major view (faer's row-major destinations are unsafe to
+                    // use, see `streamed::gemm_t`).
+                    matmul(
+                        MatMut::from_column_major_slice_mut(p, w, n),
+                        Accum::Replace,
+                        MatRef::from_row_major_slice(keys, w, d),
+                        MatRef::from_row_major_slice(self.q, n, d).transpose(),
+                        1.0f32,
+                        Par::Seq,
+                    );
+                    for (r, row) in p.chunks_exact_mut(w).enumerate() {
+                        softmax_row(row, mask.map(|m| m.row(r, w)), self.scale);
+                    }
+                    // Outputs [n, d] = P·V, as Vᵀ·Pᵀ into a column-major view.
+                    matmul(
+                        MatMut::from_column_major_slice_mut(out, d, n),
+                        Accum::Replace,
+                        MatRef::from_row_major_slice(values, w, d).transpose(),
+                        MatRef::from_row_major_slice(p, n, w).transpose(),
+                        1.0f32,
+                        Par::Seq,
+                    );
+                },
+            )
         });
     }
 
@@ -342,6 +358,7 @@ impl Block<'_> {
     /// blocks of a few rows (decoding, short branches), where a GEMM call
     /// costs more in set-up than the work: per row, dot products with the
     /// keys, the softmax, then the probabilities' weighted sum of values.
+    #[inline(always)]
     fn attend_direct(
         &self,
         keys: &[f32],
@@ -378,6 +395,7 @@ impl Block<'_> {
 const DIRECT_ROWS: usize = 4;
 
 /// `a·b` with eight partial sums (the compiler keeps them in one vector).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -397,6 +415,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// `row = softmax(row · scale + mask)` in place, as candle's ops compute it;
 /// a row with every key hidden becomes zeros.
+#[inline(always)]
 fn softmax_row(row: &mut [f32], mask: Option<&[f32]>, scale: f32) {
     match mask {
         Some(m) => row

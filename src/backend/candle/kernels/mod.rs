@@ -3,10 +3,14 @@
 //! vector math.
 //!
 //! Invariant: kernels import only each other (and candle's tensor type).
+//! `simd` is the one module of the crate allowed `unsafe` (runtime-detected
+//! instruction sets); everything else denies it.
 
 pub mod attend;
 pub mod cpu;
 pub mod dequant;
 pub mod gemv;
+#[allow(unsafe_code)]
+pub mod simd;
 pub mod streamed;
 pub mod vmath;

@@ -33,6 +33,7 @@ pub fn exp(x: f32) -> f32 {
 }
 
 /// Sum of `xs` with eight partial sums (one vector register).
+#[inline(always)]
 pub fn sum(xs: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = xs.chunks_exact(8);
@@ -46,6 +47,7 @@ pub fn sum(xs: &[f32]) -> f32 {
 }
 
 /// Largest of `xs` (`-inf` if empty or all `-inf`), with eight lanes.
+#[inline(always)]
 pub fn max(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; 8];
     let chunks = xs.chunks_exact(8);

@@ -143,13 +143,23 @@ impl RowFold {
         // time), summed in f32 over runs of 64 columns (≤ 8 terms a lane,
         // each ≤ 1), the runs summed in f64 over the vocabulary.
         let mut terms = [0f32; 64];
-        for run in row.chunks(64) {
-            let terms = &mut terms[..run.len()];
-            for (t, &v) in terms.iter_mut().zip(run) {
-                *t = vmath::exp(v - m);
-            }
-            self.sum += f64::from(vmath::sum(terms));
-        }
+        let set = crate::backend::candle::kernels::simd::active();
+        let sum = crate::backend::candle::kernels::simd::vectorized(
+            set,
+            #[inline(always)]
+            || {
+                let mut sum = self.sum;
+                for run in row.chunks(64) {
+                    let terms = &mut terms[..run.len()];
+                    for (t, &v) in terms.iter_mut().zip(run) {
+                        *t = vmath::exp(v - m);
+                    }
+                    sum += f64::from(vmath::sum(terms));
+                }
+                sum
+            },
+        );
+        self.sum = sum;
     }
 
     /// The score of `target`, whose logit is `logit`.

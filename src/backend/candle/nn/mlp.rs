@@ -60,10 +60,17 @@ pub(crate) fn gated(g: &Tensor, u: &Tensor, act: Activation) -> Result<Tensor> {
         );
     }
     fn each(out: &mut [f32], g: &[f32], u: &[f32], f: impl Fn(f32) -> f32 + Sync) {
+        let set = crate::backend::candle::kernels::simd::active();
         let chunk = |(o, (g, u)): (&mut [f32], (&[f32], &[f32]))| {
-            for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
-                *o = f(g) * u;
-            }
+            crate::backend::candle::kernels::simd::vectorized(
+                set,
+                #[inline(always)]
+                || {
+                    for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+                        *o = f(g) * u;
+                    }
+                },
+            )
         };
         if out.len() <= CHUNK {
             // One chunk (decoding): no need to wake the pool.

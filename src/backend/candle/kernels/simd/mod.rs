@@ -1,0 +1,234 @@
+//! The kernel set chosen at run time, and the only code in the crate
+//! allowed `unsafe` (`#[allow(unsafe_code)]` in `kernels/mod.rs`; the rest
+//! of the crate denies it).
+//!
+//! The binary is built for the x86-64 baseline, so it runs on any x86-64
+//! CPU. Once per process the best set this CPU supports is picked with
+//! `is_x86_feature_detected!` ([`active`]), or the set named by
+//! `SLMBENCH_KERNELS` (`scalar`, `avx2`; for tests and bug reports):
+//!
+//! - **avx2**: AVX2 + FMA + F16C (x86-64-v3). The quantized row dots of [`avx2`] (8-bit
+//!   activations, integer products, as llama.cpp does), and
+//!   [`vectorized`] compiles the f32 loops handed to it (attention,
+//!   softmax, SiLU, the head's log-sum-exp) with AVX2 and FMA.
+//! - **scalar**: what the baseline build gives (SSE2): portable loops and
+//!   candle's own kernels.
+//!
+//! AVX-512 kernels are not written yet: `SLMBENCH_KERNELS=avx512` is an
+//! error that says so.
+//!
+//! Rules for `unsafe` here: every block has a `// SAFETY:` line; a
+//! `#[target_feature]` function is called only after [`Kernels::Avx2`] was
+//! detected on this CPU; slices are bounds-checked (`first_chunk`,
+//! `try_into`) before a pointer is taken from them, never inside a block.
+
+use std::sync::OnceLock;
+
+pub(super) mod avx2;
+
+/// Weights in a block of every supported GGML type.
+pub const QK: usize = 32;
+
+/// A kernel set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Portable code only (the x86-64 baseline, or any other target).
+    Scalar,
+    /// AVX2, FMA and F16C (x86-64-v3: Intel Haswell, AMD Zen and later).
+    Avx2,
+}
+
+impl Kernels {
+    /// The name used by `SLMBENCH_KERNELS` and in fingerprints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernels::Scalar => "scalar",
+            Kernels::Avx2 => "avx2",
+        }
+    }
+
+    /// Whether this CPU can run the set.
+    pub fn available(self) -> bool {
+        match self {
+            Kernels::Scalar => true,
+            Kernels::Avx2 => avx2_fma_detected(),
+        }
+    }
+
+    /// The sets this CPU can run, best last.
+    pub fn supported() -> Vec<Kernels> {
+        [Kernels::Scalar, Kernels::Avx2]
+            .into_iter()
+            .filter(|k| k.available())
+            .collect()
+    }
+}
+
+fn avx2_fma_detected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The environment variable that forces a kernel set.
+pub const ENV: &str = "SLMBENCH_KERNELS";
+
+/// The set named by `value` (`SLMBENCH_KERNELS`'s value; `None` or empty:
+/// the best this CPU supports), or a one-line reason it cannot be used.
+pub fn choose(value: Option<&str>) -> Result<Kernels, String> {
+    let best = *Kernels::supported().last().unwrap_or(&Kernels::Scalar);
+    let wanted = match value.map(str::trim) {
+        None | Some("") => return Ok(best),
+        Some("scalar") => Kernels::Scalar,
+        Some("avx2") => Kernels::Avx2,
+        Some("avx512") => {
+            return Err(format!(
+            "{ENV}=avx512: this build has no AVX-512 kernels yet; use avx2 or scalar, or unset it"
+        ))
+        }
+        Some(other) => {
+            return Err(format!(
+                "{ENV}={other:?}: expected scalar or avx2 (or unset it for the best this CPU has)"
+            ))
+        }
+    };
+    if wanted.available() {
+        Ok(wanted)
+    } else {
+        Err(format!(
+            "{ENV}={}: this CPU lacks it (it has: {}); unset it or pick one of those",
+            wanted.name(),
+            Kernels::supported()
+                .iter()
+                .map(|k| k.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    }
+}
+
+static ACTIVE: OnceLock<Kernels> = OnceLock::new();
+
+/// The set in use, fixed on the first call: `SLMBENCH_KERNELS` if it names
+/// a usable set, else the best this CPU supports. (Front ends call
+/// [`check_env`] first, so that a bad value is an error, not ignored.)
+pub fn active() -> Kernels {
+    *ACTIVE.get_or_init(|| {
+        let value = std::env::var(ENV).ok();
+        choose(value.as_deref()).unwrap_or_else(|_| choose(None).unwrap_or(Kernels::Scalar))
+    })
+}
+
+/// `Err` with a one-line message when `SLMBENCH_KERNELS` is set to
+/// something this build or CPU cannot use.
+pub fn check_env() -> Result<Kernels, String> {
+    let value = std::env::var(ENV).ok();
+    choose(value.as_deref())
+}
+
+/// Runs `f`, compiled with AVX2 and FMA enabled when `set` is
+/// [`Kernels::Avx2`] (and this CPU has them), else as built. Only code
+/// inlined into the AVX2 copy gets the instructions, so the closure must
+/// be `#[inline(always)] || …` and the functions it calls in its loops
+/// `#[inline(always)]` too (a call out, `LocalKey::with` included, runs
+/// baseline code). The results are the same either way (no fused
+/// operations appear unless the code asks for them), only the
+/// instructions differ.
+#[inline(always)]
+pub fn vectorized<R>(set: Kernels, f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if set == Kernels::Avx2 && avx2_fma_detected() {
+        // SAFETY: AVX2 and FMA were detected on this CPU just above.
+        return unsafe { with_avx2_fma(f) };
+    }
+    let _ = set;
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn with_avx2_fma<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+/// One row of activations as the row-dot kernels read it: the f32 values,
+/// their per-block sums and, for the AVX2 kernels, the values quantized to
+/// 8 bits per block of 32 (`q[j] ≈ x[j] / d[block]`).
+pub struct Act<'a> {
+    pub x: &'a [f32],
+    pub sums: &'a [f32],
+    pub q: &'a [i8],
+    pub d: &'a [f32],
+    /// For the k-quant kernels: block `j`'s step `d[j]` is `sbd[j / 8] ·
+    /// mult[j]`, `mult[j]` a power of two from 1 to 128. Empty for the
+    /// other types.
+    pub mult: &'a [i16],
+    pub sbd: &'a [f32],
+}
+
+/// The dot product of one row of GGML blocks with the activations.
+pub type RowDot = fn(&[u8], &Act) -> f32;
+
+/// The f16 at byte `i` of `b`, as f32.
+pub fn f16_at(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_or_unusable_kernel_name_is_a_one_line_error() {
+        assert_eq!(choose(Some("scalar")), Ok(Kernels::Scalar));
+        assert_eq!(
+            choose(None),
+            Ok(*Kernels::supported().last().expect("scalar at least"))
+        );
+        assert_eq!(choose(Some("")), choose(None));
+        for bad in ["avx512", "AVX3", "sse\n"] {
+            let e = choose(Some(bad)).expect_err(bad);
+            assert!(
+                e.starts_with("SLMBENCH_KERNELS=") && !e.contains('\n'),
+                "{e}"
+            );
+        }
+        let avx2 = choose(Some("avx2"));
+        assert_eq!(avx2.is_ok(), Kernels::Avx2.available(), "{avx2:?}");
+    }
+
+    #[test]
+    fn vectorized_code_gives_the_same_bits_on_every_path() {
+        let xs: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let run = |set| {
+            vectorized(
+                set,
+                #[inline(always)]
+                || {
+                    xs.iter()
+                        .map(|&x| super::super::vmath::exp(x) * 0.5 + x)
+                        .collect::<Vec<f32>>()
+                },
+            )
+        };
+        let want = run(Kernels::Scalar);
+        for set in Kernels::supported() {
+            let got = run(set);
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{set:?}"
+            );
+        }
+    }
+}
