@@ -22,18 +22,33 @@ const TOKEN_USER_DEFINED: i32 = 4;
 pub enum TokenizerError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
-    #[error("{path}: unknown pre-tokenizer `tokenizer.ggml.pre = {pre}`; known: {known}. Give the model a `tokenizer:` path to a tokenizer.json in models.yaml")]
+    #[error("{path}: unknown pre-tokenizer `tokenizer.ggml.pre = {}`; known: {known}. Give the model a `tokenizer:` path to a tokenizer.json in models.yaml", escaped(pre))]
     UnknownPre {
         path: PathBuf,
         pre: String,
         known: String,
     },
-    #[error("{path}: unsupported tokenizer model `tokenizer.ggml.model = {model}` (supported: gpt2, llama); give a `tokenizer:` path to a tokenizer.json in models.yaml")]
+    #[error("{path}: unsupported tokenizer model `tokenizer.ggml.model = {}` (supported: gpt2, llama); give a `tokenizer:` path to a tokenizer.json in models.yaml", escaped(model))]
     UnknownModel { path: PathBuf, model: String },
-    #[error("{path}: cannot build tokenizer: {reason}")]
+    #[error("{path}: cannot build tokenizer: {}", escaped(reason))]
     Build { path: PathBuf, reason: String },
-    #[error("cannot tokenize text: {0}")]
+    #[error("cannot tokenize text: {}", escaped(.0))]
     Encode(String),
+}
+
+/// `s` with its control characters escaped: the values these errors quote
+/// come from the model file (a token, a metadata string), and a newline in
+/// one would break the one-line error (found by the `gguf` fuzz target).
+fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Pre-tokenizer regexes of the GPT-2-style BPE families we know, by the name
@@ -415,4 +430,44 @@ fn spm_shell(g: &GgufFile, tokens: &[String]) -> Value {
             {"type": "ByteFallback"}, {"type": "Fuse"}]},
         "model": bpe_shell(unk, true, false),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `gguf` fuzz target: a vocabulary whose special token
+    /// held a newline made "cannot build tokenizer" a two-line error.
+    #[test]
+    fn a_token_or_metadata_value_with_control_characters_stays_on_one_line() {
+        let path = PathBuf::from("m.gguf");
+        let errors = [
+            TokenizerError::Build {
+                path: path.clone(),
+                reason: "Token `\u{1}\n` out of vocabulary".into(),
+            },
+            TokenizerError::UnknownPre {
+                path: path.clone(),
+                pre: "qwen\n2".into(),
+                known: KNOWN_PRE.join(", "),
+            },
+            TokenizerError::UnknownModel {
+                path,
+                model: "bpe\r\n".into(),
+            },
+            TokenizerError::Encode("bad\ntext".into()),
+        ];
+        for e in errors {
+            let text = e.to_string();
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+        }
+        let build = TokenizerError::Build {
+            path: PathBuf::from("m.gguf"),
+            reason: "Token `\u{1}\n` out of vocabulary".into(),
+        };
+        assert_eq!(
+            build.to_string(),
+            "m.gguf: cannot build tokenizer: Token `\\u{1}\\n` out of vocabulary"
+        );
+    }
 }
