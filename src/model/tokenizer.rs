@@ -12,12 +12,16 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::model::gguf::{GgufError, GgufFile};
+use crate::task::escaped;
 
 /// GGUF token types (llama.cpp's `llama_token_type`).
 const TOKEN_NORMAL: i32 = 1;
 const TOKEN_CONTROL: i32 = 3;
 const TOKEN_USER_DEFINED: i32 = 4;
 
+/// The values these errors quote come from the model file (a token, a
+/// metadata string): control characters in them are escaped, so the error
+/// stays on one line (found by the `gguf` fuzz target).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizerError {
     #[error(transparent)]
@@ -34,21 +38,6 @@ pub enum TokenizerError {
     Build { path: PathBuf, reason: String },
     #[error("cannot tokenize text: {}", escaped(.0))]
     Encode(String),
-}
-
-/// `s` with its control characters escaped: the values these errors quote
-/// come from the model file (a token, a metadata string), and a newline in
-/// one would break the one-line error (found by the `gguf` fuzz target).
-fn escaped(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Pre-tokenizer regexes of the GPT-2-style BPE families we know, by the name

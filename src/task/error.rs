@@ -117,10 +117,11 @@ pub(crate) fn shown(s: &str) -> String {
     shown_at_most(s, 80)
 }
 
-/// A message built around values from task files and documents, with any
-/// control character in them escaped: the last guard of the one-line rule
-/// (the fuzz targets found values quoted verbatim more than once).
-fn escaped(message: &str) -> String {
+/// A message built around values from task files, documents or model
+/// files, with any control character in them escaped: the last guard of
+/// the one-line rule (the fuzz targets found values quoted verbatim more
+/// than once).
+pub(crate) fn escaped(message: &str) -> String {
     if message.chars().any(char::is_control) {
         shown_at_most(message, usize::MAX)
     } else {

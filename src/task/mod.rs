@@ -29,6 +29,7 @@ mod yaml_diag;
 
 pub use chat::{ChatOptions, Message};
 pub use data::{DataDir, ParquetReader, SplitDocs, TaskDocs};
+pub(crate) use error::escaped;
 pub use error::{DocLocation, TaskError};
 pub use instances::{build_instances, BuildOptions, Instance, DEFAULT_FEWSHOT_SEED};
 pub use parse::{parse_suite_file, parse_suite_yaml};
