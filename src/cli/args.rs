@@ -80,7 +80,8 @@ pub struct CompareArgs {
     /// The run to judge
     pub current: PathBuf,
     /// Policy YAML (keys: max_score_drop_points, alpha, max_latency_ratio,
-    /// max_memory_ratio, max_energy_ratio); flags below override it
+    /// max_memory_ratio, max_energy_ratio, holm, underpowered); flags below
+    /// override it
     #[arg(long)]
     pub policy: Option<PathBuf>,
     /// A score drop above this many points (and significant) is a regression [default: 1]
@@ -98,6 +99,14 @@ pub struct CompareArgs {
     /// Energy-per-document ratio above which a cell regressed [default: off]
     #[arg(long)]
     pub max_energy_ratio: Option<f64>,
+    /// Judge each cell at the plain alpha instead of Holm-adjusting the
+    /// p-values across cells
+    #[arg(long)]
+    pub no_holm: bool,
+    /// What a cell that cannot detect a drop of --max-score-drop does:
+    /// warn (default) or fail
+    #[arg(long, value_parser = ["warn", "fail"])]
+    pub underpowered: Option<String>,
     /// Compare baseline model A with current model B (repeatable)
     #[arg(long = "pair", value_name = "A=B")]
     pub pairs: Vec<String>,

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::html::esc;
 use super::stats::{
-    mcnemar_exact, paired_diff, sample_correct, unpaired_diff, z_test_p, PairedDiff,
+    documents_needed, holm, mcnemar_exact, mde_paired, normal_upper_quantile, paired_diff,
+    sample_correct, unpaired_diff, z_test_p, PairedDiff, POWER,
 };
 use super::{primary_metric, ReportError, Run};
 use crate::record::{CellResult, CellStatus};
@@ -36,6 +37,28 @@ pub struct Policy {
     /// Energy per document.
     #[serde(default)]
     pub max_energy_ratio: Option<f64>,
+    /// Holm's correction of the score tests across the compared cells
+    /// (on by default: a nightly gate over 15 cells at 0.05 each raises a
+    /// false alarm on about half the nights without it).
+    #[serde(default = "default_true")]
+    pub holm: bool,
+    /// What an underpowered cell (minimum detectable drop above
+    /// `max_score_drop_points`) does to the verdict: `warn` (default) or `fail`.
+    #[serde(default)]
+    pub underpowered: UnderpoweredAction,
+}
+
+/// See [`Policy::underpowered`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderpoweredAction {
+    #[default]
+    Warn,
+    Fail,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_drop() -> f64 {
@@ -56,6 +79,8 @@ impl Default for Policy {
             max_latency_ratio: default_ratio(),
             max_memory_ratio: default_ratio(),
             max_energy_ratio: None,
+            holm: true,
+            underpowered: UnderpoweredAction::Warn,
         }
     }
 }
@@ -106,12 +131,17 @@ pub enum Verdict {
     Pass,
     Fail,
     Skip,
+    /// Passed, with something a person should look at (a suspicious jump
+    /// upward).
+    Warn,
+    /// The cell cannot detect a drop of the policy's size.
+    Underpowered,
 }
 
 /// One judged check of one model × task.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Check {
-    /// `score`, `latency`, `memory`, `energy` or `present`.
+    /// `score`, `power`, `jump`, `latency`, `memory`, `energy` or `present`.
     pub name: String,
     pub verdict: Verdict,
     pub detail: String,
@@ -133,6 +163,16 @@ pub struct CellComparison {
     /// Documents right before and wrong now / wrong before and right now.
     pub discordant: Option<(u64, u64)>,
     pub p_value: Option<f64>,
+    /// `p_value` after Holm's correction across the compared cells (equal
+    /// to it with the correction off).
+    pub p_adjusted: Option<f64>,
+    /// Share of paired documents whose correctness differs.
+    pub discordance: Option<f64>,
+    /// Minimum detectable drop (proportion) at the level a lone regression
+    /// must meet and 80% power; see [`super::stats::mde_paired`].
+    pub mde: Option<f64>,
+    /// Documents needed to detect a drop of the policy's size.
+    pub docs_needed: Option<u64>,
     pub latency_ratio: Option<f64>,
     pub memory_ratio: Option<f64>,
     pub energy_ratio: Option<f64>,
@@ -142,6 +182,12 @@ pub struct CellComparison {
 impl CellComparison {
     pub fn regressed(&self) -> bool {
         self.checks.iter().any(|c| c.verdict == Verdict::Fail)
+    }
+
+    pub fn underpowered(&self) -> bool {
+        self.checks
+            .iter()
+            .any(|c| c.name == "power" && c.verdict != Verdict::Pass)
     }
 }
 
@@ -216,6 +262,10 @@ fn compare_cell(
         paired: false,
         discordant: None,
         p_value: None,
+        p_adjusted: None,
+        discordance: None,
+        mde: None,
+        docs_needed: None,
         latency_ratio: None,
         memory_ratio: None,
         energy_ratio: None,
@@ -257,6 +307,7 @@ fn compare_cell(
         out.paired = true;
         out.diff = paired_diff(&bv, &cv);
         out.discordant = Some((worse, better));
+        out.discordance = Some((worse + better) as f64 / common.len() as f64);
         out.p_value = Some(mcnemar_exact(worse, better));
     } else if let (Some(bm), Some(cm)) = (bm, cm) {
         let d = unpaired_diff(
@@ -269,31 +320,6 @@ fn compare_cell(
         out.p_value = Some(z_test_p(d.mean, d.stderr));
         out.diff = Some(d);
     }
-    out.checks.push(match (out.diff, out.p_value) {
-        (Some(d), Some(p)) => {
-            let drop_points = -d.mean * 100.0;
-            let test = if out.paired { "McNemar" } else { "z, unpaired" };
-            let detail = format!(
-                "{metric} {:+.2} points (95% CI {:+.2} to {:+.2}), p = {} ({test}), n = {}",
-                d.mean * 100.0,
-                d.ci_low * 100.0,
-                d.ci_high * 100.0,
-                p_text(p),
-                d.n
-            );
-            let fail = drop_points > policy.max_score_drop_points && p < policy.alpha;
-            Check {
-                name: "score".into(),
-                verdict: if fail { Verdict::Fail } else { Verdict::Pass },
-                detail,
-            }
-        }
-        _ => Check {
-            name: "score".into(),
-            verdict: Verdict::Skip,
-            detail: format!("no `{metric}` in the current cell"),
-        },
-    });
     out.latency_ratio = ratio(
         c.latency.as_ref().map(|l| l.p50_ms),
         b.latency.as_ref().map(|l| l.p50_ms),
@@ -322,6 +348,134 @@ fn compare_cell(
         policy.max_energy_ratio,
     ));
     Ok(out)
+}
+
+/// The score, power and jump checks of every cell, judged together:
+/// Holm's correction runs over the cells with a test, and the minimum
+/// detectable drop is computed at the level the most significant cell must
+/// meet (`alpha / m` under Holm, else `alpha`).
+fn judge_scores(cells: &mut [CellComparison], policy: &Policy) {
+    let tested: Vec<usize> = (0..cells.len())
+        .filter(|&i| cells[i].diff.is_some() && cells[i].p_value.is_some())
+        .collect();
+    let raw: Vec<f64> = tested.iter().filter_map(|&i| cells[i].p_value).collect();
+    let adjusted = if policy.holm { holm(&raw) } else { raw.clone() };
+    for (k, &i) in tested.iter().enumerate() {
+        cells[i].p_adjusted = Some(adjusted[k]);
+    }
+    let m = tested.len().max(1);
+    let level = if policy.holm {
+        policy.alpha / m as f64
+    } else {
+        policy.alpha
+    };
+    let max_drop = policy.max_score_drop_points / 100.0;
+    for c in cells.iter_mut() {
+        if c.checks.iter().any(|k| k.name == "present") {
+            continue;
+        }
+        let (Some(d), Some(p), Some(pa)) = (c.diff, c.p_value, c.p_adjusted) else {
+            c.checks.insert(
+                0,
+                Check {
+                    name: "score".into(),
+                    verdict: Verdict::Skip,
+                    detail: format!("no `{}` in the current cell", c.metric),
+                },
+            );
+            continue;
+        };
+        let test = if c.paired { "McNemar" } else { "z, unpaired" };
+        let adj = if policy.holm {
+            format!(", Holm-adjusted p = {}", p_text(pa))
+        } else {
+            String::new()
+        };
+        let detail = format!(
+            "{} {:+.2} points (95% CI {:+.2} to {:+.2}), p = {} ({test}){adj}, n = {}",
+            c.metric,
+            d.mean * 100.0,
+            d.ci_low * 100.0,
+            d.ci_high * 100.0,
+            p_text(p),
+            d.n
+        );
+        let fail = -d.mean > max_drop && pa < policy.alpha;
+        let mut checks = vec![Check {
+            name: "score".into(),
+            verdict: if fail { Verdict::Fail } else { Verdict::Pass },
+            detail,
+        }];
+        // Minimum detectable drop: Connor's formula for paired documents,
+        // (z_{level/2} + z_{0.2}) * se for the unpaired z test.
+        let (mde, needed) = match c.discordance {
+            Some(psi) if c.paired => (
+                mde_paired(d.n, psi, level),
+                (max_drop > 0.0).then(|| documents_needed(max_drop, psi, level)),
+            ),
+            _ => {
+                let z = normal_upper_quantile(level / 2.0) + normal_upper_quantile(1.0 - POWER);
+                let per_doc_sd = d.stderr * (d.n.max(1) as f64).sqrt();
+                let needed = (max_drop > 0.0 && per_doc_sd > 0.0)
+                    .then(|| ((z * per_doc_sd / max_drop).powi(2)).ceil() as u64);
+                ((z * d.stderr).min(1.0), needed)
+            }
+        };
+        c.mde = Some(mde);
+        c.docs_needed = needed;
+        let power = if mde > max_drop {
+            let verdict = match policy.underpowered {
+                UnderpoweredAction::Warn => Verdict::Underpowered,
+                UnderpoweredAction::Fail => Verdict::Fail,
+            };
+            let need = needed.map_or_else(String::new, |n| {
+                format!(
+                    "; about {n} documents would detect {} points",
+                    policy.max_score_drop_points
+                )
+            });
+            Check {
+                name: "power".into(),
+                verdict,
+                detail: format!(
+                    "underpowered: the minimum detectable drop is {:.2} points > {} (n = {}, level {}, 80% power){need}",
+                    mde * 100.0,
+                    policy.max_score_drop_points,
+                    d.n,
+                    p_text(level),
+                ),
+            }
+        } else {
+            Check {
+                name: "power".into(),
+                verdict: Verdict::Pass,
+                detail: format!(
+                    "minimum detectable drop {:.2} points ≤ {} (n = {}, level {}, 80% power)",
+                    mde * 100.0,
+                    policy.max_score_drop_points,
+                    d.n,
+                    p_text(level),
+                ),
+            }
+        };
+        checks.push(power);
+        // A score that rises by more than the policy's drop, significantly,
+        // is suspicious (a broken extractor or a leaked answer can do it).
+        if d.mean > max_drop && pa < policy.alpha {
+            checks.push(Check {
+                name: "jump".into(),
+                verdict: Verdict::Warn,
+                detail: format!(
+                    "the score rose {:+.2} points (p = {}): check that the answers are still extracted and scored as before",
+                    d.mean * 100.0,
+                    p_text(pa)
+                ),
+            });
+        }
+        for (k, check) in checks.into_iter().enumerate() {
+            c.checks.insert(k, check);
+        }
+    }
 }
 
 /// Compares every successful baseline cell with the current run. Models are
@@ -394,6 +548,7 @@ pub fn compare(
             base.dir.display()
         )));
     }
+    judge_scores(&mut cells, policy);
     Ok(Comparison {
         baseline_run: base.record.run_id.clone(),
         current_run: cur.record.run_id.clone(),
@@ -438,22 +593,32 @@ fn model_pair(c: &CellComparison) -> String {
 /// The Markdown summary (for a CI job summary).
 pub fn markdown(cmp: &Comparison) -> String {
     let regs = cmp.regressions();
+    let weak: Vec<&CellComparison> = cmp.cells.iter().filter(|c| c.underpowered()).collect();
     let mut s = format!(
-        "## slmbench compare: {}\n\nBaseline `{}`, current `{}`. Policy: a score drop > {} points with p < {}; {}; {}; {}.\n\n",
+        "## slmbench compare: {}{}\n\nBaseline `{}`, current `{}`. Policy: a score drop > {} points with p < {}{}; {}; {}; {}.\n\n",
         if regs.is_empty() {
             "no regression".to_string()
         } else {
             format!("{} regressed cell(s)", regs.len())
         },
+        match weak.len() {
+            0 => String::new(),
+            n => format!(", {n} underpowered cell(s)"),
+        },
         cmp.baseline_run,
         cmp.current_run,
         cmp.policy.max_score_drop_points,
         cmp.policy.alpha,
+        if cmp.policy.holm {
+            " (Holm-adjusted across the cells)"
+        } else {
+            ""
+        },
         limit_text("p50 latency", cmp.policy.max_latency_ratio),
         limit_text("peak memory", cmp.policy.max_memory_ratio),
         limit_text("energy per document", cmp.policy.max_energy_ratio),
     );
-    s.push_str("| model | task | metric | baseline | current | Δ points (95% CI) | p | latency | memory | energy | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| model | task | metric | baseline | current | Δ points (95% CI) | p | MDE points | latency | memory | energy | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for c in &cmp.cells {
         let delta = c.diff.map_or_else(
             || "n/a".into(),
@@ -472,24 +637,37 @@ pub fn markdown(cmp: &Comparison) -> String {
             .filter(|k| k.verdict == Verdict::Fail)
             .map(|k| k.name.as_str())
             .collect();
+        let p = match (c.p_value, c.p_adjusted) {
+            (Some(p), Some(a)) if cmp.policy.holm => format!("{} (Holm {})", p_text(p), p_text(a)),
+            (Some(p), _) => p_text(p),
+            _ => "n/a".into(),
+        };
+        let mut verdict = if failed.is_empty() {
+            "ok".to_string()
+        } else {
+            format!("**REGRESSED** ({})", failed.join(", "))
+        };
+        if c.underpowered() && !failed.contains(&"power") {
+            verdict.push_str(", underpowered");
+        }
+        if c.checks.iter().any(|k| k.name == "jump") {
+            verdict.push_str(", jump ↑");
+        }
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             model_pair(c),
             c.task,
             c.metric,
             pct(c.baseline_value),
             pct(c.current_value),
             delta,
-            c.p_value.map_or("n/a".into(), p_text),
+            p,
+            pct(c.mde),
             ratio_text(c.latency_ratio),
             ratio_text(c.memory_ratio),
             ratio_text(c.energy_ratio),
-            if failed.is_empty() {
-                "ok".to_string()
-            } else {
-                format!("**REGRESSED** ({})", failed.join(", "))
-            }
+            verdict
         );
     }
     if !cmp.new_cells.is_empty() {
@@ -504,7 +682,33 @@ pub fn markdown(cmp: &Comparison) -> String {
             names.join(", ")
         );
     }
-    s.push_str("\nScores in points (%). p: exact McNemar test on per-document correctness (paired on doc_id); z test on the standard errors when samples are missing.\n");
+    let notes: Vec<String> = cmp
+        .cells
+        .iter()
+        .flat_map(|c| {
+            c.checks
+                .iter()
+                .filter(|k| {
+                    matches!(k.verdict, Verdict::Underpowered | Verdict::Warn)
+                        || (k.name == "power" && k.verdict == Verdict::Fail)
+                })
+                .map(move |k| format!("- {} / {}: {}", model_pair(c), c.task, k.detail))
+        })
+        .collect();
+    if !notes.is_empty() {
+        s.push_str("\nWarnings:\n\n");
+        for n in notes {
+            s.push_str(&n);
+            s.push('\n');
+        }
+    }
+    s.push_str("\nScores in points (%). p: exact McNemar test on per-document correctness (paired on doc_id); z test on the standard errors when samples are missing");
+    if cmp.policy.holm {
+        s.push_str(
+            "; Holm's step-down correction across the cells tested (turn off with --no-holm)",
+        );
+    }
+    s.push_str(". MDE: the minimum detectable drop at 80% power, by Connor's (1987) formula δ√n = z₁₋ₗ/₂√ψ + z₀.₈√(ψ − δ²), ψ the observed discordance (at least δ), at level l = α/m under Holm (m cells tested), else α; (z₁₋ₗ/₂ + z₀.₈)·se for unpaired cells. A cell whose MDE exceeds the allowed drop is underpowered: it could not fail on a regression of the policy's size.\n");
     s
 }
 
@@ -521,11 +725,13 @@ pub fn junit(cmp: &Comparison) -> String {
         v.iter().filter(|(_, k)| k.verdict == want).count()
     };
     let all: Vec<(&CellComparison, &Check)> = suites.values().flatten().copied().collect();
+    let skipped =
+        |v: &[(&CellComparison, &Check)]| count(v, Verdict::Skip) + count(v, Verdict::Underpowered);
     let mut s = format!(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"slmbench compare\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">\n",
         all.len(),
         count(&all, Verdict::Fail),
-        count(&all, Verdict::Skip)
+        skipped(&all)
     );
     for (model, cases) in &suites {
         let _ = writeln!(
@@ -534,7 +740,7 @@ pub fn junit(cmp: &Comparison) -> String {
             esc(model),
             cases.len(),
             count(cases, Verdict::Fail),
-            count(cases, Verdict::Skip)
+            skipped(cases)
         );
         for (c, k) in cases {
             let _ = write!(
@@ -550,6 +756,21 @@ pub fn junit(cmp: &Comparison) -> String {
                 }
                 Verdict::Skip => {
                     let _ = writeln!(s, "><skipped message=\"{}\"/></testcase>", esc(&k.detail));
+                }
+                Verdict::Underpowered => {
+                    let _ = writeln!(
+                        s,
+                        "><skipped type=\"underpowered\" message=\"{}\"/></testcase>",
+                        esc(&k.detail)
+                    );
+                }
+                Verdict::Warn => {
+                    let _ = writeln!(
+                        s,
+                        "><system-out>{}</system-out><system-err>warning: {}</system-err></testcase>",
+                        esc(&k.detail),
+                        esc(&k.detail)
+                    );
                 }
                 Verdict::Fail => {
                     let _ = writeln!(

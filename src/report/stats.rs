@@ -107,6 +107,99 @@ fn normal_sf(z: f64) -> f64 {
     0.5 * t * poly.exp()
 }
 
+/// The standard normal quantile: the `z` with `P(Z > z) = q`, by bisection
+/// on [`normal_sf`] (60 halvings of [-40, 40] reach f64 resolution; the
+/// tail's own error, < 1.2e-7 relative, bounds the result). Only a handful
+/// of quantiles are needed per report, so speed does not matter.
+pub fn normal_upper_quantile(q: f64) -> f64 {
+    let (mut lo, mut hi) = (-40.0f64, 40.0f64);
+    for _ in 0..200 {
+        let mid = 0.5 * (lo + hi);
+        if normal_sf(mid) > q {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi - lo < 1e-12 {
+            break;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// Holm's step-down adjustment: adjusted p-values in the input's order
+/// (`p_(i) * (m - i + 1)`, made monotone, capped at 1), as statsmodels'
+/// `multipletests(method="holm")` returns them.
+pub fn holm(p: &[f64]) -> Vec<f64> {
+    let m = p.len();
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&a, &b| p[a].total_cmp(&p[b]));
+    let mut out = vec![0.0; m];
+    let mut running = 0.0f64;
+    for (rank, &i) in order.iter().enumerate() {
+        let adj = (p[i] * (m - rank) as f64).min(1.0);
+        running = running.max(adj);
+        out[i] = running;
+    }
+    out
+}
+
+/// Power for [`mde_paired`]: 80%, the usual planning value.
+pub const POWER: f64 = 0.80;
+
+/// The minimum detectable drop of a paired binary comparison (McNemar) of
+/// `n` documents at two-sided level `alpha` and power [`POWER`], given the
+/// discordance `psi` (the share of documents whose correctness differs
+/// between the two runs). Connor's (1987) normal approximation,
+/// `delta * sqrt(n) = z_a * sqrt(psi) + z_b * sqrt(psi - delta^2)`,
+/// solved for `delta`, with `psi` raised to at least `delta` (a drop of
+/// `delta` moves at least that share of documents). Returned as a
+/// proportion (0.05 = 5 points); 1.0 when no drop of at most 1 is
+/// detectable.
+pub fn mde_paired(n: usize, psi: f64, alpha: f64) -> f64 {
+    if n == 0 {
+        return 1.0;
+    }
+    let za = normal_upper_quantile(alpha / 2.0);
+    let zb = normal_upper_quantile(1.0 - POWER);
+    let nf = n as f64;
+    // The smallest drop detectable at discordance `p` (closed form of the
+    // quadratic in delta), then the fixed point with p = max(psi, delta).
+    let solve = |p: f64| -> f64 {
+        let a = za * p.sqrt();
+        let disc = zb * zb * (nf * p - a * a + zb * zb * p);
+        ((a * nf.sqrt() + disc.max(0.0).sqrt()) / (nf + zb * zb)).min(1.0)
+    };
+    // From delta = 1 down: `solve` grows with its argument, so the
+    // iteration falls to the largest fixed point (0 is a spurious one when
+    // no document is discordant).
+    let mut delta = 1.0f64;
+    for _ in 0..200 {
+        let next = solve(psi.clamp(0.0, 1.0).max(delta));
+        if (next - delta).abs() < 1e-12 {
+            delta = next;
+            break;
+        }
+        delta = next;
+    }
+    delta
+}
+
+/// Documents a paired comparison needs to detect a drop of `delta` at
+/// two-sided `alpha` and [`POWER`], at discordance `psi` (raised to at
+/// least `delta`): Connor's `n = (z_a sqrt(psi) + z_b sqrt(psi - delta^2))^2
+/// / delta^2`, rounded up.
+pub fn documents_needed(delta: f64, psi: f64, alpha: f64) -> u64 {
+    if !(delta > 0.0) {
+        return u64::MAX;
+    }
+    let za = normal_upper_quantile(alpha / 2.0);
+    let zb = normal_upper_quantile(1.0 - POWER);
+    let p = psi.clamp(0.0, 1.0).max(delta);
+    let n = (za * p.sqrt() + zb * (p - delta * delta).max(0.0).sqrt()).powi(2) / (delta * delta);
+    n.ceil() as u64
+}
+
 /// The points not dominated by any other: lower `x` is better, higher `y`
 /// is better. Returned sorted by `x`; ties in both keep the first.
 pub fn pareto_frontier(points: &[(f64, f64)]) -> Vec<usize> {
@@ -188,5 +281,41 @@ mod tests {
     fn frontier_keeps_undominated_points() {
         let pts = [(1.0, 0.5), (2.0, 0.4), (3.0, 0.7), (0.5, 0.3), (4.0, 0.7)];
         assert_eq!(pareto_frontier(&pts), vec![3, 0, 2]);
+    }
+
+    #[test]
+    fn normal_quantiles_match_tables() {
+        assert!((normal_upper_quantile(0.025) - 1.959_964).abs() < 1e-5);
+        assert!((normal_upper_quantile(0.2) - 0.841_621).abs() < 1e-5);
+        assert!((normal_upper_quantile(0.5)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn holm_matches_statsmodels() {
+        // statsmodels.stats.multitest.multipletests([0.01, 0.04, 0.03, 0.005],
+        // method="holm")[1] = [0.03, 0.06, 0.06, 0.02].
+        let adj = holm(&[0.01, 0.04, 0.03, 0.005]);
+        for (a, want) in adj.iter().zip([0.03, 0.06, 0.06, 0.02]) {
+            assert!((a - want).abs() < 1e-12, "{adj:?}");
+        }
+        assert!(holm(&[]).is_empty());
+        assert_eq!(holm(&[0.7, 0.9]), vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn mde_and_sample_size_are_inverse() {
+        // n = 1000 documents with 10% discordance, alpha 0.05: Connor's
+        // formula by hand: (1.96 * 0.3162 + 0.8416 * sqrt(0.1 - d^2)) / 31.62.
+        let d = mde_paired(1000, 0.10, 0.05);
+        let by_hand =
+            (1.959_964 * 0.1f64.sqrt() + 0.841_621 * (0.1 - d * d).sqrt()) / 1000f64.sqrt();
+        assert!((d - by_hand).abs() < 1e-6, "{d} vs {by_hand}");
+        assert!(d > 0.027 && d < 0.028, "{d}");
+        let n = documents_needed(d, 0.10, 0.05);
+        assert!((999..=1001).contains(&n), "{n}");
+        // 30 documents cannot see a 1-point drop; the MDE is large.
+        let small = mde_paired(30, 0.0, 0.05);
+        assert!(small > 0.2 && small < 0.4, "{small}");
+        assert!(documents_needed(0.01, 0.0, 0.05) > 30);
     }
 }

@@ -32,6 +32,7 @@ const BUILTIN_SUITES: &[(&str, &str)] = &[
         include_str!("../../suites/hellaswag.yaml"),
     ),
     ("suites/mrpc.yaml", include_str!("../../suites/mrpc.yaml")),
+    ("suites/piqa.yaml", include_str!("../../suites/piqa.yaml")),
     ("suites/qnli.yaml", include_str!("../../suites/qnli.yaml")),
     ("suites/rte.yaml", include_str!("../../suites/rte.yaml")),
     ("suites/sst2.yaml", include_str!("../../suites/sst2.yaml")),

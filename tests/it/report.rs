@@ -19,8 +19,8 @@ const N: usize = 40;
 
 /// Correct on document i when `correct(i)`; the text of document 0 carries
 /// markup that the HTML page must show as text.
-fn samples(correct: &dyn Fn(usize) -> bool, metric: &str) -> Vec<SampleRecord> {
-    (0..N)
+fn samples(correct: &dyn Fn(usize) -> bool, metric: &str, n: usize) -> Vec<SampleRecord> {
+    (0..n)
         .map(|i| {
             let ok = correct(i);
             let pred = if ok { 0 } else { 1 };
@@ -60,8 +60,9 @@ struct CellSpec {
 }
 
 fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
+    let n = samples.len();
     let k = samples.iter().filter(|s| s.pred == s.gold).count() as f64;
-    let p = k / N as f64;
+    let p = k / n as f64;
     let metric = if spec.task == "cola" {
         MetricValue {
             name: "mcc".into(),
@@ -72,7 +73,7 @@ fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
         MetricValue {
             name: "acc".into(),
             value: p,
-            stderr: Some((p * (1.0 - p) / (N as f64 - 1.0)).sqrt()),
+            stderr: Some((p * (1.0 - p) / (n as f64 - 1.0)).sqrt()),
         }
     };
     CellResult {
@@ -80,10 +81,10 @@ fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
         task: spec.task.into(),
         status: CellStatus::Ok,
         metrics: vec![metric],
-        n: N,
+        n,
         num_fewshot: 0,
         truncated: 0,
-        wall_time_s: spec.latency_ms * N as f64 / 1000.0,
+        wall_time_s: spec.latency_ms * n as f64 / 1000.0,
         tokens_forwarded: 1000,
         tokens_per_s: Some(2500.0),
         latency: Some(LatencyStats {
@@ -92,7 +93,7 @@ fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
             p99_ms: spec.latency_ms * 2.0,
             mean_ms: spec.latency_ms,
             sd_ms: Some(1.0),
-            n: N - 1,
+            n: n - 1,
             warmup_excluded: 1,
         }),
         peak_rss: Some(PeakRss {
@@ -105,7 +106,7 @@ fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
             method: EnergyMethod::Estimate,
             note: "estimated: CPU time × 10 W per core".into(),
             energy_j: spec.latency_ms,
-            energy_per_doc_j: Some(spec.latency_ms / N as f64),
+            energy_per_doc_j: Some(spec.latency_ms / n as f64),
             energy_per_1k_tokens_j: Some(1.0),
             co2e_g: 0.001,
             grid_g_per_kwh: 475.0,
@@ -145,6 +146,11 @@ fn model_record(params: u64) -> ModelRecord {
 }
 
 fn write_run(dir: &Path, run_id: &str, cells: &[CellSpec]) -> PathBuf {
+    write_run_n(dir, run_id, cells, N)
+}
+
+/// [`write_run`] with `n` documents per cell.
+fn write_run_n(dir: &Path, run_id: &str, cells: &[CellSpec], n: usize) -> PathBuf {
     let mut rec = RunRecord {
         run_id: run_id.into(),
         status: "complete".into(),
@@ -170,7 +176,7 @@ fn write_run(dir: &Path, run_id: &str, cells: &[CellSpec]) -> PathBuf {
     let run_dir = dir.join(run_id);
     for spec in cells {
         let metric = if spec.task == "cola" { "mcc" } else { "acc" };
-        let ss = samples(&spec.correct, metric);
+        let ss = samples(&spec.correct, metric, n);
         let mut w =
             SampleWriter::open(&samples_path(&run_dir, spec.model, spec.task)).expect("samples");
         for s in &ss {
@@ -341,15 +347,22 @@ fn compare_against_itself_passes() {
     let xml = std::fs::read_to_string(&junit).expect("junit");
     let doc = roxmltree::Document::parse(&xml).expect("valid XML");
     let root = doc.root_element();
-    // 4 cells × 4 checks (score, latency, memory, energy; energy is off).
-    assert_eq!(root.attribute("tests"), Some("16"));
+    // 4 cells × 5 checks (score, power, latency, memory, energy; energy
+    // is off, and 40 documents cannot detect a 1-point drop).
+    assert_eq!(root.attribute("tests"), Some("20"));
     assert_eq!(root.attribute("failures"), Some("0"));
-    assert_eq!(root.attribute("skipped"), Some("4"));
+    assert_eq!(root.attribute("skipped"), Some("8"));
     assert_eq!(
         doc.descendants()
             .filter(|n| n.has_tag_name("testcase"))
             .count(),
-        16
+        20
+    );
+    assert_eq!(
+        doc.descendants()
+            .filter(|n| n.attribute("type") == Some("underpowered"))
+            .count(),
+        4
     );
 }
 
@@ -370,7 +383,7 @@ fn compare_against_a_worse_run_names_the_regressions() {
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     assert!(stderr.contains("regressed: alpha/copa: score"), "{stderr}");
     assert!(stderr.contains("regressed: beta/cola: latency"), "{stderr}");
-    assert!(!stderr.contains("alpha/cola"), "{stderr}");
+    assert!(!stderr.contains("regressed: alpha/cola"), "{stderr}");
     assert!(stdout.contains("2 regressed cell(s)"), "{stdout}");
     let xml = std::fs::read_to_string(&junit).expect("junit");
     let doc = roxmltree::Document::parse(&xml).expect("valid XML");
@@ -415,6 +428,152 @@ fn compare_policy_errors_are_one_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("no results.json"), "{err}");
+}
+
+/// One cell, `alpha` on `copa`, right where `correct` says.
+fn one_cell(correct: fn(usize) -> bool) -> Vec<CellSpec> {
+    vec![CellSpec {
+        model: "alpha",
+        task: "copa",
+        correct,
+        latency_ms: 20.0,
+        rss_mib: 300,
+    }]
+}
+
+#[test]
+fn compare_names_an_underpowered_cell_and_what_it_would_need() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // 30 documents, two flips each way: nothing regressed, and nothing of
+    // a 1-point size could have been seen.
+    let base = write_run_n(tmp.path(), "base", &one_cell(|i| i % 3 != 0), 30);
+    let cur = write_run_n(
+        tmp.path(),
+        "cur",
+        &one_cell(|i| {
+            if i < 4 {
+                i % 3 == 0 || i == 1
+            } else {
+                i % 3 != 0
+            }
+        }),
+        30,
+    );
+    let junit = tmp.path().join("j.xml");
+    let out = compare_cmd(
+        &base,
+        &cur,
+        &[
+            Path::new("--junit"),
+            &junit,
+            Path::new("--max-score-drop"),
+            Path::new("1"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("1 underpowered cell(s)"), "{stdout}");
+    assert!(stdout.contains("MDE points"), "{stdout}");
+    assert!(
+        stderr.contains("warning: alpha/copa: underpowered: the minimum detectable drop is")
+            && stderr.contains("documents would detect 1 points"),
+        "{stderr}"
+    );
+    let xml = std::fs::read_to_string(&junit).expect("junit");
+    let doc = roxmltree::Document::parse(&xml).expect("valid XML");
+    let power = doc
+        .descendants()
+        .find(|n| n.attribute("name") == Some("copa power"))
+        .expect("a power testcase");
+    let skipped = power
+        .children()
+        .find(|c| c.has_tag_name("skipped"))
+        .expect("underpowered is reported as skipped");
+    assert_eq!(skipped.attribute("type"), Some("underpowered"));
+    // With `--underpowered fail` the same cell fails the gate.
+    let out = compare_cmd(
+        &base,
+        &cur,
+        &[Path::new("--underpowered"), Path::new("fail")],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn compare_catches_a_planted_five_point_drop_over_1000_documents() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Baseline right on 3 of 4 documents (750 of 1000). Current: the same,
+    // except 60 right documents turned wrong and 10 wrong ones turned right
+    // (a net drop of 5 points, with discordance on both sides).
+    let base = write_run_n(tmp.path(), "base", &one_cell(|i| i % 4 != 0), 1000);
+    let cur = write_run_n(
+        tmp.path(),
+        "cur",
+        &one_cell(|i| {
+            if i < 80 {
+                // 60 of the 60 right ones in 0..80 drop; 10 of the 20 wrong ones rise.
+                i % 4 == 0 && i < 40
+            } else {
+                i % 4 != 0
+            }
+        }),
+        1000,
+    );
+    let out = compare_cmd(
+        &base,
+        &cur,
+        &[Path::new("--max-latency-ratio"), Path::new("0")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("regressed: alpha/copa: score: acc -5.00 points"),
+        "{stderr}"
+    );
+    // 7% discordance over 1000 documents resolves about 2.3 points, so the
+    // default 1-point policy is underpowered here and a 3-point one is not.
+    assert!(stdout.contains("underpowered"), "{stdout}");
+    let out = compare_cmd(
+        &base,
+        &cur,
+        &[Path::new("--max-score-drop"), Path::new("3")],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(!stdout.contains("underpowered cell"), "{stdout}");
+    // The reverse direction is a suspicious jump: flagged, not failed.
+    let out = compare_cmd(&cur, &base, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("jump ↑") && stdout.contains("the score rose +5.00 points"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn holm_correction_can_be_turned_off() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let base = write_run(tmp.path(), "base", &good_cells());
+    let out = compare_cmd(&base, &base, &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Holm-adjusted across the cells"),
+        "{stdout}"
+    );
+    let out = compare_cmd(&base, &base, &[Path::new("--no-holm")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("Holm-adjusted") && !stdout.contains("(Holm "),
+        "{stdout}"
+    );
 }
 
 /// Columns that do not depend on timing.

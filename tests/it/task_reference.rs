@@ -424,6 +424,7 @@ fn registry_groups_and_unknown_names() {
         "cola",
         "qnli",
         "wnli",
+        "piqa",
     ] {
         assert!(reg.task(name).is_some(), "{name} is shipped");
     }
@@ -442,6 +443,10 @@ fn other_shipped_suites_build() {
         let (_, instances) = zero_shot(&reg, &shared, task);
         assert_eq!(instances.len(), n, "{task}");
     }
+    let (_, pq) = zero_shot(&reg, &shared, "piqa");
+    assert_eq!(pq.len(), 1838);
+    assert!(pq[0].context.starts_with("Question: ") && pq[0].context.ends_with("\nAnswer:"));
+    assert_eq!(pq[0].continuations.len(), 2);
     let (_, hs) = zero_shot(&reg, &shared, "hellaswag");
     assert_eq!(
         hs[0].context,

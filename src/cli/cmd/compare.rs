@@ -28,6 +28,14 @@ pub fn compare(a: &CompareArgs) -> Result<i32> {
     if let Some(r) = a.max_energy_ratio {
         policy.max_energy_ratio = off(r);
     }
+    if a.no_holm {
+        policy.holm = false;
+    }
+    match a.underpowered.as_deref() {
+        Some("fail") => policy.underpowered = cmp::UnderpoweredAction::Fail,
+        Some(_) => policy.underpowered = cmp::UnderpoweredAction::Warn,
+        None => {}
+    }
     policy
         .validate()
         .map_err(|m| anyhow::anyhow!("compare policy: {m}"))?;
@@ -49,6 +57,11 @@ pub fn compare(a: &CompareArgs) -> Result<i32> {
     }
     if let Some(p) = &a.junit {
         crate::record::write_atomic(p, cmp::junit(&result).as_bytes())?;
+    }
+    for c in result.cells.iter().filter(|c| c.underpowered()) {
+        if let Some(k) = c.checks.iter().find(|k| k.name == "power") {
+            eprintln!("warning: {}/{}: {}", c.current_model, c.task, k.detail);
+        }
     }
     let regs = result.regressions();
     for r in &regs {
