@@ -112,6 +112,8 @@ pub struct PreparedTask {
     pub spec: TaskSpec,
     pub instances: Vec<Instance>,
     pub num_fewshot: usize,
+    /// The data files read (empty for built-in documents).
+    pub data_files: Vec<crate::record::DataFile>,
 }
 
 /// Reads every task's documents and builds its requests, so bad data fails
@@ -146,10 +148,23 @@ pub fn prepare_tasks(specs: &[TaskSpec], cfg: &RunConfig) -> Result<Vec<Prepared
             TaskDocs::load(spec, &data_dir(dir), k)?
         };
         let instances = build_instances(spec, &docs, &opts)?;
+        let smoke = crate::task::smoke::is_smoke(spec);
+        let mut data_files: Vec<crate::record::DataFile> = std::iter::once(&docs.eval)
+            .chain(docs.fewshot.as_ref())
+            .filter(|_| !smoke)
+            .map(|d| crate::record::DataFile {
+                split: d.split.clone(),
+                file: d.file.clone(),
+                sha256: d.sha256.clone(),
+                docs: d.len(),
+            })
+            .collect();
+        data_files.dedup();
         out.push(PreparedTask {
             spec: spec.clone(),
             instances,
             num_fewshot: k,
+            data_files,
         });
     }
     Ok(out)

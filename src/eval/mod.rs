@@ -125,6 +125,11 @@ pub fn execute(
                     .iter()
                     .map(|p| (p.spec.name.clone(), p.spec.version()))
                     .collect(),
+                datasets: prepared
+                    .iter()
+                    .filter(|p| !p.data_files.is_empty())
+                    .map(|p| (p.spec.name.clone(), p.data_files.clone()))
+                    .collect(),
             };
             (dir, rec)
         }

@@ -219,7 +219,19 @@ pub struct CellEnergy {
     pub note: String,
     pub energy_j: f64,
     pub energy_per_doc_j: Option<f64>,
+    /// Per 1,000 tokens forwarded, prompt and generated together.
     pub energy_per_1k_tokens_j: Option<f64>,
+    /// Per 1,000 prompt tokens: all of a log-likelihood cell's energy; in a
+    /// generation cell the prefill's share (see `split_note`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_per_1k_prompt_tokens_j: Option<f64>,
+    /// Per 1,000 generated tokens: the decode's share of a generation
+    /// cell's energy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_per_1k_generated_tokens_j: Option<f64>,
+    /// How a generation cell's energy was split between prefill and decode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_note: Option<String>,
     pub co2e_g: f64,
     pub grid_g_per_kwh: f64,
     /// GPU energy over the same interval (NVML), when measured; not in `energy_j`.
@@ -473,6 +485,29 @@ pub struct RunRecord {
     pub cells: Vec<CellResult>,
     /// Task → `metadata.version`.
     pub versions: BTreeMap<String, Option<String>>,
+    /// Task → the data files it read, with their hashes (absent in runs
+    /// written before slmbench recorded them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub datasets: BTreeMap<String, Vec<DataFile>>,
+}
+
+/// One data file a task read.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataFile {
+    pub split: String,
+    /// The path as given (under `--data-dir`).
+    pub file: String,
+    pub sha256: Option<String>,
+    pub docs: usize,
+}
+
+/// Lower-case hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl RunRecord {

@@ -403,6 +403,7 @@ mod tests {
             models,
             cells: vec![cell("p"), cell("v")],
             versions: Default::default(),
+            datasets: Default::default(),
         };
         let mut s = Samples::new();
         // Parent right on 0, 1, 2; variant right on 0 only; doc 9 unpaired.

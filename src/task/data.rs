@@ -28,6 +28,9 @@ pub struct SplitDocs {
     pub file: String,
     /// The documents (JSON objects).
     pub docs: Vec<Json>,
+    /// SHA-256 of the file's bytes (hex), for the report's provenance;
+    /// `None` for Parquet shards and built-in documents.
+    pub sha256: Option<String>,
     lines: Vec<usize>,
     is_line: bool,
 }
@@ -68,6 +71,7 @@ impl SplitDocs {
             split: split.to_string(),
             file: file.to_string(),
             docs,
+            sha256: None,
             lines,
             is_line: true,
         })
@@ -80,6 +84,7 @@ impl SplitDocs {
             split: split.to_string(),
             file: file.to_string(),
             docs,
+            sha256: None,
             lines,
             is_line: false,
         }
@@ -155,7 +160,9 @@ impl DataDir {
                 path: file.clone(),
                 source,
             })?;
-            return SplitDocs::from_jsonl_str(&file, split, &text);
+            let mut docs = SplitDocs::from_jsonl_str(&file, split, &text)?;
+            docs.sha256 = Some(crate::record::sha256_hex(text.as_bytes()));
+            return Ok(docs);
         }
         let shards = parquet_shards(&dir, split);
         let pattern = dir.join(format!("{split}-*.parquet")).display().to_string();

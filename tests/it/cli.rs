@@ -371,6 +371,7 @@ fn stored_run(s: &Sandbox, dir: &str) -> PathBuf {
         models: Default::default(),
         cells: vec![],
         versions: Default::default(),
+        datasets: Default::default(),
     };
     let path = s.path().join(dir);
     std::fs::create_dir_all(&path).expect("mkdir");
