@@ -251,6 +251,12 @@ pub(super) fn finish_probe(
         energy_j: r.joules,
         energy_per_doc_j: Some(r.joules / n_todo as f64),
         energy_per_1k_tokens_j: (forwarded > 0).then(|| r.joules * 1000.0 / forwarded as f64),
+        // Every token of a log-likelihood cell is a prompt token; a
+        // generation cell splits its energy afterwards (`split_generation_energy`).
+        energy_per_1k_prompt_tokens_j: (forwarded > 0)
+            .then(|| r.joules * 1000.0 / forwarded as f64),
+        energy_per_1k_generated_tokens_j: None,
+        split_note: None,
         co2e_g: crate::measure::energy::grams_co2e(r.joules, measure.grid_g_per_kwh),
         grid_g_per_kwh: measure.grid_g_per_kwh,
         gpu: gpu.map(|g| crate::record::GpuEnergy {

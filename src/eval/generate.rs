@@ -140,6 +140,9 @@ pub fn run_gen_cell(
     let takes_messages = scorer.takes_messages();
     let pb = progress_bar(todo.len() as u64, &format!("{model}/{}", task.spec.name));
     let (mut forwarded, mut generated) = (0usize, 0u64);
+    // Prefill time (time to first token), all of the documents' time, and
+    // prompt tokens: what splits the cell's energy.
+    let (mut prefill_ms, mut total_ms, mut prompt_tokens) = (0.0f64, 0.0f64, 0usize);
     let (mut latencies, mut ttfts, mut speeds) = (Vec::new(), Vec::new(), Vec::new());
     let mut request_stats: Vec<RequestStat> = Vec::new();
     let scoring = Instant::now();
@@ -209,6 +212,9 @@ pub fn run_gen_cell(
             truncated += usize::from(g.truncated);
             forwarded += g.prompt_tokens + g.generated_tokens;
             generated += g.generated_tokens as u64;
+            prompt_tokens += g.prompt_tokens;
+            prefill_ms += g.ttft_ms.unwrap_or(0.0);
+            total_ms += latency_ms;
             request_stats.extend_from_slice(&g.requests);
             if !g.requests.is_empty() {
                 super::cell::request_rate(&pb, request_stats.len(), scoring);
@@ -221,7 +227,10 @@ pub fn run_gen_cell(
     let n_todo = todo.len();
     let scoring_s = scoring.elapsed().as_secs_f64();
     let harness_cpu_s = harness.cpu_s();
-    let (peak_rss, energy) = finish_probe(probe, scorer, n_todo, forwarded, &measure);
+    let (peak_rss, mut energy) = finish_probe(probe, scorer, n_todo, forwarded, &measure);
+    if let Some(e) = energy.as_mut() {
+        split_generation_energy(e, prefill_ms, total_ms, prompt_tokens, generated);
+    }
     let mut metrics = Vec::with_capacity(keys.len());
     for (k, key) in keys.iter().enumerate() {
         let xs: Vec<f64> = done.values().map(|(ems, _, _)| ems[k]).collect();
@@ -265,4 +274,58 @@ pub fn run_gen_cell(
             invalid,
         }),
     })
+}
+
+/// Splits a generation cell's energy between its prompt and generated
+/// tokens by time: the prefill's share is the documents' time to first
+/// token over their whole time (the meter gives one total per cell, so the
+/// power is taken as equal in both phases).
+pub(super) fn split_generation_energy(
+    e: &mut crate::record::CellEnergy,
+    prefill_ms: f64,
+    total_ms: f64,
+    prompt_tokens: usize,
+    generated: u64,
+) {
+    if total_ms.is_nan() || total_ms <= 0.0 {
+        e.energy_per_1k_prompt_tokens_j = None;
+        return;
+    }
+    let share = (prefill_ms / total_ms).clamp(0.0, 1.0);
+    e.energy_per_1k_prompt_tokens_j =
+        (prompt_tokens > 0).then(|| e.energy_j * share * 1000.0 / prompt_tokens as f64);
+    e.energy_per_1k_generated_tokens_j =
+        (generated > 0).then(|| e.energy_j * (1.0 - share) * 1000.0 / generated as f64);
+    e.split_note = Some(format!(
+        "prefill {:.1}% of the documents' time (time to first token), decode the rest; the cell's energy split in that ratio",
+        share * 100.0
+    ));
+}
+
+#[cfg(test)]
+mod energy_tests {
+    use super::*;
+
+    #[test]
+    fn generation_energy_splits_by_prefill_time() {
+        let mut e = crate::record::CellEnergy {
+            method: crate::measure::energy::EnergyMethod::Estimate,
+            note: String::new(),
+            energy_j: 100.0,
+            energy_per_doc_j: Some(10.0),
+            energy_per_1k_tokens_j: None,
+            energy_per_1k_prompt_tokens_j: Some(1.0),
+            energy_per_1k_generated_tokens_j: None,
+            split_note: None,
+            co2e_g: 0.0,
+            grid_g_per_kwh: 475.0,
+            gpu: None,
+        };
+        // A quarter of the time in prefill: 25 J over 5,000 prompt tokens,
+        // 75 J over 500 generated tokens.
+        split_generation_energy(&mut e, 250.0, 1000.0, 5000, 500);
+        assert_eq!(e.energy_per_1k_prompt_tokens_j, Some(5.0));
+        assert_eq!(e.energy_per_1k_generated_tokens_j, Some(150.0));
+        assert!(e.split_note.as_deref().is_some_and(|n| n.contains("25.0%")));
+    }
 }
