@@ -19,7 +19,7 @@ use super::{label_of, model_labels, ok_cells, primary_metric, ModelPoint, Report
 const FONT: &str = "sans-serif";
 static FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
-const SIZE: (u32, u32) = (900, 560);
+const SIZE: (u32, u32) = (720, 460);
 
 fn register_font() {
     REGISTER.call_once(|| {
@@ -109,7 +109,7 @@ fn draw_scatter<DB: DrawingBackend>(
         .fold(f64::NEG_INFINITY, f64::max);
     let (ylo, yhi) = padded(lo, hi);
     let mut chart = ChartBuilder::on(&root)
-        .caption(&s.title, (FONT, 22))
+        .caption(&s.title, (FONT, 20))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
@@ -117,11 +117,13 @@ fn draw_scatter<DB: DrawingBackend>(
         .map_err(err)?;
     chart
         .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.08))
         .x_desc(&s.x_desc)
         .y_desc(&s.y_desc)
         .label_style((FONT, 14))
         .axis_desc_style((FONT, 15))
-        .x_labels(8)
+        .x_labels(6)
         .x_label_formatter(&|v| format_si(10f64.powf(*v)))
         .y_label_formatter(&|v| format!("{v:.2}"))
         .draw()
@@ -160,18 +162,23 @@ fn draw_scatter<DB: DrawingBackend>(
                 6,
                 color.filled(),
             )))
-            .map_err(err)?
-            .label(p.label.clone())
-            .legend(move |(x, y)| Circle::new((x + 9, y), 5, color.filled()));
-        // The name beside the point, so the chart reads without the legend.
+            .map_err(err)?;
+        // The name beside the point (no legend of models: in a grid of
+        // small charts a legend box hides points). Points in the right
+        // third get their name on the left, so it stays inside the chart.
+        let right = (lx(p) - xlo) / (xhi - xlo) > 0.66;
+        let width = (p.label.chars().count() as f64 * 6.6) as i32;
+        let offset = if right { (-10 - width, -18) } else { (10, -18) };
         chart
             .draw_series(std::iter::once(
                 EmptyElement::at((lx(p), p.y))
-                    + Text::new(p.label.clone(), (10, -18), (FONT, 13).into_font()),
+                    + Text::new(p.label.clone(), offset, (FONT, 12).into_font()),
             ))
             .map_err(err)?;
     }
-    draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+    if s.frontier && s.points.len() > 1 {
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
+    }
     root.present().map_err(err)
 }
 
@@ -193,7 +200,7 @@ fn draw_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, b: &Bars) -> Resu
     let ylo = if lo >= 0.0 { 0.0 } else { ylo };
     let groups = b.groups.clone();
     let mut chart = ChartBuilder::on(&root)
-        .caption(&b.title, (FONT, 22))
+        .caption(&b.title, (FONT, 20))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(64)
@@ -202,6 +209,8 @@ fn draw_bars<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, b: &Bars) -> Resu
     chart
         .configure_mesh()
         .disable_x_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.08))
         .x_labels(ng + 1)
         .x_label_formatter(&|v| {
             let i = v.round();

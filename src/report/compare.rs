@@ -618,7 +618,7 @@ pub fn markdown(cmp: &Comparison) -> String {
         limit_text("peak memory", cmp.policy.max_memory_ratio),
         limit_text("energy per document", cmp.policy.max_energy_ratio),
     );
-    s.push_str("| model | task | metric | baseline | current | Δ points (95% CI) | p | MDE points | latency | memory | energy | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    s.push_str("| model | task | metric | baseline | current | Δ points (95% CI) | flips −/+ | p | MDE points | latency | memory | energy | verdict |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for c in &cmp.cells {
         let delta = c.diff.map_or_else(
             || "n/a".into(),
@@ -655,13 +655,15 @@ pub fn markdown(cmp: &Comparison) -> String {
         }
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             model_pair(c),
             c.task,
             c.metric,
             pct(c.baseline_value),
             pct(c.current_value),
             delta,
+            c.discordant
+                .map_or_else(|| "n/a".into(), |(w, b)| format!("{w} / {b}")),
             p,
             pct(c.mde),
             ratio_text(c.latency_ratio),
@@ -702,7 +704,7 @@ pub fn markdown(cmp: &Comparison) -> String {
             s.push('\n');
         }
     }
-    s.push_str("\nScores in points (%). p: exact McNemar test on per-document correctness (paired on doc_id); z test on the standard errors when samples are missing");
+    s.push_str("\nScores in points (%). Flips: documents right in the baseline and wrong now / wrong before and right now. p: exact McNemar test on per-document correctness (paired on doc_id); z test on the standard errors when samples are missing");
     if cmp.policy.holm {
         s.push_str(
             "; Holm's step-down correction across the cells tested (turn off with --no-holm)",

@@ -8,8 +8,10 @@
 
 pub mod charts;
 pub mod compare;
+pub mod explorer;
 pub mod html;
 pub mod lineage;
+pub mod significance;
 pub mod stats;
 pub mod table;
 pub mod text;
@@ -99,6 +101,14 @@ pub struct Row {
     pub peak_rss_bytes: Option<u64>,
     pub energy_j: Option<f64>,
     pub energy_per_doc_j: Option<f64>,
+    /// Energy per 1,000 prompt tokens (all of a log-likelihood cell's; the
+    /// prefill's share of a generation cell's).
+    pub energy_per_1k_prompt_tokens_j: Option<f64>,
+    /// Energy per 1,000 generated tokens (the decode's share).
+    pub energy_per_1k_generated_tokens_j: Option<f64>,
+    /// The metric's value per kJ of one document's energy (`value /
+    /// energy_per_doc_j × 1000`: for accuracy, right answers per kJ).
+    pub score_per_kj: Option<f64>,
     pub energy_method: Option<String>,
     pub file_bytes: Option<u64>,
     pub n_params: Option<u64>,
@@ -209,6 +219,12 @@ pub fn long_rows(runs: &[Run]) -> Vec<Row> {
                 peak_rss_bytes: c.peak_rss.map(|p| p.bytes),
                 energy_j: c.energy.as_ref().map(|e| e.energy_j),
                 energy_per_doc_j: c.energy.as_ref().and_then(|e| e.energy_per_doc_j),
+                energy_per_1k_prompt_tokens_j: c.energy.as_ref().and_then(|e| prompt_energy(c, e)),
+                energy_per_1k_generated_tokens_j: c
+                    .energy
+                    .as_ref()
+                    .and_then(|e| e.energy_per_1k_generated_tokens_j),
+                score_per_kj: None,
                 energy_method: c
                     .energy
                     .as_ref()
@@ -236,6 +252,10 @@ pub fn long_rows(runs: &[Run]) -> Vec<Row> {
                     metric: m.name.clone(),
                     value: Some(m.value),
                     stderr: m.stderr,
+                    score_per_kj: base
+                        .energy_per_doc_j
+                        .filter(|e| *e > 0.0)
+                        .map(|e| m.value / e * 1000.0),
                     ..base.clone()
                 });
             }
@@ -245,6 +265,17 @@ pub fn long_rows(runs: &[Run]) -> Vec<Row> {
         (&a.model, &a.task, &a.metric, &a.run_id).cmp(&(&b.model, &b.task, &b.metric, &b.run_id))
     });
     rows
+}
+
+/// J per 1k prompt tokens of a cell; for a log-likelihood cell written
+/// before that field existed, its J per 1k tokens (all of them prompt).
+fn prompt_energy(c: &CellResult, e: &crate::record::CellEnergy) -> Option<f64> {
+    e.energy_per_1k_prompt_tokens_j
+        .or(if c.generation.is_none() {
+            e.energy_per_1k_tokens_j
+        } else {
+            None
+        })
 }
 
 /// One model (or variant) summarized over its tasks, for charts and the
@@ -263,6 +294,12 @@ pub struct ModelPoint {
     pub peak_rss_bytes: Option<u64>,
     /// Energy per document over all cells (J).
     pub energy_per_doc_j: Option<f64>,
+    /// Energy per 1,000 prompt tokens over all cells (J).
+    pub energy_per_1k_prompt_tokens_j: Option<f64>,
+    /// Energy per 1,000 generated tokens over the generation cells (J).
+    pub energy_per_1k_generated_tokens_j: Option<f64>,
+    /// Mean score per kJ of one document's energy.
+    pub score_per_kj: Option<f64>,
     pub energy_method: Option<String>,
     pub file_bytes: Option<u64>,
     pub n_params: Option<u64>,
@@ -282,6 +319,10 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
         peak: Option<u64>,
         energy: f64,
         energy_docs: usize,
+        prompt_energy: f64,
+        prompt_tokens: f64,
+        gen_energy: f64,
+        gen_tokens: f64,
         energy_method: Option<String>,
         file_bytes: Option<u64>,
         n_params: Option<u64>,
@@ -305,6 +346,16 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
         if let Some(e) = &c.energy {
             a.energy += e.energy_j;
             a.energy_docs += c.n.saturating_sub(c.resumed_samples);
+            let generated = c.generation.as_ref().map_or(0, |g| g.generated_tokens) as f64;
+            let prompt = (c.tokens_forwarded as f64 - generated).max(0.0);
+            if let Some(j) = prompt_energy(c, e) {
+                a.prompt_energy += j * prompt / 1000.0;
+                a.prompt_tokens += prompt;
+            }
+            if let Some(j) = e.energy_per_1k_generated_tokens_j {
+                a.gen_energy += j * generated / 1000.0;
+                a.gen_tokens += generated;
+            }
             a.energy_method = serde_json::to_value(e.method)
                 .ok()
                 .and_then(|v| v.as_str().map(String::from));
@@ -330,6 +381,7 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
                 .map(|s| s.1.map(|e| e * e))
                 .sum::<Option<f64>>()
                 .map(|v| v.sqrt() / k as f64);
+            let energy_per_doc_j = (a.energy_docs > 0).then(|| a.energy / a.energy_docs as f64);
             ModelPoint {
                 label,
                 score,
@@ -337,7 +389,14 @@ pub fn model_points(runs: &[Run]) -> Vec<ModelPoint> {
                 tasks: k,
                 latency_ms: (a.lat_n > 0).then(|| a.lat_sum / a.lat_n as f64),
                 peak_rss_bytes: a.peak,
-                energy_per_doc_j: (a.energy_docs > 0).then(|| a.energy / a.energy_docs as f64),
+                energy_per_doc_j,
+                energy_per_1k_prompt_tokens_j: (a.prompt_tokens > 0.0)
+                    .then(|| a.prompt_energy * 1000.0 / a.prompt_tokens),
+                energy_per_1k_generated_tokens_j: (a.gen_tokens > 0.0)
+                    .then(|| a.gen_energy * 1000.0 / a.gen_tokens),
+                score_per_kj: energy_per_doc_j
+                    .filter(|e| *e > 0.0)
+                    .map(|e| score / e * 1000.0),
                 energy_method: a.energy_method,
                 file_bytes: a.file_bytes,
                 n_params: a.n_params,
@@ -374,6 +433,8 @@ pub fn write_report(runs: &[Run], out: &Path) -> Result<ReportFiles, ReportError
         "summary.md",
         table::markdown_summary(&rows, &points).as_bytes(),
     )?;
+    let pairs = significance::pair_tests(&significance::correctness(runs)?);
+    put("significance.csv", significance::csv(&pairs).as_bytes())?;
     let charts = charts::all_charts(runs, &points)?;
     for c in &charts {
         put(&format!("{}.svg", c.name), c.svg.as_bytes())?;
@@ -381,7 +442,7 @@ pub fn write_report(runs: &[Run], out: &Path) -> Result<ReportFiles, ReportError
     }
     put(
         "report.html",
-        html::render(runs, &rows, &points, &charts)?.as_bytes(),
+        html::render(runs, &rows, &points, &charts, &pairs)?.as_bytes(),
     )?;
     Ok(ReportFiles { files })
 }

@@ -190,7 +190,7 @@ pub fn mde_paired(n: usize, psi: f64, alpha: f64) -> f64 {
 /// least `delta`): Connor's `n = (z_a sqrt(psi) + z_b sqrt(psi - delta^2))^2
 /// / delta^2`, rounded up.
 pub fn documents_needed(delta: f64, psi: f64, alpha: f64) -> u64 {
-    if !(delta > 0.0) {
+    if delta.is_nan() || delta <= 0.0 {
         return u64::MAX;
     }
     let za = normal_upper_quantile(alpha / 2.0);
@@ -313,6 +313,11 @@ mod tests {
         assert!(d > 0.027 && d < 0.028, "{d}");
         let n = documents_needed(d, 0.10, 0.05);
         assert!((999..=1001).contains(&n), "{n}");
+        // The same equation solved by scipy (norm.ppf, brentq) in the
+        // max(psi, delta) form: 0.241714 (n 30, psi 0) and 0.023412 (n 1000,
+        // psi 0.07).
+        assert!((mde_paired(30, 0.0, 0.05) - 0.241_714).abs() < 1e-5);
+        assert!((mde_paired(1000, 0.07, 0.05) - 0.023_412).abs() < 1e-5);
         // 30 documents cannot see a 1-point drop; the MDE is large.
         let small = mde_paired(30, 0.0, 0.05);
         assert!(small > 0.2 && small < 0.4, "{small}");

@@ -40,6 +40,13 @@ pub fn dataframe(rows: &[Row]) -> Result<DataFrame, ReportError> {
         col(rows, "peak_rss_bytes", |r| r.peak_rss_bytes),
         col(rows, "energy_j", |r| r.energy_j),
         col(rows, "energy_per_doc_j", |r| r.energy_per_doc_j),
+        col(rows, "energy_per_1k_prompt_tokens_j", |r| {
+            r.energy_per_1k_prompt_tokens_j
+        }),
+        col(rows, "energy_per_1k_generated_tokens_j", |r| {
+            r.energy_per_1k_generated_tokens_j
+        }),
+        col(rows, "score_per_kj", |r| r.score_per_kj),
         col(rows, "energy_method", |r| r.energy_method.clone()),
         col(rows, "file_bytes", |r| r.file_bytes),
         col(rows, "n_params", |r| r.n_params),
@@ -131,19 +138,25 @@ pub fn markdown_summary(rows: &[Row], points: &[ModelPoint]) -> String {
     }
     // The cost column only when some model has a price (served models).
     let priced = points.iter().any(|p| p.cost_per_1k_docs.is_some());
-    s.push_str(" mean | latency ms/doc | peak RSS MiB | energy J/doc |");
+    let generated = points
+        .iter()
+        .any(|p| p.energy_per_1k_generated_tokens_j.is_some());
+    s.push_str(
+        " mean | latency ms/doc | peak RSS MiB | energy J/doc | energy J/1k prompt tokens |",
+    );
+    if generated {
+        s.push_str(" energy J/1k generated tokens |");
+    }
+    s.push_str(" score per kJ |");
     if priced {
         s.push_str(" cost /1k docs |");
     }
+    let extra = 6 + usize::from(generated) + usize::from(priced);
     s.push_str("\n|---|");
-    for _ in &tasks {
+    for _ in 0..tasks.len() + extra {
         s.push_str("---|");
     }
-    s.push_str(if priced {
-        "---|---|---|---|---|\n"
-    } else {
-        "---|---|---|---|\n"
-    });
+    s.push('\n');
     for m in &models {
         s.push_str(&format!("| {} |", md_cell(m)));
         for t in &tasks {
@@ -167,11 +180,22 @@ pub fn markdown_summary(rows: &[Row], points: &[ModelPoint]) -> String {
         match point.get(m) {
             Some(p) => {
                 s.push_str(&format!(
-                    " {} | {} | {} | {} |",
+                    " {} | {} | {} | {} | {} |",
                     value_pm(p.score, p.score_se),
                     opt(p.latency_ms, |v| format!("{v:.1}")),
                     opt(p.peak_rss_bytes, mib),
                     opt(p.energy_per_doc_j, |v| format!("{v:.3}")),
+                    opt(p.energy_per_1k_prompt_tokens_j, |v| format!("{v:.2}")),
+                ));
+                if generated {
+                    s.push_str(&format!(
+                        " {} |",
+                        opt(p.energy_per_1k_generated_tokens_j, |v| format!("{v:.2}"))
+                    ));
+                }
+                s.push_str(&format!(
+                    " {} |",
+                    opt(p.score_per_kj, |v| format!("{v:.0}"))
                 ));
                 if priced {
                     let cur = p.currency.as_deref().unwrap_or("");
@@ -182,11 +206,12 @@ pub fn markdown_summary(rows: &[Row], points: &[ModelPoint]) -> String {
                 }
                 s.push('\n');
             }
-            None => s.push_str(if priced {
-                " n/a | n/a | n/a | n/a | n/a |\n"
-            } else {
-                " n/a | n/a | n/a | n/a |\n"
-            }),
+            None => {
+                for _ in 0..extra - 1 {
+                    s.push_str(" n/a |");
+                }
+                s.push('\n');
+            }
         }
     }
     let methods: BTreeSet<&str> = rows
@@ -196,7 +221,8 @@ pub fn markdown_summary(rows: &[Row], points: &[ModelPoint]) -> String {
     s.push_str(&format!(
         "\nValues: primary metric (acc unless named) ± standard error; mean: over tasks, ± sqrt(Σ se²)/k. \
          Latency: mean per document, warm-up excluded. Peak RSS: kernel high-water mark (VmHWM). \
-         Energy method: {}.{}\n",
+         Energy: J per document, J per 1k prompt tokens (a generation cell's energy split between prefill and decode by their time, \
+         giving J per 1k generated tokens too), score per kJ = mean score / J per document × 1000; method: {}.{}\n",
         if methods.is_empty() {
             "n/a".to_string()
         } else {

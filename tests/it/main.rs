@@ -1,6 +1,8 @@
 //! The integration tests, one binary (one link of the library per
 //! `cargo test`): each module drives the library or the real binary.
 
+mod browser;
+mod cdp;
 mod cli;
 mod common;
 mod durability;

@@ -34,6 +34,8 @@ fn samples(correct: &dyn Fn(usize) -> bool, metric: &str, n: usize) -> Vec<Sampl
                 gold: 0,
                 context: if i == 0 {
                     "<script>alert('x')</script> & more".into()
+                } else if i == 1 {
+                    "</script><script>window.pwned=2</script><img src=x onerror=\"window.pwned=3\"> ok?".into()
                 } else {
                     format!("Question {i}?")
                 },
@@ -51,12 +53,12 @@ fn samples(correct: &dyn Fn(usize) -> bool, metric: &str, n: usize) -> Vec<Sampl
         .collect()
 }
 
-struct CellSpec {
-    model: &'static str,
-    task: &'static str,
-    correct: fn(usize) -> bool,
-    latency_ms: f64,
-    rss_mib: u64,
+pub(crate) struct CellSpec {
+    pub model: &'static str,
+    pub task: &'static str,
+    pub correct: fn(usize) -> bool,
+    pub latency_ms: f64,
+    pub rss_mib: u64,
 }
 
 fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
@@ -108,6 +110,9 @@ fn cell(spec: &CellSpec, samples: &[SampleRecord]) -> CellResult {
             energy_j: spec.latency_ms,
             energy_per_doc_j: Some(spec.latency_ms / n as f64),
             energy_per_1k_tokens_j: Some(1.0),
+            energy_per_1k_prompt_tokens_j: Some(1.0),
+            energy_per_1k_generated_tokens_j: None,
+            split_note: None,
             co2e_g: 0.001,
             grid_g_per_kwh: 475.0,
             gpu: None,
@@ -145,12 +150,12 @@ fn model_record(params: u64) -> ModelRecord {
     }
 }
 
-fn write_run(dir: &Path, run_id: &str, cells: &[CellSpec]) -> PathBuf {
+pub(crate) fn write_run(dir: &Path, run_id: &str, cells: &[CellSpec]) -> PathBuf {
     write_run_n(dir, run_id, cells, N)
 }
 
 /// [`write_run`] with `n` documents per cell.
-fn write_run_n(dir: &Path, run_id: &str, cells: &[CellSpec], n: usize) -> PathBuf {
+pub(crate) fn write_run_n(dir: &Path, run_id: &str, cells: &[CellSpec], n: usize) -> PathBuf {
     let mut rec = RunRecord {
         run_id: run_id.into(),
         status: "complete".into(),
@@ -172,6 +177,7 @@ fn write_run_n(dir: &Path, run_id: &str, cells: &[CellSpec], n: usize) -> PathBu
         models: Default::default(),
         cells: Vec::new(),
         versions: Default::default(),
+        datasets: Default::default(),
     };
     let run_dir = dir.join(run_id);
     for spec in cells {
@@ -194,7 +200,7 @@ fn write_run_n(dir: &Path, run_id: &str, cells: &[CellSpec], n: usize) -> PathBu
     run_dir
 }
 
-fn good_cells() -> Vec<CellSpec> {
+pub(crate) fn good_cells() -> Vec<CellSpec> {
     vec![
         CellSpec {
             model: "alpha",
@@ -251,7 +257,7 @@ fn writers_match_snapshots() {
     insta::assert_json_snapshot!("long_json", json);
 }
 
-fn report_cmd(runs: &[&Path], out: &Path) -> std::process::Output {
+pub(crate) fn report_cmd(runs: &[&Path], out: &Path) -> std::process::Output {
     let mut cmd = common::bin();
     cmd.arg("report");
     for r in runs {
@@ -292,8 +298,20 @@ fn report_writes_every_format_and_escapes_text() {
     let svg = std::fs::read_to_string(out_dir.join("score_vs_latency.svg")).expect("svg");
     assert!(svg.contains("<svg") && svg.contains("Pareto frontier") && svg.contains("alpha"));
     let html = std::fs::read_to_string(out_dir.join("report.html")).expect("html");
-    assert!(html.contains("&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;"));
-    assert!(!html.contains("<script>alert"));
+    // Dataset text sits in the JSON data block with `<` escaped, and the
+    // page holds exactly its two script elements.
+    assert!(html.contains("\\u003cscript\\u003ealert('x')\\u003c/script\\u003e"));
+    assert!(!html.contains("<script>alert") && !html.contains("<img"));
+    assert_eq!(html.matches("<script").count(), 2);
+    let csv = std::fs::read_to_string(out_dir.join("significance.csv")).expect("csv");
+    // copa has per-document correctness for alpha and beta: one pair.
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("copa,acc,alpha,beta,40,")),
+        "{csv}"
+    );
     assert!(!html.contains("http://") && !html.contains("https://") || html.contains("xmlns"));
     assert_eq!(html.matches("<figure class=\"chart\"").count(), 6);
     // Parquet reads back with the same rows as the CSV.
@@ -318,10 +336,11 @@ fn html_renders_in_headless_chromium() {
     // The page's one script ran and counted six inline SVG charts.
     assert!(dom.contains("data-rendered=\"6\""), "{log}\n{dom:.2000}");
     // The dataset's markup stayed text.
-    assert!(dom.contains("&lt;script&gt;alert"));
+    assert!(dom.contains("data-ready=\"1\""), "{dom:.2000}");
+    assert!(!dom.contains("<script>alert") && !dom.contains("<img"));
 }
 
-fn compare_cmd(base: &Path, cur: &Path, extra: &[&Path]) -> std::process::Output {
+pub(crate) fn compare_cmd(base: &Path, cur: &Path, extra: &[&Path]) -> std::process::Output {
     common::bin()
         .arg("compare")
         .arg(base)
