@@ -169,7 +169,8 @@ fn hostile_text_and_model_names_render_inert() {
 }
 
 /// Drives a real report (`SLMBENCH_REPORT_HTML=.../report.html`), prints
-/// how long it takes to open and to filter, and with
+/// how long it takes to open and to filter, checks the flipped counts
+/// against `compare` with `SLMBENCH_REPORT_RUN=RUN_DIR`, and with
 /// `SLMBENCH_SCREENSHOTS=DIR` saves the screenshots the README shows.
 /// Run by hand: `cargo test --release --test it browser::real -- --ignored --nocapture`.
 #[test]
@@ -204,6 +205,45 @@ fn real_report_timings_and_screenshots() {
         t[0].as_f64().unwrap_or(f64::NAN),
         t[1]
     );
+    // With the run directory (`SLMBENCH_REPORT_RUN`): per task, the
+    // explorer's flipped count for the first two models equals `compare`'s.
+    if let Ok(run) = std::env::var("SLMBENCH_REPORT_RUN") {
+        let models: Vec<String> = serde_json::from_value(
+            b.eval("JSON.parse(document.getElementById('slm-data').textContent).models"),
+        )
+        .expect("models");
+        let tasks: Vec<String> = serde_json::from_value(b.eval(
+            "JSON.parse(document.getElementById('slm-data').textContent).tasks.map(t => t.name)",
+        ))
+        .expect("tasks");
+        let pair = format!("{}={}", models[0], models[1]);
+        let out = compare_cmd(
+            Path::new(&run),
+            Path::new(&run),
+            &[Path::new("--pair"), Path::new(&pair)],
+        );
+        let md = String::from_utf8_lossy(&out.stdout).into_owned();
+        let head = format!("| {} → {} |", models[0], models[1]);
+        let rows: String = md
+            .lines()
+            .filter(|l| l.starts_with(&head))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        choose(&mut b, "ex-outcome", "flipped");
+        choose(&mut b, "ex-a", "0");
+        choose(&mut b, "ex-b", "1");
+        for (k, t) in tasks.iter().enumerate() {
+            choose(&mut b, "ex-task", &k.to_string());
+            let shown = b.eval("document.getElementById('ex-count').textContent");
+            let want = compare_flips(&rows, t);
+            println!(
+                "{t}: {} vs {}: explorer {shown}, compare {want}",
+                models[0], models[1]
+            );
+            assert_eq!(shown, json!(want.to_string()));
+        }
+        choose(&mut b, "ex-task", "-1");
+    }
     b.eval("(() => { const s = document.getElementById('ex-outcome'); s.value = 'flipped'; s.dispatchEvent(new Event('change')); document.querySelector('#ex-rows tr').click(); document.getElementById('s-explorer').scrollIntoView(); })()");
     if let Some(d) = &shots {
         b.screenshot(&d.join("report-explorer.png"), false);
