@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use std::path::Path;
 
-use super::stats::{mcnemar_exact, paired_diff, sample_correct};
+use super::stats::{fidelity, mcnemar_exact, paired_diff, sample_correct};
 use crate::record::{CellResult, CellStatus, ModelRecord, RecordError, RunRecord, SampleRecord};
 
 /// Size facts of a model and its reference (parent or teacher).
@@ -63,6 +63,17 @@ pub struct TaskRow {
     pub only_reference: usize,
     /// McNemar's exact two-sided p-value over the discordant pairs.
     pub mcnemar_p: f64,
+    /// Share of the paired documents where both pick the same choice
+    /// (`None` for generation tasks).
+    pub agreement: Option<f64>,
+    /// Mean over the paired documents of KL(reference ‖ model) between the
+    /// softmax distributions over the choices' log-likelihoods (nats).
+    pub mean_kl: Option<f64>,
+    /// `value / reference_value` with its paired 95% interval
+    /// ([`super::stats::retention`]).
+    pub retention: Option<f64>,
+    pub retention_low: Option<f64>,
+    pub retention_high: Option<f64>,
     /// Model p50 latency per document / reference's.
     pub latency_ratio: Option<f64>,
     /// Peak RSS of the cells, model / reference.
@@ -188,6 +199,7 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
                     .and_then(|x| x.stderr);
                 let (mut xs, mut ys) = (Vec::new(), Vec::new());
                 let (mut sum_m, mut sum_r, mut b, mut cc) = (0.0, 0.0, 0, 0);
+
                 for s in ms {
                     let Some(t) = by_doc.get(&s.doc_id) else {
                         continue;
@@ -203,6 +215,7 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
                     xs.push(x);
                     ys.push(y);
                 }
+                let fid = fidelity(rs, ms, metric);
                 let Some(diff) = paired_diff(&ys, &xs) else {
                     continue;
                 };
@@ -223,6 +236,11 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
                     only_model: b,
                     only_reference: cc,
                     mcnemar_p: mcnemar_exact(b as u64, cc as u64),
+                    agreement: fid.agreement,
+                    mean_kl: fid.mean_kl,
+                    retention: fid.retention.map(|k| k.0),
+                    retention_low: fid.retention.map(|k| k.1),
+                    retention_high: fid.retention.map(|k| k.2),
                     latency_ratio: ratio(
                         c.latency.as_ref().map(|l| l.p50_ms),
                         rc.latency.as_ref().map(|l| l.p50_ms),
@@ -252,6 +270,27 @@ fn mb(v: Option<u64>) -> String {
 
 fn millions(v: Option<u64>) -> String {
     v.map_or("n/a".into(), |x| format!("{:.2}", x as f64 / 1e6))
+}
+
+/// `0.962 [0.921, 1.003]`, or n/a.
+pub fn retention_text(t: &TaskRow) -> String {
+    match (t.retention, t.retention_low, t.retention_high) {
+        (Some(r), Some(lo), Some(hi)) => format!("{r:.3} [{lo:.3}, {hi:.3}]"),
+        _ => "n/a".into(),
+    }
+}
+
+/// MLPerf's quality marks on the point estimate: the model keeps at least
+/// 99% (and 99.9%) of its reference's score.
+pub fn pass_marks(retention: Option<f64>) -> String {
+    match retention {
+        Some(r) => format!(
+            "{} / {}",
+            if r >= 0.99 { "pass" } else { "fail" },
+            if r >= 0.999 { "pass" } else { "fail" }
+        ),
+        None => "n/a".into(),
+    }
 }
 
 /// Markdown tables: size facts, then accuracy and cost per task × metric.
@@ -300,6 +339,10 @@ pub fn render(c: &Comparison) -> String {
         "Δ [95% paired CI]".into(),
         "+/− docs".into(),
         "McNemar p".into(),
+        "agree".into(),
+        "KL nats".into(),
+        "retention [95% CI]".into(),
+        "≥99% / ≥99.9%".into(),
         "latency ×".into(),
         "peak RSS ×".into(),
         "energy ×".into(),
@@ -324,6 +367,10 @@ pub fn render(c: &Comparison) -> String {
             } else {
                 format!("{:.1e}", t.mcnemar_p)
             },
+            opt(t.agreement, 3),
+            opt(t.mean_kl, 4),
+            retention_text(t),
+            pass_marks(t.retention),
             opt(t.latency_ratio, 2),
             opt(t.peak_rss_ratio, 2),
             opt(t.energy_ratio, 2),
@@ -345,7 +392,12 @@ mod tests {
             gold: 0,
             context: String::new(),
             continuations: vec![],
-            loglikelihoods: vec![],
+            // The picked choice one nat above the other.
+            loglikelihoods: if pred == 0 {
+                vec![-1.0, -2.0]
+            } else {
+                vec![-2.0, -1.0]
+            },
             is_greedy: vec![],
             pred,
             metrics: Default::default(),
@@ -430,5 +482,13 @@ mod tests {
         assert!((t.mcnemar_p - 0.5).abs() < 1e-12);
         assert!(t.ci_low < -0.5 && t.ci_high > -0.5);
         assert!(render(&c).contains("-0.5000"));
+        // Same choice on docs 0 and 3; on 1 and 2 the distributions are
+        // mirrored: KL = σ(1) − σ(−1) each, so the mean is half of that.
+        assert_eq!(t.agreement, Some(0.5));
+        let mirrored = 1.0 / (1.0 + (-1.0f64).exp()) - 1.0 / (1.0 + 1.0f64.exp());
+        assert!((t.mean_kl.expect("kl") - mirrored / 2.0).abs() < 1e-12);
+        assert!((t.retention.expect("retention") - 1.0 / 3.0).abs() < 1e-12);
+        assert_eq!(pass_marks(t.retention), "fail / fail");
+        assert_eq!(pass_marks(Some(0.995)), "pass / fail");
     }
 }

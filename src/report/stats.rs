@@ -200,6 +200,115 @@ pub fn documents_needed(delta: f64, psi: f64, alpha: f64) -> u64 {
     n.ceil() as u64
 }
 
+/// KL divergence `KL(p ‖ q)` in nats between two models' distributions
+/// over the same choices, each the softmax of its choice log-likelihoods
+/// (`p` the reference's). `None` when the choice counts differ or are
+/// empty.
+pub fn choice_kl(reference_ll: &[f64], model_ll: &[f64]) -> Option<f64> {
+    if reference_ll.is_empty() || reference_ll.len() != model_ll.len() {
+        return None;
+    }
+    let log_softmax = |xs: &[f64]| -> Vec<f64> {
+        let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lse = m + xs.iter().map(|x| (x - m).exp()).sum::<f64>().ln();
+        xs.iter().map(|x| x - lse).collect()
+    };
+    let (lp, lq) = (log_softmax(reference_ll), log_softmax(model_ll));
+    let kl = lp
+        .iter()
+        .zip(&lq)
+        .map(|(a, b)| {
+            if a.is_finite() {
+                a.exp() * (a - b)
+            } else {
+                0.0
+            }
+        })
+        .sum::<f64>();
+    kl.is_finite().then_some(kl.max(0.0))
+}
+
+/// Retention `mean(model) / mean(reference)` over paired per-document
+/// scores, with a 95% interval by the delta method on the paired data:
+/// `var(r) ≈ (var(m) + r² var(f) − 2 r cov(m, f)) / (n mean(f)²)`.
+/// `None` when the reference's mean is 0 or there are fewer than 2 pairs.
+pub fn retention(reference: &[f64], model: &[f64]) -> Option<(f64, f64, f64)> {
+    let n = reference.len();
+    if n < 2 || n != model.len() {
+        return None;
+    }
+    let nf = n as f64;
+    let mf = reference.iter().sum::<f64>() / nf;
+    let mm = model.iter().sum::<f64>() / nf;
+    if mf <= 0.0 {
+        return None;
+    }
+    let r = mm / mf;
+    let (mut vf, mut vm, mut cov) = (0.0, 0.0, 0.0);
+    for (f, m) in reference.iter().zip(model) {
+        vf += (f - mf).powi(2);
+        vm += (m - mm).powi(2);
+        cov += (f - mf) * (m - mm);
+    }
+    let (vf, vm, cov) = (vf / (nf - 1.0), vm / (nf - 1.0), cov / (nf - 1.0));
+    let var = ((vm + r * r * vf - 2.0 * r * cov) / (nf * mf * mf)).max(0.0);
+    let h = Z95 * var.sqrt();
+    Some((r, r - h, r + h))
+}
+
+/// How closely a model follows a reference on the same documents (a
+/// student its teacher, a variant its parent): see [`fidelity`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Fidelity {
+    /// Documents both scored.
+    pub n: usize,
+    /// Share of them where both pick the same choice (`None` without
+    /// choice log-likelihoods, as in generation tasks).
+    pub agreement: Option<f64>,
+    /// Mean KL(reference ‖ model) over the choice distributions, nats.
+    pub mean_kl: Option<f64>,
+    /// Model score / reference score, with its paired 95% interval.
+    pub retention: Option<(f64, f64, f64)>,
+}
+
+/// Pairs `model`'s samples with `reference`'s on `doc_id` and measures the
+/// agreement of their picks under `metric` (`pred_norm` for acc_norm),
+/// the mean [`choice_kl`] and the [`retention`] of `metric`.
+pub fn fidelity(reference: &[SampleRecord], model: &[SampleRecord], metric: &str) -> Fidelity {
+    let by_doc: std::collections::BTreeMap<usize, &SampleRecord> =
+        reference.iter().map(|s| (s.doc_id, s)).collect();
+    let pick = |x: &SampleRecord| {
+        if metric == "acc_norm" {
+            x.pred_norm
+        } else {
+            x.pred
+        }
+    };
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    let (mut same, mut choices, mut kls) = (0usize, 0usize, Vec::new());
+    for s in model {
+        let Some(t) = by_doc.get(&s.doc_id) else {
+            continue;
+        };
+        let (Some(x), Some(y)) = (sample_correct(s, metric), sample_correct(t, metric)) else {
+            continue;
+        };
+        xs.push(x);
+        ys.push(y);
+        if !s.loglikelihoods.is_empty() && !t.loglikelihoods.is_empty() {
+            choices += 1;
+            same += usize::from(pick(s) == pick(t));
+            kls.extend(choice_kl(&t.loglikelihoods, &s.loglikelihoods));
+        }
+    }
+    Fidelity {
+        n: xs.len(),
+        agreement: (choices > 0).then(|| same as f64 / choices as f64),
+        mean_kl: (!kls.is_empty()).then(|| kls.iter().sum::<f64>() / kls.len() as f64),
+        retention: retention(&ys, &xs),
+    }
+}
+
 /// The points not dominated by any other: lower `x` is better, higher `y`
 /// is better. Returned sorted by `x`; ties in both keep the first.
 pub fn pareto_frontier(points: &[(f64, f64)]) -> Vec<usize> {
@@ -322,5 +431,31 @@ mod tests {
         let small = mde_paired(30, 0.0, 0.05);
         assert!(small > 0.2 && small < 0.4, "{small}");
         assert!(documents_needed(0.01, 0.0, 0.05) > 30);
+    }
+
+    #[test]
+    fn choice_kl_of_known_distributions() {
+        // p = (0.5, 0.5), q = (0.25, 0.75): KL = 0.5 ln 2 + 0.5 ln(2/3).
+        let p = [0.5f64.ln(), 0.5f64.ln()];
+        let q = [0.25f64.ln() - 3.0, 0.75f64.ln() - 3.0];
+        let want = 0.5 * 2f64.ln() + 0.5 * (2.0f64 / 3.0).ln();
+        assert!((choice_kl(&p, &q).expect("kl") - want).abs() < 1e-12);
+        assert_eq!(choice_kl(&p, &p), Some(0.0));
+        assert_eq!(choice_kl(&p, &q[..1]), None);
+    }
+
+    #[test]
+    fn retention_of_known_vectors() {
+        // reference right on 4 of 4, model on 3 of 4: r = 0.75; var(f) = 0,
+        // var(m) = 0.25, so se = sqrt(0.25 / 4) = 0.25.
+        let (r, lo, hi) = retention(&[1.0, 1.0, 1.0, 1.0], &[1.0, 1.0, 1.0, 0.0]).expect("r");
+        assert_eq!(r, 0.75);
+        assert!((hi - r - Z95 * 0.25).abs() < 1e-12 && (r - lo - Z95 * 0.25).abs() < 1e-12);
+        // Identical scores retain 1 with no width.
+        assert_eq!(
+            retention(&[1.0, 0.0, 1.0], &[1.0, 0.0, 1.0]),
+            Some((1.0, 1.0, 1.0))
+        );
+        assert_eq!(retention(&[0.0, 0.0], &[1.0, 0.0]), None);
     }
 }

@@ -654,3 +654,27 @@ fn two_shards_merged_equal_the_unsharded_run() {
     assert_eq!(bad.status.code(), Some(2), "{err}");
     assert!(err.contains("--shard") && err.contains("I/N"), "{err}");
 }
+
+#[test]
+fn compare_pair_reports_fidelity() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let run = write_run(tmp.path(), "run-a", &good_cells());
+    let out = compare_cmd(&run, &run, &[Path::new("--pair"), Path::new("alpha=beta")]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Fidelity of the current model to the baseline's"),
+        "{stdout}"
+    );
+    // copa: alpha right when i % 4 != 0, beta when i is even; they pick the
+    // same choice on i % 4 == 2 only (10 of 40), 30 flips (20 lost, 10
+    // won); retention 0.5 / 0.75. Neither reaches MLPerf's marks.
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("| alpha → beta | copa | 40 |"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains("| 25.0% | 20 / 10 |"), "{row}");
+    assert!(
+        row.contains("| 0.667 [") && row.ends_with("| fail / fail |"),
+        "{row}"
+    );
+}
