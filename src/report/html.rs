@@ -53,7 +53,7 @@ td.right{color:#176317}td.wrong{color:#a11}tr.gold td:first-child{background:#ee
 .tag{font-size:0.7rem;background:#eee;border-radius:3px;padding:0 0.3rem;margin-left:0.3rem;color:#444}\
 #ex-doc{border:1px solid #ccd;padding:0.6rem;margin:0.6rem 0;background:#fcfcff}\
 button.link{border:none;background:none;color:#1a55a8;text-decoration:underline;cursor:pointer;padding:0;font:inherit}\
-details{margin:0.5rem 0}.note{color:#555;font-size:0.88rem}code{font-size:0.85rem}";
+#prov-models code,#prov-tasks code{word-break:break-all;font-size:0.75rem}details{margin:0.5rem 0}.note{color:#555;font-size:0.88rem}code{font-size:0.85rem}";
 
 /// Drops an XML prolog so the SVG can sit inline in HTML.
 fn inline_svg(svg: &str) -> &str {
@@ -453,7 +453,18 @@ fn provenance(runs: &[Run], out: &mut String) {
                 esc(&run.record.run_id),
                 esc(name),
                 esc(&m.backend),
-                esc(m.file.as_deref().unwrap_or("")),
+                // The file's name only: a published page should not carry
+                // the machine's directories; the sha256 identifies the file.
+                esc(m
+                    .file
+                    .as_deref()
+                    .map(|f| {
+                        std::path::Path::new(f)
+                            .file_name()
+                            .map_or(f.to_string(), |n| n.to_string_lossy().into_owned())
+                    })
+                    .as_deref()
+                    .unwrap_or("")),
                 esc(m.sha256.as_deref().unwrap_or("n/a")),
                 esc(&m.dtype),
                 esc(&m.quant_type.as_ref().map_or(String::new(), |q| format!(" ({q})"))),

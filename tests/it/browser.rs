@@ -251,6 +251,10 @@ fn real_report_timings_and_screenshots() {
         b.screenshot(&d.join("report-significance.png"), false);
         b.eval("document.getElementById('s-charts').scrollIntoView()");
         b.screenshot(&d.join("report-charts.png"), false);
+        b.eval("document.getElementById('s-fidelity').scrollIntoView()");
+        b.screenshot(&d.join("report-fidelity.png"), false);
+        b.eval("document.getElementById('s-provenance').scrollIntoView()");
+        b.screenshot(&d.join("report-provenance.png"), false);
     }
 }
 
