@@ -14,6 +14,7 @@
 //! llama.cpp names (`blk.N.attn_q.weight`). Only `compare` is used by
 //! reporting, and it reads records, never tensors.
 
+pub mod distill;
 pub mod low_rank;
 pub mod materialize;
 pub mod prune;
