@@ -11,9 +11,11 @@
 
 pub mod forward;
 pub mod loss;
+pub mod train;
 
 pub use forward::{Config, Student};
 pub use loss::distill_loss;
+pub use train::{zeros_mask, Masked};
 
 #[cfg(test)]
 mod tests {
@@ -128,6 +130,62 @@ mod tests {
         }
         let after = scalar(&loss(&student, &teacher));
         assert!(after < first && after <= last, "{first} → {after}");
+    }
+
+    /// Half of the first block's up projection pruned: after 20 masked
+    /// steps those entries are still exactly zero, the others moved, and
+    /// the loss fell.
+    #[test]
+    fn masked_steps_keep_pruned_entries_zero() {
+        let student = tiny(1);
+        let teacher = tiny(2);
+        let up = student.blocks[0].up.clone();
+        let n = up.as_tensor().elem_count();
+        let keep: Vec<f64> = (0..n).map(|i| (i % 2) as f64).collect();
+        let keep = Tensor::from_vec(keep, up.as_tensor().shape(), &candle_core::Device::Cpu)
+            .expect("mask");
+        up.set(&(up.as_tensor() * &keep).expect("prune"))
+            .expect("set");
+        let before = up
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f64>())
+            .expect("v");
+        let vars = student.vars();
+        let masks = vars
+            .iter()
+            .map(|v| {
+                (v.as_tensor().id() == up.as_tensor().id())
+                    .then(|| zeros_mask(v.as_tensor()).expect("mask"))
+            })
+            .collect();
+        let mut opt = Masked::new(
+            vars,
+            masks,
+            candle_nn::ParamsAdamW {
+                lr: 1e-2,
+                weight_decay: 0.0,
+                ..Default::default()
+            },
+        )
+        .expect("optimizer");
+        let first = scalar(&loss(&student, &teacher));
+        for _ in 0..20 {
+            opt.step(&loss(&student, &teacher)).expect("step");
+        }
+        let after = up
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f64>())
+            .expect("v");
+        for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+            if i % 2 == 0 {
+                assert_eq!(*a, 0.0, "pruned entry {i} moved");
+            } else {
+                assert_ne!(a, b, "kept entry {i} did not train");
+            }
+        }
+        assert!(scalar(&loss(&student, &teacher)) < first);
     }
 
     #[test]
