@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::stats::{holm, mcnemar_exact, paired_diff, sample_correct};
+use super::stats::{discordant, holm, mcnemar_exact, paired_diff, sample_correct};
 use super::{label_of, model_labels, ok_cells, primary_metric, ReportError, Run};
 
 /// One pair `a`, `b` on one task; the difference is `b − a`.
@@ -88,16 +88,7 @@ pub fn pair_tests(corr: &Correctness) -> Vec<PairTest> {
                 let Some(d) = paired_diff(&av, &bv) else {
                     continue;
                 };
-                let a_only = av
-                    .iter()
-                    .zip(&bv)
-                    .filter(|(a, b)| **a > 0.5 && **b < 0.5)
-                    .count() as u64;
-                let b_only = av
-                    .iter()
-                    .zip(&bv)
-                    .filter(|(a, b)| **a < 0.5 && **b > 0.5)
-                    .count() as u64;
+                let (a_only, b_only) = discordant(&av, &bv);
                 tests.push(PairTest {
                     task: task.to_string(),
                     metric: metric_a.to_string(),

@@ -30,6 +30,17 @@ pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
     (2.0 * tail).min(1.0)
 }
 
+/// The discordant pairs of per-document scores: documents right (> 0.5)
+/// under `a` and wrong (< 0.5) under `b`, and the reverse.
+pub fn discordant(a: &[f64], b: &[f64]) -> (u64, u64) {
+    let count =
+        |f: fn(f64, f64) -> bool| a.iter().zip(b).filter(|(x, y)| f(**x, **y)).count() as u64;
+    (
+        count(|x, y| x > 0.5 && y < 0.5),
+        count(|x, y| x < 0.5 && y > 0.5),
+    )
+}
+
 /// Mean of paired differences with its standard error and a two-sided 95%
 /// normal interval.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]

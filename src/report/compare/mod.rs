@@ -9,8 +9,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::stats::{
-    documents_needed, holm, mcnemar_exact, mde_paired, normal_upper_quantile, paired_diff,
-    sample_correct, unpaired_diff, z_test_p, Fidelity, PairedDiff, POWER,
+    discordant, documents_needed, holm, mcnemar_exact, mde_paired, normal_upper_quantile,
+    paired_diff, sample_correct, unpaired_diff, z_test_p, Fidelity, PairedDiff, POWER,
 };
 use super::{primary_metric, ReportError, Run};
 use crate::record::{CellResult, CellStatus};
@@ -296,16 +296,7 @@ fn compare_cell(
     if !common.is_empty() {
         let bv: Vec<f64> = common.iter().map(|k| bs[k]).collect();
         let cv: Vec<f64> = common.iter().map(|k| cs[k]).collect();
-        let worse = bv
-            .iter()
-            .zip(&cv)
-            .filter(|(x, y)| **x > 0.5 && **y < 0.5)
-            .count() as u64;
-        let better = bv
-            .iter()
-            .zip(&cv)
-            .filter(|(x, y)| **x < 0.5 && **y > 0.5)
-            .count() as u64;
+        let (worse, better) = discordant(&bv, &cv);
         out.paired = true;
         out.diff = paired_diff(&bv, &cv);
         out.discordant = Some((worse, better));

@@ -45,6 +45,14 @@ mod tests {
         m
     }
 
+    fn adamw() -> candle_nn::ParamsAdamW {
+        candle_nn::ParamsAdamW {
+            lr: 1e-2,
+            weight_decay: 0.0,
+            ..Default::default()
+        }
+    }
+
     const TOKENS: [u32; 7] = [3, 1, 4, 1, 5, 9, 2];
 
     fn loss(student: &Student, teacher: &Student) -> Tensor {
@@ -112,15 +120,7 @@ mod tests {
     fn twenty_adamw_steps_lower_the_loss() {
         let student = tiny(1);
         let teacher = tiny(2);
-        let mut opt = candle_nn::AdamW::new(
-            student.vars(),
-            candle_nn::ParamsAdamW {
-                lr: 1e-2,
-                weight_decay: 0.0,
-                ..Default::default()
-            },
-        )
-        .expect("optimizer");
+        let mut opt = candle_nn::AdamW::new(student.vars(), adamw()).expect("optimizer");
         let first = scalar(&loss(&student, &teacher));
         let mut last = first;
         for _ in 0..20 {
@@ -159,16 +159,7 @@ mod tests {
                     .then(|| zeros_mask(v.as_tensor()).expect("mask"))
             })
             .collect();
-        let mut opt = Masked::new(
-            vars,
-            masks,
-            candle_nn::ParamsAdamW {
-                lr: 1e-2,
-                weight_decay: 0.0,
-                ..Default::default()
-            },
-        )
-        .expect("optimizer");
+        let mut opt = Masked::new(vars, masks, adamw()).expect("optimizer");
         let first = scalar(&loss(&student, &teacher));
         for _ in 0..20 {
             opt.step(&loss(&student, &teacher)).expect("step");
