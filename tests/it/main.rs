@@ -5,6 +5,7 @@ mod browser;
 mod cdp;
 mod cli;
 mod common;
+mod distill;
 mod durability;
 mod fetch;
 mod fidelity;

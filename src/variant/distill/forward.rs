@@ -18,6 +18,9 @@ pub struct Config {
     pub rope_theta: f64,
     pub rms_eps: f64,
     pub tied_head: bool,
+    /// Rotate adjacent pairs (llama.cpp's layout for `llama` GGUFs, whose
+    /// q/k rows its converter permuted) instead of the two halves.
+    pub rope_interleaved: bool,
 }
 
 impl Config {
@@ -103,6 +106,97 @@ impl Student {
         })
     }
 
+    /// The trainable copy of a llama-family model read into a variant's
+    /// working set (every tensor f32; dropped blocks are simply absent from
+    /// `block_count`). Other architectures and low-rank factors are refused
+    /// with a one-line reason.
+    pub fn from_working(
+        w: &crate::variant::tensors::Working,
+        dtype: DType,
+    ) -> std::result::Result<Self, String> {
+        if w.arch != "llama" {
+            return Err(format!(
+                "distillation trains llama-family students; `{}` is not supported yet",
+                w.arch
+            ));
+        }
+        if w.tensors
+            .keys()
+            .any(|k| k.ends_with(".lr_a") || k.ends_with(".lr_b"))
+        {
+            return Err("a low-rank student (factors lr_a/lr_b) cannot be trained yet".into());
+        }
+        let meta =
+            |k: &str| -> std::result::Result<&candle_core::quantized::gguf_file::Value, String> {
+                w.metadata
+                    .get(&format!("llama.{k}"))
+                    .ok_or_else(|| format!("GGUF metadata llama.{k} is missing"))
+            };
+        let u = |k: &str| -> std::result::Result<usize, String> {
+            meta(k)?
+                .to_u32()
+                .map(|v| v as usize)
+                .map_err(|e| format!("llama.{k}: {e}"))
+        };
+        let f = |k: &str| -> std::result::Result<f64, String> {
+            meta(k)?
+                .to_f32()
+                .map(f64::from)
+                .map_err(|e| format!("llama.{k}: {e}"))
+        };
+        let get = |name: &str| -> std::result::Result<Var, String> {
+            let t = w
+                .tensors
+                .get(name)
+                .ok_or_else(|| format!("tensor {name} is missing"))?;
+            t.values
+                .to_dtype(dtype)
+                .and_then(|v| Var::from_tensor(&v))
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        let embed = get("token_embd.weight")?;
+        let (vocab, hidden) = embed.as_tensor().dims2().map_err(|e| e.to_string())?;
+        let heads = u("attention.head_count")?;
+        let cfg = Config {
+            vocab,
+            hidden,
+            layers: u("block_count")?,
+            heads,
+            kv_heads: u("attention.head_count_kv").unwrap_or(heads),
+            ffn: u("feed_forward_length")?,
+            rope_theta: f("rope.freq_base").unwrap_or(10_000.0),
+            rms_eps: f("attention.layer_norm_rms_epsilon")?,
+            tied_head: !w.tensors.contains_key("output.weight"),
+            rope_interleaved: true,
+        };
+        let mut blocks = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let b = |n: &str| get(&format!("blk.{i}.{n}.weight"));
+            blocks.push(Block {
+                attn_norm: b("attn_norm")?,
+                wq: b("attn_q")?,
+                wk: b("attn_k")?,
+                wv: b("attn_v")?,
+                wo: b("attn_output")?,
+                ffn_norm: b("ffn_norm")?,
+                gate: b("ffn_gate")?,
+                up: b("ffn_up")?,
+                down: b("ffn_down")?,
+            });
+        }
+        Ok(Student {
+            embed,
+            norm: get("output_norm.weight")?,
+            head: if cfg.tied_head {
+                None
+            } else {
+                Some(get("output.weight")?)
+            },
+            blocks,
+            cfg,
+        })
+    }
+
     /// Every trainable tensor, in a fixed order (embedding, blocks, norm,
     /// head).
     pub fn vars(&self) -> Vec<Var> {
@@ -133,10 +227,15 @@ impl Student {
         let mut x = self.embed.as_tensor().index_select(&ids, 0)?;
         let dtype = x.dtype();
         let (cos, sin) = rope_tables(t, cfg.head_dim(), cfg.rope_theta, dtype)?;
+        let rotate = if cfg.rope_interleaved {
+            rope_pairs
+        } else {
+            rope
+        };
         let mask = causal_mask(t, dtype)?;
         for b in &self.blocks {
             let a = rms_norm(&x, b.attn_norm.as_tensor(), cfg.rms_eps)?;
-            x = (x + attention(cfg, b, &a, &cos, &sin, &mask)?)?;
+            x = (x + attention(cfg, b, &a, (&cos, &sin, rotate), &mask)?)?;
             let m = rms_norm(&x, b.ffn_norm.as_tensor(), cfg.rms_eps)?;
             let g = linear(&m, b.gate.as_tensor())?;
             let u = linear(&m, b.up.as_tensor())?;
@@ -195,6 +294,17 @@ fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[r1, r2], D::Minus1)
 }
 
+/// Rotates adjacent pairs `(x[2i], x[2i+1])` of `x` `[heads, t, head_dim]`.
+fn rope_pairs(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (h, t, d) = x.dims3()?;
+    let x = x.reshape((h, t, d / 2, 2))?;
+    let even = x.narrow(3, 0, 1)?.squeeze(3)?;
+    let odd = x.narrow(3, 1, 1)?.squeeze(3)?;
+    let r_even = (even.broadcast_mul(cos)? - odd.broadcast_mul(sin)?)?;
+    let r_odd = (even.broadcast_mul(sin)? + odd.broadcast_mul(cos)?)?;
+    Tensor::stack(&[r_even, r_odd], 3)?.reshape((h, t, d))
+}
+
 /// 0 on and below the diagonal, a large negative number above it.
 fn causal_mask(t: usize, dtype: DType) -> Result<Tensor> {
     let v: Vec<f64> = (0..t * t)
@@ -203,12 +313,14 @@ fn causal_mask(t: usize, dtype: DType) -> Result<Tensor> {
     Tensor::from_vec(v, (t, t), &Device::Cpu)?.to_dtype(dtype)
 }
 
+/// A rotary embedding: `x` `[heads, t, head_dim]`, cos, sin `[t, head_dim / 2]`.
+type Rotate = fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor>;
+
 fn attention(
     cfg: &Config,
     b: &Block,
     x: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
+    (cos, sin, rotate): (&Tensor, &Tensor, Rotate),
     mask: &Tensor,
 ) -> Result<Tensor> {
     let t = x.dim(0)?;
@@ -219,8 +331,8 @@ fn attention(
             .transpose(0, 1)?
             .contiguous()
     };
-    let q = rope(&heads(b.wq.as_tensor(), cfg.heads)?, cos, sin)?;
-    let k = rope(&heads(b.wk.as_tensor(), cfg.kv_heads)?, cos, sin)?;
+    let q = rotate(&heads(b.wq.as_tensor(), cfg.heads)?, cos, sin)?;
+    let k = rotate(&heads(b.wk.as_tensor(), cfg.kv_heads)?, cos, sin)?;
     let v = heads(b.wv.as_tensor(), cfg.kv_heads)?;
     // Grouped KV heads: each KV head serves `heads / kv_heads` query heads.
     let group = cfg.heads / cfg.kv_heads;
