@@ -65,3 +65,98 @@ fn the_trainable_forward_matches_the_engine_on_smollm2() {
     eprintln!("largest |Δ log-prob| over the top 50 of 24 positions: {worst:.2e}");
     assert!(worst < 2e-3, "{worst}");
 }
+
+/// By hand: SmolLM2's f32 dequantization without blocks 24–27 (drop4's
+/// structure) distilled from the whole model on ARC-Easy train questions
+/// with their answers; prints the mean KL to the teacher on held-out
+/// ARC-Easy validation questions before and after. `STEPS` (default 60),
+/// `LR` (default 5e-5). Run with
+/// `cargo test --release --test it distill::drop4 -- --ignored --nocapture`.
+#[test]
+#[ignore = "minutes of training; prints figures"]
+fn drop4_distilled_from_f32_on_arc_train() {
+    use slmbench::variant::distill::{distill, distill_loss, TrainOptions};
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let env = |k: &str, d: f64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let path = common::model_path("smollm2-135m-instruct");
+    let mut gguf = GgufFile::open(&path).expect("gguf");
+    let tok = slmbench::model::tokenizer::TextTokenizer::from_gguf(&gguf).expect("tokenizer");
+    let (working, _) = Working::load(&mut gguf).expect("working set");
+    let teacher = Student::from_working(&working, candle_core::DType::F32).expect("teacher");
+    let mut student = Student::from_working(&working, candle_core::DType::F32).expect("student");
+    for i in [27usize, 26, 25, 24] {
+        student.blocks.remove(i);
+    }
+    student.cfg.layers = student.blocks.len();
+    let render = |file: &str, n: usize| -> Vec<Vec<u32>> {
+        common::read_jsonl(&shared.join("data/allenai/ai2_arc/ARC-Easy").join(file))
+            .iter()
+            .take(n)
+            .map(|d| {
+                let labels = d["choices"]["label"].as_array().expect("labels");
+                let gold = labels
+                    .iter()
+                    .position(|l| l == &d["answerKey"])
+                    .expect("answer");
+                let text = format!(
+                    "Question: {}\nAnswer: {}",
+                    d["question"].as_str().expect("q"),
+                    d["choices"]["text"][gold].as_str().expect("a")
+                );
+                let mut ids = tok.encode(&text).expect("encode");
+                ids.truncate(64);
+                ids
+            })
+            .collect()
+    };
+    let (train, held) = (render("train.jsonl", 400), render("validation.jsonl", 50));
+    let kl = |s: &Student| -> f64 {
+        held.iter()
+            .map(|q| {
+                let a = s.forward(q).expect("student");
+                let b = teacher.forward(q).expect("teacher");
+                distill_loss(&a, &b, 1.0, 1.0, &[])
+                    .and_then(|l| l.to_scalar::<f32>())
+                    .expect("kl") as f64
+            })
+            .sum::<f64>()
+            / held.len() as f64
+    };
+    let before = kl(&student);
+    let opts = TrainOptions {
+        steps: env("STEPS", 60.0) as usize,
+        batch: 4,
+        lr: env("LR", 5e-5),
+        temperature: 1.0,
+        alpha: 1.0,
+        seed: 1,
+    };
+    let masks = student.vars().iter().map(|_| None).collect();
+    let t0 = std::time::Instant::now();
+    let report = distill(&student, &teacher, &train, masks, &opts, &mut |s, l| {
+        if s % 10 == 0 {
+            eprintln!(
+                "step {s}: loss {l:.4} ({:.0} s)",
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    })
+    .expect("train");
+    let after = kl(&student);
+    println!(
+        "drop4 student: held-out KL to the f32 teacher {before:.4} → {after:.4} nats ({:+.1}%) after {} steps × {} sequences ({} tokens, {:.0} s, lr {})",
+        (after / before - 1.0) * 100.0,
+        opts.steps,
+        opts.batch,
+        report.tokens_seen,
+        report.wall_time_s,
+        opts.lr
+    );
+}
