@@ -102,6 +102,11 @@ fn num_td(v: Option<f64>, text: &str, class: &str) -> String {
     )
 }
 
+/// [`num_td`] for an optional number: its text by `f`, or n/a.
+fn opt_num_td(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    num_td(v, &opt_cell(v, f), "")
+}
+
 /// The leaderboard: models × tasks with 95% intervals, the best score per
 /// task and the scores whose interval overlaps the best one's marked, and
 /// the cost columns. Sortable by any column (the page's script).
@@ -195,48 +200,24 @@ fn leaderboard(rows: &[Row], points: &[ModelPoint], out: &mut String) {
                     None => format!("{:.3}", p.score),
                 };
                 out.push_str(&num_td(Some(p.score), &mean, ""));
-                out.push_str(&num_td(
-                    p.latency_ms,
-                    &opt_cell(p.latency_ms, |v| format!("{v:.1}")),
-                    "",
-                ));
+                out.push_str(&opt_num_td(p.latency_ms, |v| format!("{v:.1}")));
                 let rss = p.peak_rss_bytes.map(|b| b as f64 / 1048576.0);
-                out.push_str(&num_td(rss, &opt_cell(rss, |v| format!("{v:.0}")), ""));
-                out.push_str(&num_td(
-                    p.energy_per_doc_j,
-                    &opt_cell(p.energy_per_doc_j, |v| format!("{v:.3}")),
-                    "",
-                ));
-                out.push_str(&num_td(
-                    p.energy_per_1k_prompt_tokens_j,
-                    &opt_cell(p.energy_per_1k_prompt_tokens_j, |v| format!("{v:.2}")),
-                    "",
-                ));
+                out.push_str(&opt_num_td(rss, |v| format!("{v:.0}")));
+                out.push_str(&opt_num_td(p.energy_per_doc_j, |v| format!("{v:.3}")));
+                out.push_str(&opt_num_td(p.energy_per_1k_prompt_tokens_j, |v| {
+                    format!("{v:.2}")
+                }));
                 if generated {
-                    out.push_str(&num_td(
-                        p.energy_per_1k_generated_tokens_j,
-                        &opt_cell(p.energy_per_1k_generated_tokens_j, |v| format!("{v:.2}")),
-                        "",
-                    ));
+                    out.push_str(&opt_num_td(p.energy_per_1k_generated_tokens_j, |v| {
+                        format!("{v:.2}")
+                    }));
                 }
-                out.push_str(&num_td(
-                    p.score_per_kj,
-                    &opt_cell(p.score_per_kj, |v| format!("{v:.0}")),
-                    "",
-                ));
+                out.push_str(&opt_num_td(p.score_per_kj, |v| format!("{v:.0}")));
                 let params = p.n_params.map(|n| n as f64);
-                out.push_str(&num_td(
-                    params,
-                    &opt_cell(params, |v| format!("{:.1}M", v / 1e6)),
-                    "",
-                ));
+                out.push_str(&opt_num_td(params, |v| format!("{:.1}M", v / 1e6)));
                 if priced {
                     let cur = p.currency.as_deref().unwrap_or("");
-                    out.push_str(&num_td(
-                        p.cost_per_1k_docs,
-                        &opt_cell(p.cost_per_1k_docs, |v| format!("{v:.4} {cur}")),
-                        "",
-                    ));
+                    out.push_str(&opt_num_td(p.cost_per_1k_docs, |v| format!("{v:.4} {cur}")));
                 }
             }
             None => {
@@ -426,8 +407,8 @@ fn fidelity_section(runs: &[Run], out: &mut String) -> Result<(), ReportError> {
             t.only_model,
             t.only_reference,
             num_td(Some(t.mcnemar_p), &p_short(t.mcnemar_p), ""),
-            num_td(t.agreement, &opt_cell(t.agreement, |a| format!("{:.1}%", a * 100.0)), ""),
-            num_td(t.mean_kl, &opt_cell(t.mean_kl, |k| format!("{k:.4}")), ""),
+            opt_num_td(t.agreement, |a| format!("{:.1}%", a * 100.0)),
+            opt_num_td(t.mean_kl, |k| format!("{k:.4}")),
             num_td(t.retention, &super::lineage::retention_text(t), ""),
             esc(&super::lineage::pass_marks(t.retention)),
         );
