@@ -8,6 +8,11 @@ use std::path::{Path, PathBuf};
 use crate::model::fetch::{FetchError, FetchOptions, FetchSpec, HubSource, Source};
 use crate::record::Lineage;
 use crate::spec::models::{Engine, Format, ModelSpec, Registry};
+use sha2::{Digest, Sha256};
+
+use crate::spec::distill::CorpusSource;
+use crate::spec::steps::Step;
+use crate::variant::distill::DistillData;
 use crate::variant::materialize::{
     cache_key, content_key, materialize, read_report, sidecar_path, ParentFile,
 };
@@ -78,7 +83,17 @@ pub fn obtain(
         path: reg.origin.clone(),
         message: e.to_string(),
     })?;
-    let key = cache_key(&parent_key, &steps_json);
+    let (distill, inputs) = prepare_distill(reg, name, spec, home, opts)?;
+    // The key covers what the steps read: each teacher's content and corpus.
+    let mut keyed = steps_json.clone();
+    if let Some(list) = keyed.as_array_mut() {
+        for (step, extra) in list.iter_mut().zip(inputs) {
+            if let (Some(obj), Some(extra)) = (step.as_object_mut(), extra) {
+                obj.insert("inputs".into(), extra);
+            }
+        }
+    }
+    let key = cache_key(&parent_key, &keyed);
     let dir = home.join("variants");
     let path = dir.join(format!("{name}-{}.gguf", &key[..16]));
     let sidecar = sidecar_path(&path);
@@ -87,6 +102,7 @@ pub fn obtain(
             path: &p.path,
             format: p.format,
             report: p.report.as_ref(),
+            distill: &distill,
         };
         materialize(reg, name, &parent_file, &key, &path)?;
     }
@@ -111,6 +127,154 @@ pub fn obtain(
         report: Some(report),
         key: Some(key),
     })
+}
+
+/// Bump when the `distill` step computes something else from the same
+/// inputs (part of its cache key).
+pub const DISTILL_VERSION: u32 = 1;
+
+type Prepared = (Vec<Option<DistillData>>, Vec<Option<serde_json::Value>>);
+
+/// For each `distill` step of `spec`: its teacher obtained and its corpus
+/// read (task splits rendered with their answers, text files split into
+/// paragraphs), plus what of them enters the cache key (the teacher's key,
+/// the corpus's sha256, the step's algorithm version).
+fn prepare_distill(
+    reg: &Registry,
+    name: &str,
+    spec: &ModelSpec,
+    home: &Path,
+    opts: &FetchOptions,
+) -> Result<Prepared, VariantError> {
+    let mut data = Vec::new();
+    let mut keyed = Vec::new();
+    for (i, step) in spec.parsed_steps.iter().enumerate() {
+        let Step::Distill(d) = step else {
+            data.push(None);
+            keyed.push(None);
+            continue;
+        };
+        let err = |field: String, message: String| VariantError::Spec {
+            file: reg.origin.clone(),
+            model: name.to_string(),
+            field: format!("steps[{i}].distill.{field}"),
+            message,
+        };
+        let t = obtain(reg, &d.teacher, home, opts)?;
+        let teacher_key = match &t.key {
+            Some(k) => k.clone(),
+            None => content_key(&t.path)?,
+        };
+        let mut h = Sha256::new();
+        let mut prepared = DistillData {
+            teacher_path: t.path.clone(),
+            teacher_safetensors: t.format == Format::Safetensors,
+            ..DistillData::default()
+        };
+        for (j, src) in d.data.iter().enumerate() {
+            let texts = read_source(reg, src, opts, true)
+                .map_err(|(f, m)| err(format!("data[{j}]{f}"), m))?;
+            prepared
+                .sources
+                .push(format!("{}: {} texts", src.label(), texts.len()));
+            let is_text = matches!(src, CorpusSource::Text { .. });
+            for t in texts {
+                h.update(t.as_bytes());
+                h.update([0u8, u8::from(is_text)]);
+                prepared.corpus.push((t, is_text));
+            }
+        }
+        if let Some(src) = &d.held_out {
+            prepared.held_out = read_source(reg, src, opts, false)
+                .map_err(|(f, m)| err(format!("held_out{f}"), m))?;
+            h.update(b"held_out\0");
+            for t in &prepared.held_out {
+                h.update(t.as_bytes());
+                h.update([0u8]);
+            }
+        }
+        let corpus_sha256: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
+        keyed.push(Some(serde_json::json!({
+            "teacher_key": teacher_key,
+            "corpus_sha256": corpus_sha256,
+            "version": DISTILL_VERSION,
+        })));
+        data.push(Some(prepared));
+    }
+    Ok((data, keyed))
+}
+
+/// The texts of one corpus source; an error is (a field suffix, message).
+fn read_source(
+    reg: &Registry,
+    src: &CorpusSource,
+    opts: &FetchOptions,
+    training: bool,
+) -> Result<Vec<String>, (String, String)> {
+    match src {
+        CorpusSource::Text { text } => {
+            let base = Path::new(&reg.origin).parent().unwrap_or(Path::new("."));
+            let path = base.join(text);
+            let body = std::fs::read_to_string(&path).map_err(|e| {
+                (
+                    ".text".to_string(),
+                    format!(
+                        "cannot read {}: {e} (paths are relative to the models file)",
+                        path.display()
+                    ),
+                )
+            })?;
+            Ok(body
+                .split("\n\n")
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect())
+        }
+        CorpusSource::Task { task, split, limit } => {
+            let tasks = crate::task::builtin_registry()
+                .map_err(|e| (".task".to_string(), e.to_string()))?;
+            let spec = tasks.task(task).ok_or_else(|| {
+                (
+                    ".task".to_string(),
+                    format!("no built-in task `{task}` (see `slmbench ls tasks`)"),
+                )
+            })?;
+            if training && split == spec.eval_split() {
+                return Err((
+                    ".split".into(),
+                    format!(
+                        "`{split}` is the split {task} is evaluated on; training on it would leak the test documents into the student (use {})",
+                        spec.training_split.as_deref().unwrap_or("a split that is not evaluated")
+                    ),
+                ));
+            }
+            let dir = opts.data_dir.as_ref().ok_or_else(|| {
+                (
+                    ".task".to_string(),
+                    format!(
+                        "reading {task}/{split} needs the data folder: pass --data-dir or set SLMBENCH_DATA_DIR to the folder that holds {}/",
+                        spec.dataset_path
+                    ),
+                )
+            })?;
+            let docs = crate::task::DataDir::new(dir)
+                .with_parquet_reader(std::sync::Arc::new(crate::task::parquet::PolarsParquet))
+                .load_split(spec, split)
+                .map_err(|e| {
+                    (
+                        ".split".to_string(),
+                        crate::variant::first_line(&e.to_string()),
+                    )
+                })?;
+            crate::task::answered_examples(spec, &docs, *limit).map_err(|e| {
+                (
+                    ".task".to_string(),
+                    crate::variant::first_line(&e.to_string()),
+                )
+            })
+        }
+    }
 }
 
 /// A served model's tokenizer as a path: a `tokenizer.json` as given, or

@@ -388,6 +388,33 @@ impl Registry {
                     ));
                 }
             }
+            for (i, step) in m.parsed_steps.iter().enumerate() {
+                let crate::spec::steps::Step::Distill(d) = step else {
+                    continue;
+                };
+                let at = format!("field `steps[{i}].distill.teacher`");
+                match self.models.get(&d.teacher) {
+                    None => {
+                        return Err(invalid(
+                            name,
+                            format!("{at}: no model `{}` in this file (known: {})", d.teacher, known()),
+                        ))
+                    }
+                    Some(t) if t.engine == Engine::Served => {
+                        return Err(invalid(
+                            name,
+                            format!("{at}: `{}` is served; a teacher's full next-token distributions come from local weights", d.teacher),
+                        ))
+                    }
+                    Some(_) if self.depends_on(&d.teacher, name) => {
+                        return Err(invalid(
+                            name,
+                            format!("{at}: `{}` is built from `{name}` itself; name a model that does not depend on the student", d.teacher),
+                        ))
+                    }
+                    Some(_) => {}
+                }
+            }
             let Some(parent) = &m.parent else { continue };
             let own: Vec<&str> = [
                 (!m.file.is_empty()).then_some("file"),
@@ -433,6 +460,31 @@ impl Registry {
             }
         }
         Ok(())
+    }
+
+    /// Whether building `model` needs `other` (through parents and
+    /// distillation teachers), or is `other`.
+    fn depends_on(&self, model: &str, other: &str) -> bool {
+        let mut todo = vec![model];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some(m) = todo.pop() {
+            if m == other {
+                return true;
+            }
+            if !seen.insert(m) {
+                continue;
+            }
+            let Some(spec) = self.models.get(m) else {
+                continue;
+            };
+            todo.extend(spec.parent.as_deref());
+            for s in &spec.parsed_steps {
+                if let crate::spec::steps::Step::Distill(d) = s {
+                    todo.push(&d.teacher);
+                }
+            }
+        }
+        false
     }
 
     pub fn get(&self, name: &str) -> Result<&ModelSpec, ModelsError> {

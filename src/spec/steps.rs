@@ -9,6 +9,7 @@
 //!   - prune: {method: n_m, n: 2, m: 4}                # keep n of every m weights along a row
 //!   - prune: {method: layers, drop: [10, 11]}         # skip decoder blocks
 //!   - low_rank: {rank_ratio: 0.5}                     # or {energy: 0.9}; targets: [ffn_up, …]
+//!   - distill: {teacher: MODEL, data: [...], steps: 200}   # see `spec::distill`
 //! ```
 
 use serde::Serialize;
@@ -117,6 +118,8 @@ pub enum Step {
         rank: RankRule,
         targets: Vec<String>,
     },
+    /// Training towards a teacher's next-token distributions.
+    Distill(super::distill::Distill),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -161,6 +164,7 @@ impl Step {
                 RankRule::RankRatio(r) => format!("low_rank ratio {r}"),
                 RankRule::Energy(e) => format!("low_rank energy {e}"),
             },
+            Step::Distill(d) => format!("distill from {} ({} steps)", d.teacher, d.steps),
         }
     }
 }
@@ -191,7 +195,7 @@ fn parse_step(v: &Value, at: &str) -> Result<Step, String> {
         .filter(|o| o.len() == 1)
         .ok_or_else(|| {
             format!(
-                "field `{at}`: expected one of `quantize: TYPE`, `prune: {{method: …}}` or `low_rank: {{…}}`, got {}",
+                "field `{at}`: expected one of `quantize: TYPE`, `prune: {{method: …}}`, `low_rank: {{…}}` or `distill: {{…}}`, got {}",
                 kind(v)
             )
         })?;
@@ -204,8 +208,9 @@ fn parse_step(v: &Value, at: &str) -> Result<Step, String> {
         "quantize" => parse_quantize(body, &at),
         "prune" => parse_prune(body, &at).map(Step::Prune),
         "low_rank" => parse_low_rank(body, &at),
+        "distill" => super::distill::parse(body, &at).map(Step::Distill),
         other => Err(format!(
-            "field `{at}`: unknown step `{other}` (use quantize, prune or low_rank)"
+            "field `{at}`: unknown step `{other}` (use quantize, prune, low_rank or distill)"
         )),
     }
 }

@@ -13,7 +13,7 @@
 use minijinja::value::Value;
 
 use super::chat::{append_question, ChatOptions, Message};
-use super::data::TaskDocs;
+use super::data::{SplitDocs, TaskDocs};
 use super::error::TaskError;
 use super::fewshot::{excludes_eval_doc, FewshotSampler};
 use super::spec::TaskSpec;
@@ -151,18 +151,7 @@ pub fn build_instances(
                     )
                 })?;
             for j in picks {
-                let fs_doc = &pool.docs[j];
-                let fs_loc = pool.location(j);
-                let fs_ctx = Value::from_serialize(fs_doc);
-                let text = templates.text(fs_doc, &fs_ctx, &fs_loc)?;
-                let answer = if generate {
-                    templates.target_text(fs_doc, &fs_ctx, &fs_loc)?
-                } else {
-                    let choices = templates.choices(fs_doc, &fs_ctx, &fs_loc)?;
-                    let gold = templates.gold(fs_doc, &fs_ctx, &choices, &fs_loc)?;
-                    choices[gold].clone()
-                };
-                shots.push((text, answer));
+                shots.push(answered(&templates, generate, pool, j)?);
             }
         }
         let fewshot: String = shots
@@ -221,4 +210,44 @@ pub fn build_instances(
         });
     }
     Ok(out)
+}
+
+/// Document `j` of `docs` as a question and its gold answer (the choice
+/// text, or a generation task's target): what a few-shot example shows.
+fn answered(
+    templates: &TaskTemplates,
+    generate: bool,
+    docs: &SplitDocs,
+    j: usize,
+) -> Result<(String, String), TaskError> {
+    let doc = &docs.docs[j];
+    let loc = docs.location(j);
+    let ctx = Value::from_serialize(doc);
+    let text = templates.text(doc, &ctx, &loc)?;
+    let answer = if generate {
+        templates.target_text(doc, &ctx, &loc)?
+    } else {
+        let choices = templates.choices(doc, &ctx, &loc)?;
+        let gold = templates.gold(doc, &ctx, &choices, &loc)?;
+        choices[gold].clone()
+    };
+    Ok((text, answer))
+}
+
+/// The first `limit` documents of `docs` (all when `None`) rendered as
+/// few-shot examples are, `doc_to_text + target_delimiter + answer`: the
+/// training text a `distill` step reads from a task's split.
+pub fn answered_examples(
+    spec: &TaskSpec,
+    docs: &SplitDocs,
+    limit: Option<usize>,
+) -> Result<Vec<String>, TaskError> {
+    let templates = TaskTemplates::new(spec)?;
+    let n = limit.map_or(docs.len(), |l| l.min(docs.len()));
+    (0..n)
+        .map(|j| {
+            answered(&templates, spec.generation.is_some(), docs, j)
+                .map(|(q, a)| format!("{q}{}{a}", spec.target_delimiter))
+        })
+        .collect()
 }

@@ -31,7 +31,9 @@ pub use chat::{ChatOptions, Message};
 pub use data::{DataDir, ParquetReader, SplitDocs, TaskDocs};
 pub(crate) use error::escaped;
 pub use error::{DocLocation, TaskError};
-pub use instances::{build_instances, BuildOptions, Instance, DEFAULT_FEWSHOT_SEED};
+pub use instances::{
+    answered_examples, build_instances, BuildOptions, Instance, DEFAULT_FEWSHOT_SEED,
+};
 pub use parse::{parse_suite_file, parse_suite_yaml};
 pub use parse_gen::DEFAULT_MAX_GEN_TOKS;
 pub use registry::{builtin_registry, load_suite_dir, load_task_file, TaskRegistry};

@@ -15,9 +15,11 @@ use std::time::Instant;
 use candle_core::quantized::gguf_file::Value;
 use sha2::{Digest, Sha256};
 
+use super::distill::step::{self, DistillData, DistillInputs, StepError};
 use super::tensors::Working;
 use super::{low_rank, prune, quantize, VariantError, VariantReport};
 use crate::model::gguf::GgufFile;
+use crate::model::tokenizer::TextTokenizer;
 use crate::spec::models::{Format, Registry};
 use crate::spec::steps::{Prune, Step};
 
@@ -31,6 +33,25 @@ pub struct ParentFile<'a> {
     pub format: Format,
     /// The parent's own variant report, when it is a variant.
     pub report: Option<&'a VariantReport>,
+    /// What each `distill` step reads (by step index; `None` for others).
+    pub distill: &'a [Option<DistillData>],
+}
+
+/// Where step `i`'s training checkpoints go while `path` is being built.
+pub fn checkpoint_dir(path: &Path, i: usize) -> PathBuf {
+    path.with_extension(format!("distill{i}"))
+}
+
+fn open_gguf(path: &Path, format: Format) -> Result<GgufFile, VariantError> {
+    match format {
+        Format::Gguf => Ok(GgufFile::open(path)?),
+        Format::Safetensors => {
+            crate::model::safetensors::open_dir(path).map_err(|e| VariantError::Io {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })
+        }
+    }
 }
 
 /// `<file>.gguf.json`.
@@ -117,16 +138,23 @@ pub fn materialize(
             labels.join(", then ")
         }
     );
-    let mut g = match p.format {
-        Format::Gguf => GgufFile::open(p.path)?,
-        Format::Safetensors => {
-            crate::model::safetensors::open_dir(p.path).map_err(|e| VariantError::Io {
-                path: p.path.display().to_string(),
-                message: e.to_string(),
-            })?
-        }
-    };
+    let mut g = open_gguf(p.path, p.format)?;
     let (mut w, mut source) = Working::load(&mut g)?;
+    // The student's tokenizer, for a corpus to train on.
+    let tok = if p.distill.iter().any(Option::is_some) {
+        let t = match p.format {
+            Format::Gguf => TextTokenizer::from_gguf(&g),
+            Format::Safetensors => {
+                TextTokenizer::from_json_file(&p.path.join("tokenizer.json"), None)
+            }
+        };
+        Some(t.map_err(|e| VariantError::Io {
+            path: p.path.display().to_string(),
+            message: format!("the student's tokenizer: {e}"),
+        })?)
+    } else {
+        None
+    };
     drop(g);
     // A variant of a variant: where the chain's weights came from.
     if let Some(pr) = &p.report {
@@ -134,6 +162,7 @@ pub fn materialize(
     }
     let parent_totals = w.totals()?;
     let mut rows = Vec::new();
+    let mut training = Vec::new();
     for (i, step) in spec.parsed_steps.iter().enumerate() {
         let at = |f: &str| format!("steps[{i}].{f}");
         let mut r = match step {
@@ -150,6 +179,40 @@ pub fn materialize(
             Step::Prune(Prune::Layers { drop }) => prune::drop_layers(&mut w, i, drop)
                 .map_err(|msg| spec_err(reg, name, at("prune.drop"), msg))?,
             Step::LowRank { rank, targets } => low_rank::apply(&mut w, i, *rank, targets)?,
+            Step::Distill(d) => {
+                let (Some(data), Some(tok)) = (p.distill.get(i).and_then(Option::as_ref), &tok)
+                else {
+                    return Err(spec_err(
+                        reg,
+                        name,
+                        at("distill"),
+                        "no corpus was prepared for this step".into(),
+                    ));
+                };
+                let mut tg = open_gguf(
+                    &data.teacher_path,
+                    if data.teacher_safetensors {
+                        Format::Safetensors
+                    } else {
+                        Format::Gguf
+                    },
+                )?;
+                let (teacher, _) = Working::load(&mut tg)?;
+                drop(tg);
+                let inputs = DistillInputs {
+                    teacher,
+                    data,
+                    checkpoint_dir: checkpoint_dir(path, i),
+                    key: key.to_string(),
+                    progress: true,
+                };
+                let (r, report) = step::apply(&mut w, i, d, inputs, tok).map_err(|e| match e {
+                    StepError::Field(f, m) => spec_err(reg, name, at(&format!("distill.{f}")), m),
+                    StepError::Other(m) => spec_err(reg, name, at("distill"), m),
+                })?;
+                training.push(report);
+                r
+            }
         };
         rows.append(&mut r);
     }
@@ -193,6 +256,7 @@ pub fn materialize(
         parent_totals,
         totals,
         materialize_s: t0.elapsed().as_secs_f64(),
+        training,
     };
     let json = serde_json::to_string_pretty(&report).unwrap_or_default();
     let side_tmp = sidecar_path(&tmp);
@@ -206,6 +270,10 @@ pub fn materialize(
     std::fs::write(&side_tmp, json).map_err(io(&side_tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
     std::fs::rename(&side_tmp, sidecar_path(path)).map_err(io(path))?;
+    // The variant is written: its training checkpoints have served.
+    for i in 0..spec.parsed_steps.len() {
+        let _ = std::fs::remove_dir_all(checkpoint_dir(path, i));
+    }
     eprintln!(
         "wrote {} ({:.1} MB, {:.2} bits/weight) in {:.1} s",
         path.display(),
@@ -275,6 +343,9 @@ pub fn render_report(r: &VariantReport, path: &Path, summary: bool) -> String {
                 String::new()
             }
         ));
+    }
+    for t in &r.training {
+        s.push_str(&step::render(t));
     }
     for n in &r.notes {
         s.push_str(&format!("note: {n}\n"));

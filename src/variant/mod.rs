@@ -1,5 +1,5 @@
 //! Compression variants: models declared in `models.yaml` as a `parent` plus
-//! ordered `steps` (quantize, prune, low-rank), materialized on demand into
+//! ordered `steps` (quantize, prune, low-rank, distill), materialized on demand into
 //! a cached GGUF, and compared with their parent (or a student with its
 //! `distilled_from` teacher).
 //!
@@ -125,4 +125,7 @@ pub struct VariantReport {
     pub parent_totals: Totals,
     pub totals: Totals,
     pub materialize_s: f64,
+    /// What each `distill` step did (loss curve, tokens, time, energy).
+    #[serde(default)]
+    pub training: Vec<distill::TrainingReport>,
 }

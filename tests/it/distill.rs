@@ -160,3 +160,236 @@ fn drop4_distilled_from_f32_on_arc_train() {
         opts.lr
     );
 }
+
+/// A registry over the real SmolLM2 file: `base`, and `student` = base
+/// with 28 of its 30 blocks dropped, then distilled from base on COPA's
+/// train split. `distill` is the body of the step (YAML flow mapping).
+fn registry(dir: &std::path::Path, distill: &str) -> std::path::PathBuf {
+    let model = common::model_path("smollm2-135m-instruct");
+    let drop: Vec<String> = (2..30).map(|i| i.to_string()).collect();
+    let yaml = format!(
+        "models:\n  base:\n    file: base.gguf\n    sources: [{{path: {}}}]\n  gemma:\n    file: gemma.gguf\n    sources: [{{path: {}}}]\n  student:\n    parent: base\n    steps:\n      - prune: {{method: layers, drop: [{}]}}\n      - distill: {{{distill}}}\n",
+        model.display(),
+        common::model_path("gemma3-270m").display(),
+        drop.join(", ")
+    );
+    let p = dir.join("models.yaml");
+    std::fs::write(&p, yaml).expect("write");
+    p
+}
+
+const STEP: &str = "teacher: base, data: [{task: copa, split: train, limit: 12}], held_out: {task: copa, split: validation, limit: 4}, steps: 6, batch: 2, seq_len: 24, lr: 1.0e-3, checkpoint_every: 2";
+
+fn variants_cmd(
+    yaml: &std::path::Path,
+    home: &std::path::Path,
+    data: &std::path::Path,
+) -> std::process::Command {
+    let mut c = common::bin();
+    c.args(["variants", "--models"])
+        .arg(yaml)
+        .arg("student")
+        .env("SLMBENCH_HOME", home)
+        .env("SLMBENCH_OFFLINE", "1")
+        .env("SLMBENCH_DATA_DIR", data);
+    c
+}
+
+/// The variant's GGUF and its report in `home`.
+fn built(home: &std::path::Path) -> (std::path::PathBuf, slmbench::variant::VariantReport) {
+    let gguf: Vec<_> = std::fs::read_dir(home.join("variants"))
+        .expect("variants")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "gguf")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("student-"))
+        })
+        .collect();
+    assert_eq!(gguf.len(), 1, "{gguf:?}");
+    let report = slmbench::variant::materialize::read_report(
+        &slmbench::variant::materialize::sidecar_path(&gguf[0]),
+    )
+    .expect("report");
+    (gguf[0].clone(), report)
+}
+
+/// The `distill` step end to end through the CLI: it trains (the loss and
+/// the held-out KL fall), reports what it did, leaves no checkpoint behind;
+/// killed with SIGKILL after a checkpoint and run again, it resumes there
+/// and writes the same file, byte for byte, as the uninterrupted build.
+#[test]
+fn distill_step_trains_and_resumes_after_kill_9_to_the_same_file() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let data = shared.join("data");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = registry(dir.path(), STEP);
+
+    // Uninterrupted.
+    let home_a = dir.path().join("a");
+    let out = variants_cmd(&yaml, &home_a, &data).output().expect("run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("distill from base: 6 steps × 2 sequences"),
+        "{text}"
+    );
+    let (gguf_a, ra) = built(&home_a);
+    let t = &ra.training[0];
+    assert_eq!((t.step, t.losses.len(), t.resumed_from), (1, 6, None));
+    assert_eq!(
+        t.sources,
+        vec!["copa/train (first 12): 12 texts".to_string()]
+    );
+    assert_eq!(t.held_out_sequences, 4);
+    let (before, after) = (
+        t.held_out_kl_before.expect("kl before"),
+        t.held_out_kl_after.expect("kl after"),
+    );
+    assert!(after < before, "held-out KL {before} → {after}");
+    assert!(t.energy_j.is_some_and(|e| e > 0.0));
+    // Every trained tensor has a row; the two blocks left were trained.
+    let rows: Vec<_> = ra.rows.iter().filter(|r| r.op == "distill").collect();
+    assert_eq!(
+        rows.len(),
+        1 + 2 * 9 + 1,
+        "embedding, 2 blocks, norm (tied head)"
+    );
+    assert!(rows.iter().all(|r| r.rel_error.is_some_and(|e| e > 0.0)));
+    assert!(
+        !home_a
+            .join("variants")
+            .read_dir()
+            .expect("dir")
+            .any(|e| e.is_ok_and(|e| e.path().is_dir())),
+        "checkpoints left behind"
+    );
+
+    // Killed after its second-step checkpoint, then resumed.
+    let home_b = dir.path().join("b");
+    let mut child = variants_cmd(&yaml, &home_b, &data)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let t0 = std::time::Instant::now();
+    let killed_at = loop {
+        let ckpt = std::fs::read_dir(home_b.join("variants"))
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .filter(|e| e.path().is_dir())
+            .flat_map(|e| std::fs::read_dir(e.path()).into_iter().flatten())
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_string_lossy().starts_with("ckpt-"));
+        if let Some(c) = ckpt {
+            child.kill().expect("kill -9");
+            break c.file_name().to_string_lossy().to_string();
+        }
+        if let Ok(Some(s)) = child.try_wait() {
+            panic!("the build ended ({s}) before a checkpoint was seen");
+        }
+        assert!(t0.elapsed().as_secs() < 300, "no checkpoint after 300 s");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let _ = child.wait();
+    assert!(
+        !home_b
+            .join("variants")
+            .read_dir()
+            .expect("dir")
+            .any(|e| { e.is_ok_and(|e| e.path().extension().is_some_and(|x| x == "gguf")) }),
+        "killed at {killed_at}, yet a variant was written"
+    );
+    let out = variants_cmd(&yaml, &home_b, &data).output().expect("rerun");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (gguf_b, rb) = built(&home_b);
+    let resumed = rb.training[0].resumed_from.expect("resumed");
+    assert!(
+        resumed >= 2 && resumed < 6,
+        "resumed from {resumed} (killed at {killed_at})"
+    );
+    assert_eq!(rb.training[0].losses, t.losses);
+    assert_eq!(rb.cache_key, ra.cache_key);
+    let a = std::fs::read(&gguf_a).expect("a");
+    let b = std::fs::read(&gguf_b).expect("b");
+    assert!(
+        a == b,
+        "the resumed build's file differs from the uninterrupted one"
+    );
+}
+
+/// Bad `distill` steps: one-line errors naming the key; a diverging run
+/// keeps its last checkpoint and writes no variant.
+#[test]
+fn bad_distill_steps_name_the_key() {
+    let Some(shared) = common::shared_dir() else {
+        return;
+    };
+    let data = shared.join("data");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = dir.path().join("home");
+    let err = |step: &str, data_dir: Option<&std::path::Path>, needles: &[&str]| {
+        let yaml = registry(dir.path(), step);
+        let mut c = variants_cmd(&yaml, &home, data_dir.unwrap_or(std::path::Path::new("")));
+        if data_dir.is_none() {
+            c.env_remove("SLMBENCH_DATA_DIR");
+        }
+        common::assert_error(&c.output().expect("run"), needles);
+    };
+    let with = |k: &str| STEP.replace("lr: 1.0e-3", k);
+    err(
+        &STEP.replace("teacher: base", "teacher: gemma"),
+        Some(&data),
+        &[
+            "model `student`",
+            "steps[1].distill.teacher",
+            "another vocabulary",
+        ],
+    );
+    err(
+        &STEP.replace("split: train", "split: validation"),
+        Some(&data),
+        &["steps[1].distill.data[0].split", "evaluated"],
+    );
+    err(
+        &STEP.replace("steps: 6", "steps: 0"),
+        Some(&data),
+        &["steps[1].distill.steps"],
+    );
+    err(STEP, None, &["steps[1].distill.data[0].task", "--data-dir"]);
+    err(
+        &with("lr: 1.0e+30"),
+        Some(&data),
+        &["steps[1].distill.lr", "kept in"],
+    );
+    // The state after the last good step is on disk; no variant file.
+    let entries: Vec<_> = std::fs::read_dir(home.join("variants"))
+        .expect("variants")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    assert!(
+        entries.iter().any(|p| p.is_dir()
+            && p.read_dir().is_ok_and(|mut d| d
+                .any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("ckpt-"))))),
+        "{entries:?}"
+    );
+    assert!(
+        !entries.iter().any(|p| p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("student-"))
+            && p.extension().is_some_and(|x| x == "gguf")),
+        "{entries:?}"
+    );
+}

@@ -24,13 +24,13 @@ pub fn run(a: RunArgs) -> Result<i32> {
     // A first SIGINT/SIGTERM stops after the document in flight is
     // written; a second exits at once.
     crate::eval::interrupt::install()?;
+    // A `distill` variant built on the way reads its corpus where the tasks are.
+    let mut fetch_opts = FetchOptions::from_env();
+    if cfg.data_dir.is_some() {
+        fetch_opts.data_dir.clone_from(&cfg.data_dir);
+    }
     let outcome = in_pool(cfg.threads, || {
-        Ok(crate::eval::execute(
-            cfg,
-            a.out,
-            a.resume,
-            &FetchOptions::from_env(),
-        )?)
+        Ok(crate::eval::execute(cfg, a.out, a.resume, &fetch_opts)?)
     })?;
     if let Some(sig) = outcome.interrupted {
         eprintln!(

@@ -20,6 +20,9 @@ pub struct FetchOptions {
     pub hf_token: Option<String>,
     /// The pip client.
     pub pip: PipCommand,
+    /// Where a `distill` step's task corpora are read (`run --data-dir`,
+    /// else `SLMBENCH_DATA_DIR`).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for FetchOptions {
@@ -30,6 +33,7 @@ impl fmt::Debug for FetchOptions {
             .field("hf_endpoint", &self.hf_endpoint)
             .field("hf_token", &self.hf_token.as_ref().map(|_| "<redacted>"))
             .field("pip", &self.pip)
+            .field("data_dir", &self.data_dir)
             .finish()
     }
 }
@@ -37,7 +41,8 @@ impl fmt::Debug for FetchOptions {
 impl FetchOptions {
     /// Options from the process environment, with progress bars on:
     /// `SLMBENCH_OFFLINE` (`1`/`true`/`yes`/`on`), `HF_ENDPOINT`, `SLMBENCH_PIP`
-    /// (a program path), and the Hub token from `HF_TOKEN`, else
+    /// (a program path), `SLMBENCH_DATA_DIR` (task data for `distill` steps),
+    /// and the Hub token from `HF_TOKEN`, else
     /// `HUGGING_FACE_HUB_TOKEN`, else the file `HF_TOKEN_PATH`, else `$HF_HOME/token`,
     /// else `huggingface/token` under `$XDG_CACHE_HOME` or `~/.cache`.
     pub fn from_env() -> Self {
@@ -80,6 +85,7 @@ impl FetchOptions {
             pip: var("SLMBENCH_PIP")
                 .map(PipCommand::program)
                 .unwrap_or_default(),
+            data_dir: var("SLMBENCH_DATA_DIR").map(PathBuf::from),
         }
     }
 }

@@ -200,22 +200,31 @@ impl Student {
     /// Every trainable tensor, in a fixed order (embedding, blocks, norm,
     /// head).
     pub fn vars(&self) -> Vec<Var> {
-        let mut v = vec![self.embed.clone()];
-        for b in &self.blocks {
-            v.extend([
-                b.attn_norm.clone(),
-                b.wq.clone(),
-                b.wk.clone(),
-                b.wv.clone(),
-                b.wo.clone(),
-                b.ffn_norm.clone(),
-                b.gate.clone(),
-                b.up.clone(),
-                b.down.clone(),
-            ]);
+        self.named_vars().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// [`Self::vars`] with their llama.cpp tensor names (`blk.3.attn_q.weight`).
+    pub fn named_vars(&self) -> Vec<(String, Var)> {
+        let mut v = vec![("token_embd.weight".to_string(), self.embed.clone())];
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (n, var) in [
+                ("attn_norm", &b.attn_norm),
+                ("attn_q", &b.wq),
+                ("attn_k", &b.wk),
+                ("attn_v", &b.wv),
+                ("attn_output", &b.wo),
+                ("ffn_norm", &b.ffn_norm),
+                ("ffn_gate", &b.gate),
+                ("ffn_up", &b.up),
+                ("ffn_down", &b.down),
+            ] {
+                v.push((format!("blk.{i}.{n}.weight"), var.clone()));
+            }
         }
-        v.push(self.norm.clone());
-        v.extend(self.head.clone());
+        v.push(("output_norm.weight".to_string(), self.norm.clone()));
+        if let Some(h) = &self.head {
+            v.push(("output.weight".to_string(), h.clone()));
+        }
         v
     }
 

@@ -1,21 +1,25 @@
-//! Distillation's training half: a differentiable forward of the llama
-//! family built from candle's elementary ops (so candle's autograd sees
-//! every step), the distillation loss, and AdamW steps that keep a
-//! compressed student's structure (masked entries stay zero).
+//! Distillation: a differentiable forward of the llama family built from
+//! candle's elementary ops (so candle's autograd sees every step), the
+//! distillation loss, AdamW steps that keep a compressed student's
+//! structure (masked entries stay zero), checkpoints, and the `distill`
+//! variant step that ties them together.
 //!
 //! Kept apart from the scoring engine (`backend::candle`): the engine's
 //! fused, quantized kernels have no gradients, and training needs f32/f64
-//! weights held as `Var`s. Nothing here is wired into `models.yaml` yet: the
-//! `distill` variant step (corpus, checkpoints, caching) is the open part of
-//! the distillation issue.
+//! weights held as `Var`s. The teacher runs through the same trainable
+//! forward (without gradients), which also keeps this module below the
+//! backend in the dependency order.
 
+pub mod checkpoint;
 pub mod forward;
 pub mod loss;
+pub mod step;
 pub mod train;
 
 pub use forward::{Config, Student};
 pub use loss::distill_loss;
-pub use train::{distill, zeros_mask, Masked, TrainOptions, TrainReport};
+pub use step::{DistillData, DistillInputs, TrainingReport};
+pub use train::{distill, schedule, zeros_mask, Masked, TrainOptions, TrainReport, Trainer};
 
 #[cfg(test)]
 mod tests {
