@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::model::fetch::{FetchError, FetchOptions, FetchSpec, HubSource, Source};
-use crate::record::Lineage;
+use crate::record::{Lineage, TrainingCost};
 use crate::spec::models::{Engine, Format, ModelSpec, Registry};
 use sha2::{Digest, Sha256};
 
@@ -123,6 +123,20 @@ pub fn obtain(
             steps: steps_json,
             cache_key: Some(key.clone()),
             source: Some(report.source.clone()),
+            training: report
+                .training
+                .iter()
+                .map(|t| TrainingCost {
+                    teacher: t.teacher.clone(),
+                    steps: t.steps,
+                    tokens_seen: t.tokens_seen,
+                    wall_time_s: t.wall_time_s,
+                    energy_j: t.energy_j,
+                    energy_note: t.energy_note.clone(),
+                    held_out_kl_before: t.held_out_kl_before,
+                    held_out_kl_after: t.held_out_kl_after,
+                })
+                .collect(),
         }),
         report: Some(report),
         key: Some(key),

@@ -466,6 +466,24 @@ pub struct Lineage {
     /// How the starting weights were obtained (full precision or requantized).
     #[serde(default)]
     pub source: Option<String>,
+    /// What its `distill` steps cost (the bill of producing the variant).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub training: Vec<TrainingCost>,
+}
+
+/// One `distill` step of a variant, as its report states it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct TrainingCost {
+    pub teacher: String,
+    pub steps: usize,
+    pub tokens_seen: usize,
+    pub wall_time_s: f64,
+    pub energy_j: Option<f64>,
+    /// How the energy was obtained (RAPL or the CPU-time estimate).
+    pub energy_note: Option<String>,
+    /// Mean per-token KL(teacher ‖ student) on the held-out texts.
+    pub held_out_kl_before: Option<f64>,
+    pub held_out_kl_after: Option<f64>,
 }
 
 pub use crate::measure::environment::Environment;

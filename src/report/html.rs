@@ -381,10 +381,13 @@ fn task_tables(rows: &[Row], out: &mut String) {
 /// retention and MLPerf's quality marks (`report::lineage`).
 fn fidelity_section(runs: &[Run], out: &mut String) -> Result<(), ReportError> {
     let mut rows = Vec::new();
+    let mut training = Vec::new();
     for run in runs {
         let c = super::lineage::comparison(&run.dir)?;
         rows.extend(c.tasks);
+        training.extend(c.training);
     }
+    training.dedup();
     if rows.is_empty() {
         out.push_str("<p class=\"note\">No run holds a variant with its parent or a student with its teacher.</p>");
         return Ok(());
@@ -413,7 +416,24 @@ fn fidelity_section(runs: &[Run], out: &mut String) -> Result<(), ReportError> {
             esc(&super::lineage::pass_marks(t.retention)),
         );
     }
-    out.push_str("</tbody></table><p class=\"note\">Flips: documents right only for the model / only for its reference. Agreement: documents where both pick the same choice. Mean KL: KL(reference ‖ model) between the softmax distributions over the choices' log-likelihoods, averaged over the documents. Retention: model score / reference score with its paired 95% interval (delta method). ≥99% / ≥99.9%: MLPerf's quality marks on the point estimate.</p>");
+    out.push_str("</tbody></table>");
+    if !training.is_empty() {
+        out.push_str("<h3>What distillation cost</h3><table id=\"training\"><thead><tr>");
+        let rows = super::lineage::training_rows(&training);
+        for h in &rows[0] {
+            let _ = write!(out, "<th>{}</th>", esc(h));
+        }
+        out.push_str("</tr></thead><tbody>");
+        for r in &rows[1..] {
+            out.push_str("<tr>");
+            for c in r {
+                let _ = write!(out, "<td>{}</td>", esc(c));
+            }
+            out.push_str("</tr>");
+        }
+        out.push_str("</tbody></table>");
+    }
+    out.push_str("<p class=\"note\">Flips: documents right only for the model / only for its reference. Agreement: documents where both pick the same choice. Mean KL: KL(reference ‖ model) between the softmax distributions over the choices' log-likelihoods, averaged over the documents. Retention: model score / reference score with its paired 95% interval (delta method). ≥99% / ≥99.9%: MLPerf's quality marks on the point estimate.</p>");
     Ok(())
 }
 

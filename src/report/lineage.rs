@@ -14,7 +14,9 @@ use serde::Serialize;
 use std::path::Path;
 
 use super::stats::{fidelity, mcnemar_exact, paired_diff, sample_correct};
-use crate::record::{CellResult, CellStatus, ModelRecord, RecordError, RunRecord, SampleRecord};
+use crate::record::{
+    CellResult, CellStatus, ModelRecord, RecordError, RunRecord, SampleRecord, TrainingCost,
+};
 
 /// Size facts of a model and its reference (parent or teacher).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -87,6 +89,8 @@ pub struct TaskRow {
 pub struct Comparison {
     pub models: Vec<ModelRow>,
     pub tasks: Vec<TaskRow>,
+    /// What producing each distilled variant cost: (model, its step).
+    pub training: Vec<(String, TrainingCost)>,
 }
 
 /// `(model, task)` → that cell's sample records.
@@ -135,8 +139,13 @@ fn cell<'a>(rec: &'a RunRecord, model: &str, task: &str) -> Option<&'a CellResul
         .find(|c| c.model == model && c.task == task && c.status == CellStatus::Ok)
 }
 
-fn model_row(name: &str, m: &ModelRecord, r: &ModelRecord) -> Option<ModelRow> {
+fn model_row(name: &str, m: &ModelRecord, reference: &str, r: &ModelRecord) -> Option<ModelRow> {
     let lin = m.lineage.as_ref()?;
+    let relation = if reference == lin.parent {
+        lin.relation.clone()
+    } else {
+        "distilled from (teacher)".to_string()
+    };
     let steps = match &lin.steps {
         serde_json::Value::Array(a) => a
             .iter()
@@ -147,8 +156,8 @@ fn model_row(name: &str, m: &ModelRecord, r: &ModelRecord) -> Option<ModelRow> {
     };
     Some(ModelRow {
         model: name.to_string(),
-        reference: lin.parent.clone(),
-        relation: lin.relation.clone(),
+        reference: reference.to_string(),
+        relation,
         steps,
         bits_per_weight: m.bits_per_weight,
         reference_bits_per_weight: r.bits_per_weight,
@@ -170,22 +179,47 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
     let mut out = Comparison::default();
     for (name, m) in &rec.models {
         let Some(lin) = &m.lineage else { continue };
-        let Some(r) = rec.models.get(&lin.parent) else {
-            continue;
+        // The parent, then each teacher a `distill` step learned from.
+        let mut references = vec![lin.parent.as_str()];
+        for t in &lin.training {
+            out.training.push((name.clone(), t.clone()));
+            if !references.contains(&t.teacher.as_str()) {
+                references.push(&t.teacher);
+            }
+        }
+        for reference in references {
+            compare_with(rec, samples, name, m, reference, &mut out);
+        }
+    }
+    out
+}
+
+/// The rows of `name` against one `reference` (its parent or a teacher).
+fn compare_with(
+    rec: &RunRecord,
+    samples: &Samples,
+    name: &str,
+    m: &ModelRecord,
+    reference: &str,
+    out: &mut Comparison,
+) {
+    {
+        let Some(r) = rec.models.get(reference) else {
+            return;
         };
-        if let Some(row) = model_row(name, m, r) {
+        if let Some(row) = model_row(name, m, reference, r) {
             out.models.push(row);
         }
         for c in rec
             .cells
             .iter()
-            .filter(|c| &c.model == name && c.status == CellStatus::Ok)
+            .filter(|c| c.model == name && c.status == CellStatus::Ok)
         {
-            let Some(rc) = cell(rec, &lin.parent, &c.task) else {
+            let Some(rc) = cell(rec, reference, &c.task) else {
                 continue;
             };
             let key = |model: &str| (model.to_string(), c.task.clone());
-            let (Some(ms), Some(rs)) = (samples.get(&key(name)), samples.get(&key(&lin.parent)))
+            let (Some(ms), Some(rs)) = (samples.get(&key(name)), samples.get(&key(reference)))
             else {
                 continue;
             };
@@ -221,8 +255,8 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
                 };
                 let n = diff.n;
                 out.tasks.push(TaskRow {
-                    model: name.clone(),
-                    reference: lin.parent.clone(),
+                    model: name.to_string(),
+                    reference: reference.to_string(),
                     task: c.task.clone(),
                     metric: metric.to_string(),
                     n,
@@ -257,7 +291,6 @@ pub fn compare(rec: &RunRecord, samples: &Samples) -> Comparison {
             }
         }
     }
-    out
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -378,7 +411,45 @@ pub fn render(c: &Comparison) -> String {
     }
     s.push('\n');
     s.push_str(&crate::text_table::table(&rows));
+    if !c.training.is_empty() {
+        s.push('\n');
+        s.push_str(&crate::text_table::table(&training_rows(&c.training)));
+    }
     s
+}
+
+/// The bill of each `distill` step: a header row, then one row per step.
+pub fn training_rows(training: &[(String, TrainingCost)]) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "model".to_string(),
+        "distilled from".into(),
+        "steps".into(),
+        "tokens".into(),
+        "wall time".into(),
+        "energy".into(),
+        "held-out KL to teacher (nats)".into(),
+    ]];
+    for (model, t) in training {
+        rows.push(vec![
+            model.clone(),
+            t.teacher.clone(),
+            t.steps.to_string(),
+            t.tokens_seen.to_string(),
+            format!("{:.1} min", t.wall_time_s / 60.0),
+            t.energy_j.map_or("n/a".into(), |e| {
+                let how = match t.energy_note.as_deref() {
+                    Some(n) if n.starts_with("estimated") => " (estimated)",
+                    _ => "",
+                };
+                format!("{:.1} kJ{how}", e / 1000.0)
+            }),
+            match (t.held_out_kl_before, t.held_out_kl_after) {
+                (Some(a), Some(b)) => format!("{a:.3} → {b:.3} ({:+.0}%)", (b / a - 1.0) * 100.0),
+                _ => "n/a".into(),
+            },
+        ]);
+    }
+    rows
 }
 
 #[cfg(test)]
@@ -490,5 +561,75 @@ mod tests {
         assert!((t.retention.expect("retention") - 1.0 / 3.0).abs() < 1e-12);
         assert_eq!(pass_marks(t.retention), "fail / fail");
         assert_eq!(pass_marks(Some(0.995)), "pass / fail");
+    }
+
+    /// A distilled variant is compared with its parent and with the teacher
+    /// its `distill` step learned from, and its training bill is a table.
+    #[test]
+    fn a_distilled_variant_faces_its_parent_and_its_teacher() {
+        let mut models = BTreeMap::new();
+        for m in ["teacher", "pruned"] {
+            models.insert(m.to_string(), ModelRecord::default());
+        }
+        models.insert(
+            "healed".to_string(),
+            ModelRecord {
+                lineage: Some(Lineage {
+                    relation: "variant".into(),
+                    parent: "pruned".into(),
+                    training: vec![TrainingCost {
+                        teacher: "teacher".into(),
+                        steps: 240,
+                        tokens_seen: 31_000,
+                        wall_time_s: 1500.0,
+                        energy_j: Some(15_000.0),
+                        energy_note: Some("estimated: CPU time".into()),
+                        held_out_kl_before: Some(8.16),
+                        held_out_kl_after: Some(1.02),
+                    }],
+                    ..Lineage::default()
+                }),
+                ..ModelRecord::default()
+            },
+        );
+        let rec = RunRecord {
+            run_id: String::new(),
+            status: String::new(),
+            started_at: String::new(),
+            finished_at: None,
+            wall_time_s: 0.0,
+            config: serde_json::Value::Null,
+            environment: Default::default(),
+            models,
+            cells: vec![cell("teacher"), cell("pruned"), cell("healed")],
+            versions: Default::default(),
+            datasets: Default::default(),
+        };
+        let mut s = Samples::new();
+        s.insert(
+            ("teacher".into(), "t".into()),
+            vec![sample(0, 0), sample(1, 0)],
+        );
+        s.insert(
+            ("pruned".into(), "t".into()),
+            vec![sample(0, 1), sample(1, 1)],
+        );
+        s.insert(
+            ("healed".into(), "t".into()),
+            vec![sample(0, 0), sample(1, 1)],
+        );
+        let c = compare(&rec, &s);
+        let refs: Vec<(&str, f64)> = c
+            .tasks
+            .iter()
+            .map(|t| (t.reference.as_str(), t.delta))
+            .collect();
+        assert_eq!(refs, vec![("pruned", 0.5), ("teacher", -0.5)]);
+        assert_eq!(c.models[1].relation, "distilled from (teacher)");
+        let text = render(&c);
+        assert!(
+            text.contains("| healed | teacher        | 240   | 31000  | 25.0 min  | 15.0 kJ (estimated) | 8.160 → 1.020 (-88%)"),
+            "{text}"
+        );
     }
 }

@@ -316,7 +316,7 @@ fn distill_step_trains_and_resumes_after_kill_9_to_the_same_file() {
     let (gguf_b, rb) = built(&home_b);
     let resumed = rb.training[0].resumed_from.expect("resumed");
     assert!(
-        resumed >= 2 && resumed < 6,
+        (2..6).contains(&resumed),
         "resumed from {resumed} (killed at {killed_at})"
     );
     assert_eq!(rb.training[0].losses, t.losses);
