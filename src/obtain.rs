@@ -135,6 +135,7 @@ pub fn obtain(
                     energy_note: t.energy_note.clone(),
                     held_out_kl_before: t.held_out_kl_before,
                     held_out_kl_after: t.held_out_kl_after,
+                    losses: t.losses.clone(),
                 })
                 .collect(),
         }),

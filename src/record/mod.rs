@@ -484,6 +484,9 @@ pub struct TrainingCost {
     /// Mean per-token KL(teacher ‖ student) on the held-out texts.
     pub held_out_kl_before: Option<f64>,
     pub held_out_kl_after: Option<f64>,
+    /// The loss of every step, before its update (the loss curve).
+    #[serde(default)]
+    pub losses: Vec<f64>,
 }
 
 pub use crate::measure::environment::Environment;

@@ -3,8 +3,8 @@
 //! ab_glyph backend, so PNGs are identical across machines.
 //!
 //! Charts: score vs latency, vs peak memory, vs energy (with the Pareto
-//! frontier), score vs parameters and vs file size, and per-task grouped
-//! bars. Every point carries a ±1.96·se error bar.
+//! frontier), score vs parameters and vs file size, per-task grouped
+//! bars, and the loss curves of distilled variants. Every point carries a ±1.96·se error bar.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Once;
@@ -65,9 +65,94 @@ struct Bars {
     values: BTreeMap<(usize, usize), (f64, Option<f64>)>,
 }
 
+/// Curves over steps (distillation losses): each series raw (light) and
+/// as a moving average over `window` steps (bold).
+struct Lines {
+    title: String,
+    x_desc: String,
+    y_desc: String,
+    series: Vec<(String, Vec<f64>)>,
+    window: usize,
+}
+
 enum Spec {
     Scatter(Scatter),
     Bars(Bars),
+    Lines(Lines),
+}
+
+fn draw_lines<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, l: &Lines) -> Result<(), String> {
+    root.fill(&WHITE).map_err(err)?;
+    let n = l
+        .series
+        .iter()
+        .map(|(_, v)| v.len())
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let finite = l
+        .series
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
+    let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+    let (ylo, yhi) = padded(lo.min(0.0), hi);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(&l.title, (FONT, 20))
+        .margin(16)
+        .x_label_area_size(48)
+        .y_label_area_size(64)
+        .build_cartesian_2d(1f64..n as f64, ylo..yhi)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .light_line_style(TRANSPARENT)
+        .bold_line_style(BLACK.mix(0.08))
+        .x_desc(&l.x_desc)
+        .y_desc(&l.y_desc)
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.2}"))
+        .draw()
+        .map_err(err)?;
+    for (j, (name, v)) in l.series.iter().enumerate() {
+        let color = Palette99::pick(j).to_rgba();
+        let raw = v.iter().enumerate().map(|(i, y)| ((i + 1) as f64, *y));
+        chart
+            .draw_series(LineSeries::new(raw, color.mix(0.3).stroke_width(1)))
+            .map_err(err)?;
+        let w = l.window.max(1);
+        let smooth: Vec<(f64, f64)> = (0..v.len())
+            .map(|i| {
+                let from = i.saturating_sub(w - 1);
+                let part = &v[from..=i];
+                ((i + 1) as f64, part.iter().sum::<f64>() / part.len() as f64)
+            })
+            .collect();
+        // The label beside the curve's end, not in a legend box.
+        if let Some(&(x, y)) = smooth.last() {
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    name.clone(),
+                    (x, y),
+                    (FONT, 14).into_font().color(&color).pos(
+                        plotters::style::text_anchor::Pos::new(
+                            plotters::style::text_anchor::HPos::Right,
+                            plotters::style::text_anchor::VPos::Bottom,
+                        ),
+                    ),
+                )))
+                .map_err(err)?;
+        }
+        chart
+            .draw_series(LineSeries::new(smooth, color.stroke_width(2)))
+            .map_err(err)?;
+    }
+    root.present().map_err(err)
 }
 
 fn err<E: std::fmt::Display>(e: E) -> String {
@@ -305,6 +390,7 @@ fn render(name: &str, spec: &Spec) -> Result<Chart, ReportError> {
     let title = match spec {
         Spec::Scatter(s) => s.title.clone(),
         Spec::Bars(b) => b.title.clone(),
+        Spec::Lines(l) => l.title.clone(),
     };
     let fail = |e: String| ReportError::Input(format!("chart {name}: {e}"));
     let mut svg = String::new();
@@ -313,6 +399,7 @@ fn render(name: &str, spec: &Spec) -> Result<Chart, ReportError> {
         match spec {
             Spec::Scatter(s) => draw_scatter(root, s),
             Spec::Bars(b) => draw_bars(root, b),
+            Spec::Lines(l) => draw_lines(root, l),
         }
         .map_err(fail)?;
     }
@@ -322,6 +409,7 @@ fn render(name: &str, spec: &Spec) -> Result<Chart, ReportError> {
         match spec {
             Spec::Scatter(s) => draw_scatter(root, s),
             Spec::Bars(b) => draw_bars(root, b),
+            Spec::Lines(l) => draw_lines(root, l),
         }
         .map_err(fail)?;
     }
@@ -441,11 +529,35 @@ pub fn all_charts(runs: &[Run], points: &[ModelPoint]) -> Result<Vec<Chart>, Rep
             ),
         ),
         ("score_by_task", task_bars(runs)),
+        ("distill_loss", loss_curves(runs)),
     ];
     specs
         .iter()
         .filter_map(|(name, spec)| spec.as_ref().map(|s| render(name, s)))
         .collect()
+}
+
+/// The loss curve of every distilled variant in the runs.
+fn loss_curves(runs: &[Run]) -> Option<Spec> {
+    let mut series = Vec::new();
+    for run in runs {
+        for (name, m) in &run.record.models {
+            for t in m.lineage.iter().flat_map(|l| &l.training) {
+                if !t.losses.is_empty() && !series.iter().any(|(n, _)| n == name) {
+                    series.push((name.clone(), t.losses.clone()));
+                }
+            }
+        }
+    }
+    (!series.is_empty()).then(|| {
+        Spec::Lines(Lines {
+            title: "Distillation loss".into(),
+            x_desc: "training step".into(),
+            y_desc: "loss (T²·KL + (1−α)·CE; 10-step mean)".into(),
+            series,
+            window: 10,
+        })
+    })
 }
 
 fn task_bars(runs: &[Run]) -> Option<Spec> {
@@ -485,6 +597,51 @@ fn task_bars(runs: &[Run]) -> Option<Spec> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A distilled variant's losses become a curve labelled with its name;
+    /// a run without one has no such chart.
+    #[test]
+    fn loss_curves_of_distilled_variants() {
+        use crate::record::{Lineage, ModelRecord, RunRecord, TrainingCost};
+        let mut record = RunRecord {
+            run_id: String::new(),
+            status: String::new(),
+            started_at: String::new(),
+            finished_at: None,
+            wall_time_s: 0.0,
+            config: serde_json::Value::Null,
+            environment: Default::default(),
+            models: Default::default(),
+            cells: Vec::new(),
+            versions: Default::default(),
+            datasets: Default::default(),
+        };
+        let run = |record: &RunRecord| Run {
+            dir: std::path::PathBuf::new(),
+            record: record.clone(),
+        };
+        assert!(loss_curves(&[run(&record)]).is_none());
+        record.models.insert(
+            "healed".into(),
+            ModelRecord {
+                lineage: Some(Lineage {
+                    training: vec![TrainingCost {
+                        losses: (0..40).map(|i| 5.0 / (1.0 + i as f64)).collect(),
+                        ..TrainingCost::default()
+                    }],
+                    ..Lineage::default()
+                }),
+                ..ModelRecord::default()
+            },
+        );
+        let charts = all_charts(&[run(&record)], &[]).expect("charts");
+        let c = charts
+            .iter()
+            .find(|c| c.name == "distill_loss")
+            .expect("loss chart");
+        assert!(c.svg.contains("healed") && c.svg.contains("training step"));
+        assert_eq!(&c.png[..4], b"\x89PNG");
+    }
 
     #[test]
     fn si_labels() {

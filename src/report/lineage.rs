@@ -586,6 +586,7 @@ mod tests {
                         energy_note: Some("estimated: CPU time".into()),
                         held_out_kl_before: Some(8.16),
                         held_out_kl_after: Some(1.02),
+                        losses: vec![2.0, 1.0],
                     }],
                     ..Lineage::default()
                 }),
