@@ -254,6 +254,7 @@ pub fn apply(
     );
     let t0 = Instant::now();
     let base_wall = counters.wall_time_s;
+    let base_tokens = trainer.tokens_seen;
     let base_energy = counters.energy_j;
     let bar = progress_bar(inp.progress, d.steps, trainer.done());
     let save = |trainer: &Trainer, counters: &mut Counters| -> Result<PathBuf, StepError> {
@@ -295,7 +296,8 @@ pub fn apply(
         }
         let done = trainer.done();
         let secs = t0.elapsed().as_secs_f64();
-        let new_tokens = trainer.tokens_seen - counters.tokens_seen;
+        // This process's throughput (a resumed run's earlier tokens left out).
+        let new_tokens = trainer.tokens_seen - base_tokens;
         bar.set_position(done as u64);
         bar.set_message(format!(
             "loss {loss:.4}, {:.0} tokens/s",
