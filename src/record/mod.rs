@@ -492,7 +492,7 @@ pub struct TrainingCost {
 pub use crate::measure::environment::Environment;
 
 /// Everything `results.json` holds.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct RunRecord {
     pub run_id: String,
     pub status: String,

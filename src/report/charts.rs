@@ -603,19 +603,7 @@ mod tests {
     #[test]
     fn loss_curves_of_distilled_variants() {
         use crate::record::{Lineage, ModelRecord, RunRecord, TrainingCost};
-        let mut record = RunRecord {
-            run_id: String::new(),
-            status: String::new(),
-            started_at: String::new(),
-            finished_at: None,
-            wall_time_s: 0.0,
-            config: serde_json::Value::Null,
-            environment: Default::default(),
-            models: Default::default(),
-            cells: Vec::new(),
-            versions: Default::default(),
-            datasets: Default::default(),
-        };
+        let mut record = RunRecord::default();
         let run = |record: &RunRecord| Run {
             dir: std::path::PathBuf::new(),
             record: record.clone(),

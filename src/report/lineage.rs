@@ -516,17 +516,9 @@ mod tests {
             },
         );
         let rec = RunRecord {
-            run_id: String::new(),
-            status: String::new(),
-            started_at: String::new(),
-            finished_at: None,
-            wall_time_s: 0.0,
-            config: serde_json::Value::Null,
-            environment: Default::default(),
             models,
             cells: vec![cell("p"), cell("v")],
-            versions: Default::default(),
-            datasets: Default::default(),
+            ..RunRecord::default()
         };
         let mut s = Samples::new();
         // Parent right on 0, 1, 2; variant right on 0 only; doc 9 unpaired.
@@ -594,17 +586,9 @@ mod tests {
             },
         );
         let rec = RunRecord {
-            run_id: String::new(),
-            status: String::new(),
-            started_at: String::new(),
-            finished_at: None,
-            wall_time_s: 0.0,
-            config: serde_json::Value::Null,
-            environment: Default::default(),
             models,
             cells: vec![cell("teacher"), cell("pruned"), cell("healed")],
-            versions: Default::default(),
-            datasets: Default::default(),
+            ..RunRecord::default()
         };
         let mut s = Samples::new();
         s.insert(
