@@ -8,41 +8,33 @@ use slmbench::model::gguf::GgufFile;
 use slmbench::variant::distill::Student;
 use slmbench::variant::tensors::Working;
 
-/// SmolLM2-135M (llama, 30 blocks, Q4_1 dequantized to f32), 24 tokens:
-/// the student's next-token log-probabilities equal the engine's f32 path
-/// within 2e-3 nats and pick the same argmax everywhere. Both compute in
-/// f32 with different summation orders (fused kernels vs elementary ops);
-/// relative rounding of ~1e-6 per op over 30 blocks on logits of size
-/// ~20 stays well under that bound, while a wrong rotary layout or a
-/// missing norm moves log-probabilities by whole nats.
-#[test]
-fn the_trainable_forward_matches_the_engine_on_smollm2() {
-    let path = common::model_path("smollm2-135m-instruct");
-    let mut gguf = GgufFile::open(&path).expect("gguf");
+/// Next-token log-probabilities `[t][vocab]` of `logits`.
+fn log_softmax(t: &candle_core::Tensor) -> Vec<Vec<f32>> {
+    let m = t.max_keepdim(1).expect("max");
+    let s = t.broadcast_sub(&m).expect("sub");
+    let lse = s
+        .exp()
+        .and_then(|e| e.sum_keepdim(1))
+        .and_then(|x| x.log())
+        .expect("lse");
+    s.broadcast_sub(&lse)
+        .and_then(|x| x.to_vec2())
+        .expect("vec")
+}
+
+/// The trainable forward and the engine's f32 path on the GGUF at `path`:
+/// the same argmax everywhere, and the largest |Δ log-prob| over each
+/// position's top 50 (of the engine's) is returned.
+fn student_vs_engine(path: &std::path::Path, tokens: &[u32]) -> f32 {
+    let mut gguf = GgufFile::open(path).expect("gguf");
     let (working, _) = Working::load(&mut gguf).expect("working set");
     let student = Student::from_working(&working, candle_core::DType::F32).expect("student");
-    let mut gguf = GgufFile::open(&path).expect("gguf");
+    let mut gguf = GgufFile::open(path).expect("gguf");
     let mut engine = load(&mut gguf, WeightMode::F32).expect("engine");
-    let tokens: Vec<u32> = vec![
-        1, 504, 3458, 282, 4649, 314, 2491, 30, 378, 1120, 1689, 28, 291, 253, 5629, 282, 260,
-        1694, 30, 657, 9509, 314, 1183, 30,
-    ];
-    let log_softmax = |t: &candle_core::Tensor| -> Vec<Vec<f32>> {
-        let m = t.max_keepdim(1).expect("max");
-        let s = t.broadcast_sub(&m).expect("sub");
-        let lse = s
-            .exp()
-            .and_then(|e| e.sum_keepdim(1))
-            .and_then(|x| x.log())
-            .expect("lse");
-        s.broadcast_sub(&lse)
-            .and_then(|x| x.to_vec2())
-            .expect("vec")
-    };
-    let a = log_softmax(&student.forward(&tokens).expect("student forward"));
+    let a = log_softmax(&student.forward(tokens).expect("student forward"));
     let b = log_softmax(
         &engine
-            .forward(&tokens, tokens.len())
+            .forward(tokens, tokens.len())
             .expect("engine forward")
             .expect("logits"),
     );
@@ -54,16 +46,156 @@ fn the_trainable_forward_matches_the_engine_on_smollm2() {
     };
     let mut worst = 0f32;
     for (p, (x, y)) in a.iter().zip(&b).enumerate() {
+        // A NaN would slip past max() below.
+        assert!(
+            x.iter().chain(y).all(|v| v.is_finite()),
+            "position {p}: not finite"
+        );
         assert_eq!(argmax(x), argmax(y), "position {p}");
-        // The log-probabilities that matter: the top 50 of the engine's.
         let mut top: Vec<usize> = (0..y.len()).collect();
         top.sort_by(|i, j| y[*j].total_cmp(&y[*i]));
-        for &i in &top[..50] {
+        for &i in &top[..50.min(top.len())] {
             worst = worst.max((x[i] - y[i]).abs());
         }
     }
-    eprintln!("largest |Δ log-prob| over the top 50 of 24 positions: {worst:.2e}");
+    worst
+}
+
+/// SmolLM2-135M (llama, 30 blocks, Q4_1 dequantized to f32), 24 tokens:
+/// the student's next-token log-probabilities equal the engine's f32 path
+/// within 2e-3 nats and pick the same argmax everywhere. Both compute in
+/// f32 with different summation orders (fused kernels vs elementary ops);
+/// relative rounding of ~1e-6 per op over 30 blocks on logits of size
+/// ~20 stays well under that bound, while a wrong rotary layout or a
+/// missing norm moves log-probabilities by whole nats.
+#[test]
+fn the_trainable_forward_matches_the_engine_on_smollm2() {
+    let tokens: Vec<u32> = vec![
+        1, 504, 3458, 282, 4649, 314, 2491, 30, 378, 1120, 1689, 28, 291, 253, 5629, 282, 260,
+        1694, 30, 657, 9509, 314, 1183, 30,
+    ];
+    let worst = student_vs_engine(&common::model_path("smollm2-135m-instruct"), &tokens);
+    eprintln!("smollm2: largest |Δ log-prob| over the top 50 of 24 positions: {worst:.2e}");
     assert!(worst < 2e-3, "{worst}");
+}
+
+/// Gemma 3 270M (scaled embedding, q/k norms, post-norms, GELU, local and
+/// global rotary bases, head width 256 ≠ hidden / heads): the same check,
+/// same bound and reasoning (18 blocks), BOS first as Gemma wants.
+#[test]
+fn the_trainable_forward_matches_the_engine_on_gemma3() {
+    let tokens: Vec<u32> = vec![
+        2, 818, 5279, 529, 7001, 563, 9079, 236761, 669, 2269, 563, 496, 3404, 529, 506, 4109,
+    ];
+    let worst = student_vs_engine(&common::model_path("gemma3-270m"), &tokens);
+    eprintln!("gemma3: largest |Δ log-prob| over the top 50 of 16 positions: {worst:.2e}");
+    assert!(worst < 2e-3, "{worst}");
+}
+
+/// Qwen2 (q/k/v biases, half-split rotary, untied head) and Gemma 3 with a
+/// sliding window shorter than the sequence and one global block: small
+/// random models written as GGUF files, read by the engine and by the
+/// trainable forward, give the same log-probabilities within 1e-3 nats:
+/// f32 rounding (~1e-7 relative per op) in different summation orders
+/// over up to six blocks, on logits of order 100 with these enlarged
+/// weights, gives ~1e-4; a wrong step (a missing bias, norm or window, the
+/// wrong rotary base) moves them by far more.
+#[test]
+fn the_trainable_forward_matches_the_engine_on_small_qwen2_and_gemma3() {
+    use candle_core::quantized::gguf_file::Value;
+    use candle_core::{Device, Var};
+    use slmbench::variant::distill::Config;
+    use slmbench::variant::tensors::WTensor;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tokens: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8];
+    for (arch, layers, key_length, window) in
+        [("qwen2", 2, None, None), ("gemma3", 6, Some(12), Some(3))]
+    {
+        let gemma = arch == "gemma3";
+        let cfg = Config {
+            vocab: 40,
+            hidden: 16,
+            layers,
+            heads: 4,
+            kv_heads: 2,
+            ffn: 24,
+            rope_theta: 1e6,
+            rms_eps: 1e-6,
+            tied_head: gemma,
+            rope_interleaved: false,
+            key_length,
+            ..Default::default()
+        };
+        let hd = key_length.unwrap_or(4);
+        let mut s = Student::random(cfg, 5, candle_core::DType::F32).expect("random");
+        // Fixed pseudo-random values (the test must not vary between runs).
+        let mut k = 0f32;
+        let mut rnd = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n)
+                .map(|_| {
+                    k += 1.0;
+                    0.5 * (k * 1.618).sin()
+                })
+                .collect();
+            Var::from_tensor(&candle_core::Tensor::from_vec(v, shape, &Device::Cpu).expect("t"))
+                .expect("var")
+        };
+        for b in &mut s.blocks {
+            if gemma {
+                b.extra.q_norm = Some(rnd(&[hd]));
+                b.extra.k_norm = Some(rnd(&[hd]));
+                b.extra.post_attn_norm = Some(rnd(&[16]));
+                b.extra.post_ffn_norm = Some(rnd(&[16]));
+            } else {
+                b.extra.bq = Some(rnd(&[4 * hd]));
+                b.extra.bk = Some(rnd(&[2 * hd]));
+                b.extra.bv = Some(rnd(&[2 * hd]));
+            }
+        }
+        let mut metadata = std::collections::BTreeMap::new();
+        let u = |v: usize| Value::U32(v as u32);
+        metadata.insert(
+            "general.architecture".to_string(),
+            Value::String(arch.into()),
+        );
+        for (k, v) in [
+            ("block_count", u(layers)),
+            ("embedding_length", u(16)),
+            ("feed_forward_length", u(24)),
+            ("attention.head_count", u(4)),
+            ("attention.head_count_kv", u(2)),
+            ("attention.layer_norm_rms_epsilon", Value::F32(1e-6)),
+            ("rope.freq_base", Value::F32(1e6)),
+            ("context_length", u(64)),
+        ] {
+            metadata.insert(format!("{arch}.{k}"), v);
+        }
+        if let Some(k) = key_length {
+            metadata.insert(format!("{arch}.attention.key_length"), u(k));
+            metadata.insert(format!("{arch}.attention.value_length"), u(k));
+        }
+        if let Some(w) = window {
+            metadata.insert(format!("{arch}.attention.sliding_window"), u(w));
+        }
+        let mut tensors = std::collections::BTreeMap::new();
+        for (name, v) in s.named_vars() {
+            // Larger weights than the init's, so the distributions are far
+            // from uniform and a wrong step shows.
+            let t = (v.as_tensor() * 6.0).expect("scale");
+            tensors.insert(name, WTensor::dense(t));
+        }
+        let w = Working {
+            arch: arch.into(),
+            metadata,
+            tensors,
+        };
+        let path = dir.path().join(format!("{arch}.gguf"));
+        w.write(&path).expect("write");
+        let worst = student_vs_engine(&path, &tokens);
+        eprintln!("{arch}: largest |Δ log-prob| {worst:.2e}");
+        assert!(worst < 1e-3, "{arch}: {worst}");
+    }
 }
 
 /// By hand: SmolLM2's f32 dequantization without blocks 24–27 (drop4's

@@ -1,13 +1,15 @@
-//! A llama-family decoder (RMSNorm, rotary attention with grouped KV heads,
-//! SiLU-gated MLP, optionally tied head) written with elementary candle ops
-//! only, so that `Tensor::backward` differentiates every step. One sequence
-//! at a time, causal, no KV cache: it exists to be trained, not served.
+//! The decoders of the llama family (llama, Qwen2's q/k/v biases, Gemma 3's
+//! scaled embedding, q/k norms, post-norms, GELU and sliding windows) —
+//! RMSNorm, rotary attention with grouped KV heads, a gated MLP, optionally
+//! tied head — written with elementary candle ops only, so that
+//! `Tensor::backward` differentiates every step. One sequence at a time,
+//! causal, no KV cache: it exists to be trained, not served.
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use rand::{Rng, SeedableRng};
 
 /// The shape of a model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Config {
     pub vocab: usize,
     pub hidden: usize,
@@ -21,12 +23,37 @@ pub struct Config {
     /// Rotate adjacent pairs (llama.cpp's layout for `llama` GGUFs, whose
     /// q/k rows its converter permuted) instead of the two halves.
     pub rope_interleaved: bool,
+    /// Width of a head when it is not `hidden / heads` (Gemma 3).
+    pub key_length: Option<usize>,
+    /// The embedding is multiplied by this (Gemma 3: √hidden).
+    pub embed_scale: Option<f64>,
+    /// GELU (tanh approximation) gates the MLP instead of SiLU (Gemma 3).
+    pub gelu: bool,
+    /// Rotary base of sliding-window blocks (Gemma 3's local layers).
+    pub local_rope_theta: f64,
 }
 
 impl Config {
     fn head_dim(&self) -> usize {
-        self.hidden / self.heads
+        self.key_length.unwrap_or(self.hidden / self.heads)
     }
+}
+
+/// What some families add to a block (all `None` for llama).
+#[derive(Default)]
+pub struct Extras {
+    /// q/k/v biases (Qwen2).
+    pub bq: Option<Var>,
+    pub bk: Option<Var>,
+    pub bv: Option<Var>,
+    /// RMS norms over each head's queries and keys (Gemma 3).
+    pub q_norm: Option<Var>,
+    pub k_norm: Option<Var>,
+    /// Norms of the attention's and the MLP's outputs (Gemma 3).
+    pub post_attn_norm: Option<Var>,
+    pub post_ffn_norm: Option<Var>,
+    /// Keys further back than this are not seen (Gemma 3's local layers).
+    pub window: Option<usize>,
 }
 
 /// One decoder block's weights, `[out, in]` like GGUF's and candle's linear
@@ -41,6 +68,7 @@ pub struct Block {
     pub gate: Var,
     pub up: Var,
     pub down: Var,
+    pub extra: Extras,
 }
 
 /// A trainable model: every weight a `Var`.
@@ -78,19 +106,21 @@ impl Student {
     pub fn random(cfg: Config, seed: u64, dtype: DType) -> Result<Self> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (h, kv) = (cfg.hidden, cfg.kv_heads * cfg.head_dim());
+        let qd = cfg.heads * cfg.head_dim();
         let out_std = 0.02 / ((2 * cfg.layers.max(1)) as f64).sqrt();
         let mut blocks = Vec::with_capacity(cfg.layers);
         for _ in 0..cfg.layers {
             blocks.push(Block {
                 attn_norm: ones(h, dtype)?,
-                wq: randn(&mut rng, &[h, h], 0.02, dtype)?,
+                wq: randn(&mut rng, &[qd, h], 0.02, dtype)?,
                 wk: randn(&mut rng, &[kv, h], 0.02, dtype)?,
                 wv: randn(&mut rng, &[kv, h], 0.02, dtype)?,
-                wo: randn(&mut rng, &[h, h], out_std, dtype)?,
+                wo: randn(&mut rng, &[h, qd], out_std, dtype)?,
                 ffn_norm: ones(h, dtype)?,
                 gate: randn(&mut rng, &[cfg.ffn, h], 0.02, dtype)?,
                 up: randn(&mut rng, &[cfg.ffn, h], 0.02, dtype)?,
                 down: randn(&mut rng, &[h, cfg.ffn], out_std, dtype)?,
+                extra: Extras::default(),
             });
         }
         Ok(Student {
@@ -114,10 +144,10 @@ impl Student {
         w: &crate::variant::tensors::Working,
         dtype: DType,
     ) -> std::result::Result<Self, String> {
-        if w.arch != "llama" {
+        let arch = w.arch.as_str();
+        if !matches!(arch, "llama" | "qwen2" | "gemma3") {
             return Err(format!(
-                "distillation trains llama-family students; `{}` is not supported yet",
-                w.arch
+                "distillation trains llama, qwen2 and gemma3 students; `{arch}` is not supported yet"
             ));
         }
         if w.tensors
@@ -129,20 +159,20 @@ impl Student {
         let meta =
             |k: &str| -> std::result::Result<&candle_core::quantized::gguf_file::Value, String> {
                 w.metadata
-                    .get(&format!("llama.{k}"))
-                    .ok_or_else(|| format!("GGUF metadata llama.{k} is missing"))
+                    .get(&format!("{arch}.{k}"))
+                    .ok_or_else(|| format!("GGUF metadata {arch}.{k} is missing"))
             };
         let u = |k: &str| -> std::result::Result<usize, String> {
             meta(k)?
                 .to_u32()
                 .map(|v| v as usize)
-                .map_err(|e| format!("llama.{k}: {e}"))
+                .map_err(|e| format!("{arch}.{k}: {e}"))
         };
         let f = |k: &str| -> std::result::Result<f64, String> {
             meta(k)?
                 .to_f32()
                 .map(f64::from)
-                .map_err(|e| format!("llama.{k}: {e}"))
+                .map_err(|e| format!("{arch}.{k}: {e}"))
         };
         let get = |name: &str| -> std::result::Result<Var, String> {
             let t = w
@@ -157,6 +187,7 @@ impl Student {
         let embed = get("token_embd.weight")?;
         let (vocab, hidden) = embed.as_tensor().dims2().map_err(|e| e.to_string())?;
         let heads = u("attention.head_count")?;
+        let gemma = arch == "gemma3";
         let cfg = Config {
             vocab,
             hidden,
@@ -164,14 +195,53 @@ impl Student {
             heads,
             kv_heads: u("attention.head_count_kv").unwrap_or(heads),
             ffn: u("feed_forward_length")?,
-            rope_theta: f("rope.freq_base").unwrap_or(10_000.0),
+            rope_theta: f("rope.freq_base").unwrap_or(if gemma { 1e6 } else { 10_000.0 }),
             rms_eps: f("attention.layer_norm_rms_epsilon")?,
             tied_head: !w.tensors.contains_key("output.weight"),
-            rope_interleaved: true,
+            // llama.cpp's converter permutes only llama's q/k rows.
+            rope_interleaved: arch == "llama",
+            key_length: u("attention.key_length").ok(),
+            // As the engine and transformers do: the scale in f32 first.
+            embed_scale: gemma.then(|| f64::from((hidden as f64).sqrt() as f32)),
+            gelu: gemma,
+            local_rope_theta: 10_000.0,
+        };
+        // Gemma 3: every 6th block (by its index before any was dropped)
+        // attends globally, the others within the window.
+        let window = if gemma {
+            u("attention.sliding_window").ok()
+        } else {
+            None
+        };
+        let origin: Option<Vec<usize>> = match w.metadata.get(crate::model::gguf::LAYER_ORIGIN_KEY)
+        {
+            Some(candle_core::quantized::gguf_file::Value::Array(a)) => a
+                .iter()
+                .map(|v| v.to_i32().ok().map(|x| x as usize))
+                .collect(),
+            _ => None,
+        };
+        let opt = |name: String| -> std::result::Result<Option<Var>, String> {
+            if w.tensors.contains_key(&name) {
+                get(&name).map(Some)
+            } else {
+                Ok(None)
+            }
         };
         let mut blocks = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let b = |n: &str| get(&format!("blk.{i}.{n}.weight"));
+            let index = origin.as_ref().and_then(|o| o.get(i).copied()).unwrap_or(i);
+            let extra = Extras {
+                bq: opt(format!("blk.{i}.attn_q.bias"))?,
+                bk: opt(format!("blk.{i}.attn_k.bias"))?,
+                bv: opt(format!("blk.{i}.attn_v.bias"))?,
+                q_norm: opt(format!("blk.{i}.attn_q_norm.weight"))?,
+                k_norm: opt(format!("blk.{i}.attn_k_norm.weight"))?,
+                post_attn_norm: opt(format!("blk.{i}.post_attention_norm.weight"))?,
+                post_ffn_norm: opt(format!("blk.{i}.post_ffw_norm.weight"))?,
+                window: window.filter(|_| !(index + 1).is_multiple_of(6)),
+            };
             blocks.push(Block {
                 attn_norm: b("attn_norm")?,
                 wq: b("attn_q")?,
@@ -182,6 +252,7 @@ impl Student {
                 gate: b("ffn_gate")?,
                 up: b("ffn_up")?,
                 down: b("ffn_down")?,
+                extra,
             });
         }
         Ok(Student {
@@ -220,6 +291,20 @@ impl Student {
             ] {
                 v.push((format!("blk.{i}.{n}.weight"), var.clone()));
             }
+            let e = &b.extra;
+            for (n, var) in [
+                ("attn_q.bias", &e.bq),
+                ("attn_k.bias", &e.bk),
+                ("attn_v.bias", &e.bv),
+                ("attn_q_norm.weight", &e.q_norm),
+                ("attn_k_norm.weight", &e.k_norm),
+                ("post_attention_norm.weight", &e.post_attn_norm),
+                ("post_ffw_norm.weight", &e.post_ffn_norm),
+            ] {
+                if let Some(var) = var {
+                    v.push((format!("blk.{i}.{n}"), var.clone()));
+                }
+            }
         }
         v.push(("output_norm.weight".to_string(), self.norm.clone()));
         if let Some(h) = &self.head {
@@ -234,21 +319,46 @@ impl Student {
         let t = tokens.len();
         let ids = Tensor::new(tokens, &Device::Cpu)?;
         let mut x = self.embed.as_tensor().index_select(&ids, 0)?;
+        if let Some(s) = cfg.embed_scale {
+            x = (x * s)?;
+        }
         let dtype = x.dtype();
-        let (cos, sin) = rope_tables(t, cfg.head_dim(), cfg.rope_theta, dtype)?;
+        let global = rope_tables(t, cfg.head_dim(), cfg.rope_theta, dtype)?;
+        let window = self.blocks.iter().find_map(|b| b.extra.window);
+        let local = match window {
+            Some(_) => rope_tables(t, cfg.head_dim(), cfg.local_rope_theta, dtype)?,
+            None => global.clone(),
+        };
         let rotate = if cfg.rope_interleaved {
             rope_pairs
         } else {
             rope
         };
-        let mask = causal_mask(t, dtype)?;
+        let mask = causal_mask(t, None, dtype)?;
+        let local_mask = match window {
+            Some(w) => causal_mask(t, Some(w), dtype)?,
+            None => mask.clone(),
+        };
         for b in &self.blocks {
+            let (rot, m) = match b.extra.window {
+                Some(_) => (&local, &local_mask),
+                None => (&global, &mask),
+            };
             let a = rms_norm(&x, b.attn_norm.as_tensor(), cfg.rms_eps)?;
-            x = (x + attention(cfg, b, &a, (&cos, &sin, rotate), &mask)?)?;
+            let mut h = attention(cfg, b, &a, (&rot.0, &rot.1, rotate), m)?;
+            if let Some(n) = &b.extra.post_attn_norm {
+                h = rms_norm(&h, n.as_tensor(), cfg.rms_eps)?;
+            }
+            x = (x + h)?;
             let m = rms_norm(&x, b.ffn_norm.as_tensor(), cfg.rms_eps)?;
             let g = linear(&m, b.gate.as_tensor())?;
             let u = linear(&m, b.up.as_tensor())?;
-            x = (x + linear(&(silu(&g)? * u)?, b.down.as_tensor())?)?;
+            let act = if cfg.gelu { gelu_tanh(&g)? } else { silu(&g)? };
+            let mut h = linear(&(act * u)?, b.down.as_tensor())?;
+            if let Some(n) = &b.extra.post_ffn_norm {
+                h = rms_norm(&h, n.as_tensor(), cfg.rms_eps)?;
+            }
+            x = (x + h)?;
         }
         let x = rms_norm(&x, self.norm.as_tensor(), cfg.rms_eps)?;
         linear(&x, self.head.as_ref().unwrap_or(&self.embed).as_tensor())
@@ -264,6 +374,15 @@ fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     x.broadcast_mul(&inv)?.broadcast_mul(w)
+}
+
+/// GELU's tanh approximation, `x · σ(2·√(2/π)·(x + 0.044715·x³))` (the
+/// same as `0.5·x·(1 + tanh(…))`), from elementary ops.
+fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    // x·x·x, not powf: candle's powf is exp(3·ln x), NaN for x < 0.
+    let inner =
+        ((x + ((x.sqr()? * x)? * 0.044715)?)? * (2.0 * (2.0 / std::f64::consts::PI).sqrt()))?;
+    x.div(&(inner.neg()?.exp()? + 1.0)?)
 }
 
 /// `x · sigmoid(x)` from elementary ops.
@@ -314,10 +433,18 @@ fn rope_pairs(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     Tensor::stack(&[r_even, r_odd], 3)?.reshape((h, t, d))
 }
 
-/// 0 on and below the diagonal, a large negative number above it.
-fn causal_mask(t: usize, dtype: DType) -> Result<Tensor> {
+/// 0 where query `i` sees key `j` (`j ≤ i`, and `i − j < window` when
+/// there is one), a large negative number elsewhere.
+fn causal_mask(t: usize, window: Option<usize>, dtype: DType) -> Result<Tensor> {
     let v: Vec<f64> = (0..t * t)
-        .map(|k| if k % t > k / t { -1e9 } else { 0.0 })
+        .map(|k| {
+            let (i, j) = (k / t, k % t);
+            if j > i || window.is_some_and(|w| i - j >= w) {
+                -1e9
+            } else {
+                0.0
+            }
+        })
         .collect();
     Tensor::from_vec(v, (t, t), &Device::Cpu)?.to_dtype(dtype)
 }
@@ -334,15 +461,29 @@ fn attention(
 ) -> Result<Tensor> {
     let t = x.dim(0)?;
     let hd = cfg.head_dim();
-    let heads = |w: &Tensor, n: usize| -> Result<Tensor> {
-        linear(x, w)?
-            .reshape((t, n, hd))?
-            .transpose(0, 1)?
-            .contiguous()
+    let heads = |w: &Tensor, bias: &Option<Var>, norm: &Option<Var>, n: usize| -> Result<Tensor> {
+        let mut y = linear(x, w)?;
+        if let Some(b) = bias {
+            y = y.broadcast_add(b.as_tensor())?;
+        }
+        let mut y = y.reshape((t, n, hd))?;
+        if let Some(w) = norm {
+            y = rms_norm(&y, w.as_tensor(), cfg.rms_eps)?;
+        }
+        y.transpose(0, 1)?.contiguous()
     };
-    let q = rotate(&heads(b.wq.as_tensor(), cfg.heads)?, cos, sin)?;
-    let k = rotate(&heads(b.wk.as_tensor(), cfg.kv_heads)?, cos, sin)?;
-    let v = heads(b.wv.as_tensor(), cfg.kv_heads)?;
+    let e = &b.extra;
+    let q = rotate(
+        &heads(b.wq.as_tensor(), &e.bq, &e.q_norm, cfg.heads)?,
+        cos,
+        sin,
+    )?;
+    let k = rotate(
+        &heads(b.wk.as_tensor(), &e.bk, &e.k_norm, cfg.kv_heads)?,
+        cos,
+        sin,
+    )?;
+    let v = heads(b.wv.as_tensor(), &e.bv, &None, cfg.kv_heads)?;
     // Grouped KV heads: each KV head serves `heads / kv_heads` query heads.
     let group = cfg.heads / cfg.kv_heads;
     let repeat = |x: Tensor| -> Result<Tensor> {
@@ -363,7 +504,7 @@ fn attention(
     let out = out
         .transpose(0, 1)?
         .contiguous()?
-        .reshape((t, cfg.hidden))?;
+        .reshape((t, cfg.heads * hd))?;
     linear(&out, b.wo.as_tensor())
 }
 

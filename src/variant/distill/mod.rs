@@ -16,7 +16,7 @@ pub mod loss;
 pub mod step;
 pub mod train;
 
-pub use forward::{Config, Student};
+pub use forward::{Config, Extras, Student};
 pub use loss::distill_loss;
 pub use step::{DistillData, DistillInputs, TrainingReport};
 pub use train::{distill, schedule, zeros_mask, Masked, TrainOptions, TrainReport, Trainer};
@@ -24,7 +24,7 @@ pub use train::{distill, schedule, zeros_mask, Masked, TrainOptions, TrainReport
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Tensor};
+    use candle_core::{DType, Tensor, Var};
     use candle_nn::Optimizer;
 
     fn tiny(seed: u64) -> Student {
@@ -43,6 +43,7 @@ mod tests {
             rms_eps: 1e-6,
             tied_head: false,
             rope_interleaved,
+            ..Default::default()
         };
         // Larger weights than the init's, so the teacher's distributions
         // are far from uniform and the loss has curvature to check; not so
@@ -91,10 +92,57 @@ mod tests {
         gradient_check(true);
     }
 
+    /// Qwen2's biases; Gemma 3's scaled embedding, GELU, q/k norms,
+    /// post-norms and a sliding window (on block 0) shorter than the text.
+    fn tiny_family(seed: u64, gemma: bool) -> Student {
+        let mut m = tiny_with(seed, false);
+        let mut k = seed as f64;
+        let mut var = |n: usize, base: f64| {
+            let v: Vec<f64> = (0..n)
+                .map(|_| {
+                    k += 1.0;
+                    base + 0.3 * (k * 1.618).sin()
+                })
+                .collect();
+            Var::from_tensor(&Tensor::from_vec(v, n, &candle_core::Device::Cpu).expect("t"))
+                .expect("var")
+        };
+        if gemma {
+            m.cfg.embed_scale = Some(2.0);
+            m.cfg.gelu = true;
+            m.cfg.local_rope_theta = 100.0;
+        }
+        for (i, b) in m.blocks.iter_mut().enumerate() {
+            if gemma {
+                b.extra.q_norm = Some(var(4, 1.0));
+                b.extra.k_norm = Some(var(4, 1.0));
+                b.extra.post_attn_norm = Some(var(8, 1.0));
+                b.extra.post_ffn_norm = Some(var(8, 1.0));
+                b.extra.window = (i == 0).then_some(3);
+            } else {
+                b.extra.bq = Some(var(8, 0.0));
+                b.extra.bk = Some(var(4, 0.0));
+                b.extra.bv = Some(var(4, 0.0));
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn gradients_equal_finite_differences_for_qwen2_and_gemma3_blocks() {
+        for gemma in [false, true] {
+            check_gradients(&tiny_family(1, gemma), &tiny_family(2, gemma));
+        }
+    }
+
     fn gradient_check(interleaved: bool) {
         let student = tiny_with(1, interleaved);
         let teacher = tiny_with(2, interleaved);
-        let l = loss(&student, &teacher);
+        check_gradients(&student, &teacher);
+    }
+
+    fn check_gradients(student: &Student, teacher: &Student) {
+        let l = loss(student, teacher);
         let grads = l.backward().expect("backward");
         let eps = 1e-5;
         let mut checked = 0;
@@ -120,7 +168,7 @@ mod tests {
                         &Tensor::from_vec(w, shape.clone(), &candle_core::Device::Cpu).expect("t"),
                     )
                     .expect("set");
-                    scalar(&loss(&student, &teacher))
+                    scalar(&loss(student, teacher))
                 };
                 let fd = (at(eps) - at(-eps)) / (2.0 * eps);
                 at(0.0);
@@ -133,7 +181,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 3 * (1 + 2 * 9 + 2));
+        assert_eq!(checked, 3 * student.vars().len());
     }
 
     #[test]
