@@ -92,8 +92,9 @@ fn the_trainable_forward_matches_the_engine_on_gemma3() {
     assert!(worst < 2e-3, "{worst}");
 }
 
-/// Qwen2 (q/k/v biases, half-split rotary, untied head) and Gemma 3 with a
-/// sliding window shorter than the sequence and one global block: small
+/// Qwen2 (q/k/v biases, half-split rotary, untied head), Gemma 3 with a
+/// sliding window shorter than the sequence and one global block, and a
+/// llama with low-rank factor pairs (`.lr_a`/`.lr_b`): small
 /// random models written as GGUF files, read by the engine and by the
 /// trainable forward, give the same log-probabilities within 1e-3 nats:
 /// f32 rounding (~1e-7 relative per op) in different summation orders
@@ -108,9 +109,11 @@ fn the_trainable_forward_matches_the_engine_on_small_qwen2_and_gemma3() {
     use slmbench::variant::tensors::WTensor;
     let dir = tempfile::tempdir().expect("tempdir");
     let tokens: Vec<u32> = vec![3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8];
-    for (arch, layers, key_length, window) in
-        [("qwen2", 2, None, None), ("gemma3", 6, Some(12), Some(3))]
-    {
+    for (arch, layers, key_length, window) in [
+        ("qwen2", 2, None, None),
+        ("gemma3", 6, Some(12), Some(3)),
+        ("llama", 2, None, None),
+    ] {
         let gemma = arch == "gemma3";
         let cfg = Config {
             vocab: 40,
@@ -142,7 +145,13 @@ fn the_trainable_forward_matches_the_engine_on_small_qwen2_and_gemma3() {
                 .expect("var")
         };
         for b in &mut s.blocks {
-            if gemma {
+            if arch == "llama" {
+                // Low-rank (rank 3) attn_q and ffn_down, as `low_rank` writes them.
+                b.wq = rnd(&[3, 16]);
+                b.extra.lr_b.insert("attn_q".into(), rnd(&[16, 3]));
+                b.down = rnd(&[3, 24]);
+                b.extra.lr_b.insert("ffn_down".into(), rnd(&[16, 3]));
+            } else if gemma {
                 b.extra.q_norm = Some(rnd(&[hd]));
                 b.extra.k_norm = Some(rnd(&[hd]));
                 b.extra.post_attn_norm = Some(rnd(&[16]));

@@ -54,6 +54,10 @@ pub struct Extras {
     pub post_ffn_norm: Option<Var>,
     /// Keys further back than this are not seen (Gemma 3's local layers).
     pub window: Option<usize>,
+    /// Low-rank projections (by name, `attn_q`…): the block's field holds
+    /// the factor `A` `[r, in]` (`.weight.lr_a`) and this the factor `B`
+    /// `[out, r]` (`.weight.lr_b`), so `y = (x·Aᵀ)·Bᵀ` and both train.
+    pub lr_b: std::collections::BTreeMap<String, Var>,
 }
 
 /// One decoder block's weights, `[out, in]` like GGUF's and candle's linear
@@ -138,7 +142,7 @@ impl Student {
 
     /// The trainable copy of a llama-family model read into a variant's
     /// working set (every tensor f32; dropped blocks are simply absent from
-    /// `block_count`). Other architectures and low-rank factors are refused
+    /// `block_count`; low-rank factors stay two factors). Other architectures are refused
     /// with a one-line reason.
     pub fn from_working(
         w: &crate::variant::tensors::Working,
@@ -149,12 +153,6 @@ impl Student {
             return Err(format!(
                 "distillation trains llama, qwen2 and gemma3 students; `{arch}` is not supported yet"
             ));
-        }
-        if w.tensors
-            .keys()
-            .any(|k| k.ends_with(".lr_a") || k.ends_with(".lr_b"))
-        {
-            return Err("a low-rank student (factors lr_a/lr_b) cannot be trained yet".into());
         }
         let meta =
             |k: &str| -> std::result::Result<&candle_core::quantized::gguf_file::Value, String> {
@@ -230,8 +228,29 @@ impl Student {
         };
         let mut blocks = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
-            let b = |n: &str| get(&format!("blk.{i}.{n}.weight"));
+            let mut lr_b = std::collections::BTreeMap::new();
+            let mut b = |n: &str| -> std::result::Result<Var, String> {
+                let name = format!("blk.{i}.{n}.weight");
+                if w.tensors.contains_key(&name) {
+                    return get(&name);
+                }
+                let (a, b) = (format!("{name}.lr_a"), format!("{name}.lr_b"));
+                if w.tensors.contains_key(&a) {
+                    lr_b.insert(n.to_string(), get(&b)?);
+                    return get(&a);
+                }
+                get(&name)
+            };
             let index = origin.as_ref().and_then(|o| o.get(i).copied()).unwrap_or(i);
+            let (attn_norm, wq, wk, wv, wo) = (
+                b("attn_norm")?,
+                b("attn_q")?,
+                b("attn_k")?,
+                b("attn_v")?,
+                b("attn_output")?,
+            );
+            let (ffn_norm, gate, up, down) =
+                (b("ffn_norm")?, b("ffn_gate")?, b("ffn_up")?, b("ffn_down")?);
             let extra = Extras {
                 bq: opt(format!("blk.{i}.attn_q.bias"))?,
                 bk: opt(format!("blk.{i}.attn_k.bias"))?,
@@ -241,17 +260,18 @@ impl Student {
                 post_attn_norm: opt(format!("blk.{i}.post_attention_norm.weight"))?,
                 post_ffn_norm: opt(format!("blk.{i}.post_ffw_norm.weight"))?,
                 window: window.filter(|_| !(index + 1).is_multiple_of(6)),
+                lr_b,
             };
             blocks.push(Block {
-                attn_norm: b("attn_norm")?,
-                wq: b("attn_q")?,
-                wk: b("attn_k")?,
-                wv: b("attn_v")?,
-                wo: b("attn_output")?,
-                ffn_norm: b("ffn_norm")?,
-                gate: b("ffn_gate")?,
-                up: b("ffn_up")?,
-                down: b("ffn_down")?,
+                attn_norm,
+                wq,
+                wk,
+                wv,
+                wo,
+                ffn_norm,
+                gate,
+                up,
+                down,
                 extra,
             });
         }
@@ -289,7 +309,13 @@ impl Student {
                 ("ffn_up", &b.up),
                 ("ffn_down", &b.down),
             ] {
-                v.push((format!("blk.{i}.{n}.weight"), var.clone()));
+                match b.extra.lr_b.get(n) {
+                    Some(f) => {
+                        v.push((format!("blk.{i}.{n}.weight.lr_a"), var.clone()));
+                        v.push((format!("blk.{i}.{n}.weight.lr_b"), f.clone()));
+                    }
+                    None => v.push((format!("blk.{i}.{n}.weight"), var.clone())),
+                }
             }
             let e = &b.extra;
             for (n, var) in [
@@ -351,10 +377,10 @@ impl Student {
             }
             x = (x + h)?;
             let m = rms_norm(&x, b.ffn_norm.as_tensor(), cfg.rms_eps)?;
-            let g = linear(&m, b.gate.as_tensor())?;
-            let u = linear(&m, b.up.as_tensor())?;
+            let g = b.proj(&m, "ffn_gate")?;
+            let u = b.proj(&m, "ffn_up")?;
             let act = if cfg.gelu { gelu_tanh(&g)? } else { silu(&g)? };
-            let mut h = linear(&(act * u)?, b.down.as_tensor())?;
+            let mut h = b.proj(&(act * u)?, "ffn_down")?;
             if let Some(n) = &b.extra.post_ffn_norm {
                 h = rms_norm(&h, n.as_tensor(), cfg.rms_eps)?;
             }
@@ -362,6 +388,27 @@ impl Student {
         }
         let x = rms_norm(&x, self.norm.as_tensor(), cfg.rms_eps)?;
         linear(&x, self.head.as_ref().unwrap_or(&self.embed).as_tensor())
+    }
+}
+
+impl Block {
+    /// The projection `name` (`attn_q`, …, `ffn_down`) of `x`: one matmul,
+    /// or two through a low-rank pair.
+    fn proj(&self, x: &Tensor, name: &str) -> Result<Tensor> {
+        let w = match name {
+            "attn_q" => &self.wq,
+            "attn_k" => &self.wk,
+            "attn_v" => &self.wv,
+            "attn_output" => &self.wo,
+            "ffn_gate" => &self.gate,
+            "ffn_up" => &self.up,
+            _ => &self.down,
+        };
+        let y = linear(x, w.as_tensor())?;
+        match self.extra.lr_b.get(name) {
+            Some(b) => linear(&y, b.as_tensor()),
+            None => Ok(y),
+        }
     }
 }
 
@@ -461,8 +508,8 @@ fn attention(
 ) -> Result<Tensor> {
     let t = x.dim(0)?;
     let hd = cfg.head_dim();
-    let heads = |w: &Tensor, bias: &Option<Var>, norm: &Option<Var>, n: usize| -> Result<Tensor> {
-        let mut y = linear(x, w)?;
+    let heads = |w: &str, bias: &Option<Var>, norm: &Option<Var>, n: usize| -> Result<Tensor> {
+        let mut y = b.proj(x, w)?;
         if let Some(b) = bias {
             y = y.broadcast_add(b.as_tensor())?;
         }
@@ -473,17 +520,9 @@ fn attention(
         y.transpose(0, 1)?.contiguous()
     };
     let e = &b.extra;
-    let q = rotate(
-        &heads(b.wq.as_tensor(), &e.bq, &e.q_norm, cfg.heads)?,
-        cos,
-        sin,
-    )?;
-    let k = rotate(
-        &heads(b.wk.as_tensor(), &e.bk, &e.k_norm, cfg.kv_heads)?,
-        cos,
-        sin,
-    )?;
-    let v = heads(b.wv.as_tensor(), &e.bv, &None, cfg.kv_heads)?;
+    let q = rotate(&heads("attn_q", &e.bq, &e.q_norm, cfg.heads)?, cos, sin)?;
+    let k = rotate(&heads("attn_k", &e.bk, &e.k_norm, cfg.kv_heads)?, cos, sin)?;
+    let v = heads("attn_v", &e.bv, &None, cfg.kv_heads)?;
     // Grouped KV heads: each KV head serves `heads / kv_heads` query heads.
     let group = cfg.heads / cfg.kv_heads;
     let repeat = |x: Tensor| -> Result<Tensor> {
@@ -505,7 +544,7 @@ fn attention(
         .transpose(0, 1)?
         .contiguous()?
         .reshape((t, cfg.heads * hd))?;
-    linear(&out, b.wo.as_tensor())
+    b.proj(&out, "attn_output")
 }
 
 /// Softmax over the last dimension from elementary ops.

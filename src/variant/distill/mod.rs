@@ -128,6 +128,33 @@ mod tests {
         m
     }
 
+    /// Block 0's attn_q and ffn_up as rank-2 factor pairs.
+    fn tiny_low_rank(seed: u64) -> Student {
+        let mut m = tiny_with(seed, true);
+        let mut k = seed as f64;
+        let mut var = |r: usize, c: usize| {
+            let v: Vec<f64> = (0..r * c)
+                .map(|_| {
+                    k += 1.0;
+                    0.8 * (k * 1.618).sin()
+                })
+                .collect();
+            Var::from_tensor(&Tensor::from_vec(v, (r, c), &candle_core::Device::Cpu).expect("t"))
+                .expect("var")
+        };
+        let b = &mut m.blocks[0];
+        b.wq = var(2, 8);
+        b.extra.lr_b.insert("attn_q".into(), var(8, 2));
+        b.up = var(2, 8);
+        b.extra.lr_b.insert("ffn_up".into(), var(12, 2));
+        m
+    }
+
+    #[test]
+    fn gradients_equal_finite_differences_for_low_rank_factors() {
+        check_gradients(&tiny_low_rank(1), &tiny_with(2, true));
+    }
+
     #[test]
     fn gradients_equal_finite_differences_for_qwen2_and_gemma3_blocks() {
         for gemma in [false, true] {
