@@ -387,7 +387,15 @@ fn fidelity_section(runs: &[Run], out: &mut String) -> Result<(), ReportError> {
         rows.extend(c.tasks);
         training.extend(c.training);
     }
-    training.dedup();
+    // Several runs of the same variant carry the same bill: list it once.
+    let mut seen = Vec::new();
+    training.retain(|t| {
+        let new = !seen.contains(t);
+        if new {
+            seen.push(t.clone());
+        }
+        new
+    });
     if rows.is_empty() {
         out.push_str("<p class=\"note\">No run holds a variant with its parent or a student with its teacher.</p>");
         return Ok(());
