@@ -274,7 +274,7 @@ mod tests {
                     );
                     continue;
                 };
-                assert_eq!(quantized, set == Kernels::Avx2);
+                assert_eq!(quantized, set.has_avx2());
                 assert_eq!(k % block_weights, 0);
                 let w: Vec<f32> = (0..n * k)
                     .map(|i| ((i * 37 % 101) as f32 - 50.0) / 37.0 * (1.0 + (i / k % 7) as f32))

@@ -1,6 +1,7 @@
 //! The streamed matmul: a quantized weight dequantized a slab of output rows
 //! at a time into a per-thread buffer and multiplied with faer's f32 GEMM,
-//! the slabs spread over rayon's threads.
+//! the slabs spread over rayon's threads — or, under the `avx512` kernel
+//! set, decoded to integers and multiplied by [`super::int16`].
 
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Result, Tensor};
@@ -18,10 +19,12 @@ thread_local! {
 }
 
 /// While alive, every matmul on this thread over a quantized weight in
-/// `WeightMode::Auto` keeps f32 activations (dequantize, then the f32
-/// GEMM), whatever its row count: scoring holds one, so a document's
-/// scores do not depend on how many rows its forward had (a short forward
-/// would otherwise take the 8-bit-activation kernels). Decoding holds none.
+/// `WeightMode::Auto` takes the many-row path, whatever its row count:
+/// f32 activations (dequantize, then the f32 GEMM), or under the `avx512`
+/// kernel set 16-bit activations rounded per token ([`super::int16`]).
+/// Scoring holds one, so a document's scores do not depend on how many
+/// rows its forward had (a short forward would otherwise take the
+/// 8-bit-activation kernels). Decoding holds none.
 pub struct F32Activations {
     before: bool,
 }
@@ -65,6 +68,13 @@ pub(crate) fn streamed_matmul_slabs(x: &Tensor, q: &QTensor, slab_elems: usize) 
     use rayon::prelude::*;
     let (n, k) = q.shape().dims2()?;
     let m = x.dim(0)?;
+    let set = super::simd::active();
+    if super::int16::applies(set, q.dtype()) {
+        let acts = with_rows(x, |xs| Ok(super::int16::Acts16::quantize(xs, k)))?;
+        if let Some(out) = super::int16::matmul(set, &acts, q.dtype(), &q.data()?, slab_elems) {
+            return Tensor::from_vec(out, (m, n), &Device::Cpu);
+        }
+    }
     let threads = rayon::current_num_threads().max(1);
     let most = (slab_elems / k).clamp(1, n);
     let count = n.div_ceil(most).div_ceil(threads) * threads;

@@ -5,7 +5,9 @@ use candle_core::{Result, Tensor};
 
 use super::linear::{Linear, Weight};
 use super::norm::RmsNorm;
+use crate::backend::candle::kernels::cpu::with_rows;
 use crate::backend::candle::kernels::streamed::{each_slab, gemm_t, STREAM_SLAB_ELEMS};
+use crate::backend::candle::kernels::{int16, simd};
 use crate::backend::candle::span::{Finish, Span};
 
 impl Linear {
@@ -71,19 +73,30 @@ impl Linear {
                     Some(b) => Some(b.to_vec1::<f32>()?),
                     None => None,
                 };
+                let set = simd::active();
+                if int16::applies(set, q.dtype()) {
+                    let acts = with_rows(x, |xs| Ok(int16::Acts16::quantize(xs, k)))?;
+                    let data = q.data()?;
+                    let row_bytes = data.len() / n;
+                    for r0 in (0..n).step_by(slab) {
+                        let cols = slab.min(n - r0);
+                        let bytes = &data[r0 * row_bytes..(r0 + cols) * row_bytes];
+                        let Some(mut y) = int16::matmul(set, &acts, q.dtype(), bytes, slab_elems)
+                        else {
+                            candle_core::bail!("no integer decoder for {:?}", q.dtype());
+                        };
+                        add_bias(&mut y, cols, r0, bias.as_deref());
+                        fold(&y, cols, r0);
+                    }
+                    return Ok(finish(rows, targets, &logits, &folds));
+                }
                 let mut y = vec![0f32; m * slab];
                 each_slab(x, q, slab, |r0, w, xs| {
                     let cols = w.len() / k;
                     let y = &mut y[..m * cols];
                     let dst = faer::MatMut::from_column_major_slice_mut(&mut *y, cols, m);
                     gemm_t(dst, xs, k, w, faer::Par::rayon(0));
-                    if let Some(b) = &bias {
-                        for row in y.chunks_exact_mut(cols) {
-                            for (v, b) in row.iter_mut().zip(&b[r0..r0 + cols]) {
-                                *v += b;
-                            }
-                        }
-                    }
+                    add_bias(y, cols, r0, bias.as_deref());
                     fold(y, cols, r0);
                 })?;
             }
@@ -93,13 +106,27 @@ impl Linear {
                 fold(&y.flatten_all()?.to_vec1::<f32>()?, n, 0);
             }
         }
-        Ok(rows
-            .iter()
-            .zip(targets)
-            .zip(&logits)
-            .map(|((&r, &t), &l)| folds[r as usize].finish(l, t as usize))
-            .collect())
+        Ok(finish(rows, targets, &logits, &folds))
     }
+}
+
+/// Adds the bias's columns `r0..` to each row of `y` (`cols` columns).
+fn add_bias(y: &mut [f32], cols: usize, r0: usize, bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for row in y.chunks_exact_mut(cols) {
+            for (v, b) in row.iter_mut().zip(&b[r0..r0 + cols]) {
+                *v += b;
+            }
+        }
+    }
+}
+
+fn finish(rows: &[u32], targets: &[u32], logits: &[f32], folds: &[RowFold]) -> Vec<TokenScore> {
+    rows.iter()
+        .zip(targets)
+        .zip(logits)
+        .map(|((&r, &t), &l)| folds[r as usize].finish(l, t as usize))
+        .collect()
 }
 
 /// Log-probability of one target token under one row of logits.

@@ -16,7 +16,7 @@ use candle_core::quantized::GgmlDType;
 /// The AVX2 row dot of `dtype` with its block layout (weights and bytes
 /// per block), when `set` is AVX2 and this CPU has it.
 pub fn row_dot(set: Kernels, dtype: GgmlDType) -> Option<(usize, usize, RowDot)> {
-    if set != Kernels::Avx2 || !Kernels::Avx2.available() {
+    if !set.has_avx2() || !Kernels::Avx2.available() {
         return None;
     }
     #[cfg(target_arch = "x86_64")]

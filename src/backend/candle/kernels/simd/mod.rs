@@ -11,20 +11,25 @@
 //!   activations, integer products, as llama.cpp does), and
 //!   [`vectorized`] compiles the f32 loops handed to it (attention,
 //!   softmax, SiLU, the head's log-sum-exp) with AVX2 and FMA.
+//! - **avx512**: the avx2 set, plus AVX-512F/BW and VNNI for the matmuls
+//!   over many rows (prefill, scoring, the head): [`avx512`]'s `vpdpwssd`
+//!   kernel multiplies 16-bit activations (one scale per 32 values) with
+//!   the weights' integers (`super::int16`), twice the products per
+//!   instruction of the f32 FMA.
 //! - **scalar**: what the baseline build gives (SSE2): portable loops and
 //!   candle's own kernels.
 //!
-//! AVX-512 kernels are not written yet: `SLMBENCH_KERNELS=avx512` is an
-//! error that says so.
-//!
 //! Rules for `unsafe` here: every block has a `// SAFETY:` line; a
-//! `#[target_feature]` function is called only after [`Kernels::Avx2`] was
-//! detected on this CPU; slices are bounds-checked (`first_chunk`,
-//! `try_into`) before a pointer is taken from them, never inside a block.
+//! `#[target_feature]` function is called only after its set was detected
+//! on this CPU ([`Kernels::available`]); slices are bounds-checked
+//! (`first_chunk`, `try_into`, `int16::Tile::valid`) before a pointer is
+//! taken from them, never inside a block.
 
 use std::sync::OnceLock;
 
 pub(super) mod avx2;
+pub(super) mod avx512;
+pub mod tile;
 
 /// Weights in a block of every supported GGML type.
 pub const QK: usize = 32;
@@ -36,6 +41,9 @@ pub enum Kernels {
     Scalar,
     /// AVX2, FMA and F16C (x86-64-v3: Intel Haswell, AMD Zen and later).
     Avx2,
+    /// [`Kernels::Avx2`] plus AVX-512F, AVX-512BW and AVX-512 VNNI (Intel
+    /// Ice Lake and later server parts, AMD Zen 4 and later).
+    Avx512,
 }
 
 impl Kernels {
@@ -44,7 +52,13 @@ impl Kernels {
         match self {
             Kernels::Scalar => "scalar",
             Kernels::Avx2 => "avx2",
+            Kernels::Avx512 => "avx512",
         }
+    }
+
+    /// Whether the set includes AVX2, FMA and F16C (every set but scalar).
+    pub fn has_avx2(self) -> bool {
+        self != Kernels::Scalar
     }
 
     /// Whether this CPU can run the set.
@@ -52,12 +66,13 @@ impl Kernels {
         match self {
             Kernels::Scalar => true,
             Kernels::Avx2 => avx2_fma_detected(),
+            Kernels::Avx512 => avx2_fma_detected() && avx512_vnni_detected(),
         }
     }
 
     /// The sets this CPU can run, best last.
     pub fn supported() -> Vec<Kernels> {
-        [Kernels::Scalar, Kernels::Avx2]
+        [Kernels::Scalar, Kernels::Avx2, Kernels::Avx512]
             .into_iter()
             .filter(|k| k.available())
             .collect()
@@ -77,6 +92,19 @@ fn avx2_fma_detected() -> bool {
     }
 }
 
+fn avx512_vnni_detected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The environment variable that forces a kernel set.
 pub const ENV: &str = "SLMBENCH_KERNELS";
 
@@ -88,14 +116,10 @@ pub fn choose(value: Option<&str>) -> Result<Kernels, String> {
         None | Some("") => return Ok(best),
         Some("scalar") => Kernels::Scalar,
         Some("avx2") => Kernels::Avx2,
-        Some("avx512") => {
-            return Err(format!(
-            "{ENV}=avx512: this build has no AVX-512 kernels yet; use avx2 or scalar, or unset it"
-        ))
-        }
+        Some("avx512") => Kernels::Avx512,
         Some(other) => {
             return Err(format!(
-                "{ENV}={other:?}: expected scalar or avx2 (or unset it for the best this CPU has)"
+                "{ENV}={other:?}: expected scalar, avx2 or avx512 (or unset it for the best this CPU has)"
             ))
         }
     };
@@ -133,8 +157,8 @@ pub fn check_env() -> Result<Kernels, String> {
     choose(value.as_deref())
 }
 
-/// Runs `f`, compiled with AVX2 and FMA enabled when `set` is
-/// [`Kernels::Avx2`] (and this CPU has them), else as built. Only code
+/// Runs `f`, compiled with AVX2 and FMA enabled when `set` includes them
+/// ([`Kernels::has_avx2`], and this CPU has them), else as built. Only code
 /// inlined into the AVX2 copy gets the instructions, so the closure must
 /// be `#[inline(always)] || …` and the functions it calls in its loops
 /// `#[inline(always)]` too (a call out, `LocalKey::with` included, runs
@@ -144,7 +168,7 @@ pub fn check_env() -> Result<Kernels, String> {
 #[inline(always)]
 pub fn vectorized<R>(set: Kernels, f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
-    if set == Kernels::Avx2 && avx2_fma_detected() {
+    if set.has_avx2() && avx2_fma_detected() {
         // SAFETY: AVX2 and FMA were detected on this CPU just above.
         return unsafe { with_avx2_fma(f) };
     }
@@ -193,7 +217,7 @@ mod tests {
             Ok(*Kernels::supported().last().expect("scalar at least"))
         );
         assert_eq!(choose(Some("")), choose(None));
-        for bad in ["avx512", "AVX3", "sse\n"] {
+        for bad in ["AVX512", "AVX3", "sse\n"] {
             let e = choose(Some(bad)).expect_err(bad);
             assert!(
                 e.starts_with("SLMBENCH_KERNELS=") && !e.contains('\n'),
@@ -202,6 +226,11 @@ mod tests {
         }
         let avx2 = choose(Some("avx2"));
         assert_eq!(avx2.is_ok(), Kernels::Avx2.available(), "{avx2:?}");
+        let avx512 = choose(Some("avx512"));
+        assert_eq!(avx512.is_ok(), Kernels::Avx512.available(), "{avx512:?}");
+        if let Err(e) = avx512 {
+            assert!(e.contains("lacks it") && !e.contains('\n'), "{e}");
+        }
     }
 
     #[test]
