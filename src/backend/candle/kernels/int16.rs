@@ -25,7 +25,6 @@
 //! result does not depend on which other tokens share its forward.
 
 use candle_core::quantized::GgmlDType;
-use half::f16;
 use rayon::prelude::*;
 
 pub use super::simd::tile::{Tile, ACT_BLOCK, PANEL, TILE};
@@ -56,13 +55,40 @@ impl Acts16 {
     /// Rounds `x` (`[m][k]` row-major, `k` a multiple of 32): per block,
     /// `sx = max |x| / 32767` and `xi = round(x · 32767 / max |x|)`.
     pub fn quantize(x: &[f32], k: usize) -> Self {
+        let mut acts = Self {
+            m: 0,
+            k,
+            xi: Vec::new(),
+            sx: Vec::new(),
+            ss: Vec::new(),
+        };
+        acts.quantize_into(x, k);
+        acts
+    }
+
+    /// [`Acts16::quantize`] into this value's buffers (grown as needed):
+    /// a matmul's activations are megabytes, and fresh pages for them on
+    /// every matmul cost more than the rounding.
+    pub fn quantize_into(&mut self, x: &[f32], k: usize) {
         assert!(k > 0 && k.is_multiple_of(ACT_BLOCK), "k = {k}");
         let m = x.len() / k;
         let tiles = m.div_ceil(TILE);
         let a = k / ACT_BLOCK;
-        let mut xi = vec![0i16; tiles * TILE * k];
-        let mut sx = vec![0f32; m * a];
-        let mut ss = vec![0f32; m * a];
+        (self.m, self.k) = (m, k);
+        let (xi, sx, ss) = (&mut self.xi, &mut self.sx, &mut self.ss);
+        // Every value is written below, the last tile's padding included.
+        xi.resize(tiles * TILE * k, 0);
+        xi.truncate(tiles * TILE * k);
+        sx.resize(m * a, 0.0);
+        sx.truncate(m * a);
+        ss.resize(m * a, 0.0);
+        ss.truncate(m * a);
+        if m < tiles * TILE {
+            let last = &mut xi[(tiles - 1) * TILE * k..];
+            for g in last.chunks_exact_mut(2 * TILE) {
+                g[2 * (m % TILE)..].fill(0);
+            }
+        }
         let set = simd::active();
         // One task a thread.
         let per = tiles.div_ceil(rayon::current_num_threads().max(1)).max(1);
@@ -96,7 +122,17 @@ impl Acts16 {
                     },
                 )
             });
-        Self { m, k, xi, sx, ss }
+    }
+
+    /// Runs `f` with `x` rounded, in this thread's reused buffers.
+    pub fn with<R>(x: &[f32], k: usize, f: impl FnOnce(&Acts16) -> R) -> R {
+        ACTS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut acts) => {
+                acts.quantize_into(x, k);
+                f(&acts)
+            }
+            Err(_) => f(&Acts16::quantize(x, k)),
+        })
     }
 
     /// The pair of rounded activations of token `t` at columns `2g, 2g + 1`.
@@ -185,7 +221,7 @@ impl Format {
 
 #[inline(always)]
 fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32_const()
+    simd::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]))
 }
 
 /// `N` bytes of a block from `at` (the block's length is its type's).
@@ -557,6 +593,16 @@ pub fn transpose_pairs(rows: &[i16], ints: &mut [i16]) {
 }
 
 thread_local! {
+    /// [`Acts16::with`]'s buffers.
+    static ACTS: std::cell::RefCell<Acts16> = const {
+        std::cell::RefCell::new(Acts16 {
+            m: 0,
+            k: ACT_BLOCK,
+            xi: Vec::new(),
+            sx: Vec::new(),
+            ss: Vec::new(),
+        })
+    };
     /// A panel's rows in row order, before [`transpose_pairs`].
     static ROWS: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The decoded slab of [`matmul`], kept by the thread that runs the
@@ -576,13 +622,31 @@ pub fn matmul(
     data: &[u8],
     slab_elems: usize,
 ) -> Option<Vec<f32>> {
-    let fmt = Format::of(dtype)?;
+    let mut out = Vec::new();
+    matmul_into(set, acts, dtype, data, slab_elems, &mut out).then_some(out)
+}
+
+/// [`matmul`] into `out` (resized to `m · rows`; every value written), so
+/// that a caller multiplying slab after slab reuses one buffer. `false`
+/// (nothing written): no decoder for `dtype`.
+pub fn matmul_into(
+    set: Kernels,
+    acts: &Acts16,
+    dtype: GgmlDType,
+    data: &[u8],
+    slab_elems: usize,
+    out: &mut Vec<f32>,
+) -> bool {
+    let Some(fmt) = Format::of(dtype) else {
+        return false;
+    };
     let (m, k) = (acts.m, acts.k);
     let row_bytes = fmt.row_bytes(k);
     let n = data.len() / row_bytes;
-    let mut out = vec![0f32; m * n];
+    out.resize(m * n, 0.0);
+    out.truncate(m * n);
     if m == 0 || n == 0 {
-        return Some(out);
+        return true;
     }
     let slab = (slab_elems / k / PANEL).max(1) * PANEL;
     // Each thread's tokens: whole tiles.
@@ -634,7 +698,7 @@ pub fn matmul(
         Ok(mut p) => go(&mut p),
         Err(_) => go(&mut Panels::default()),
     });
-    Some(out)
+    true
 }
 
 #[cfg(test)]

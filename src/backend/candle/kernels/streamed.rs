@@ -70,8 +70,13 @@ pub(crate) fn streamed_matmul_slabs(x: &Tensor, q: &QTensor, slab_elems: usize) 
     let m = x.dim(0)?;
     let set = super::simd::active();
     if super::int16::applies(set, q.dtype()) {
-        let acts = with_rows(x, |xs| Ok(super::int16::Acts16::quantize(xs, k)))?;
-        if let Some(out) = super::int16::matmul(set, &acts, q.dtype(), &q.data()?, slab_elems) {
+        let data = q.data()?;
+        let out = with_rows(x, |xs| {
+            Ok(super::int16::Acts16::with(xs, k, |acts| {
+                super::int16::matmul(set, acts, q.dtype(), &data, slab_elems)
+            }))
+        })?;
+        if let Some(out) = out {
             return Tensor::from_vec(out, (m, n), &Device::Cpu);
         }
     }

@@ -75,19 +75,30 @@ impl Linear {
                 };
                 let set = simd::active();
                 if int16::applies(set, q.dtype()) {
-                    let acts = with_rows(x, |xs| Ok(int16::Acts16::quantize(xs, k)))?;
                     let data = q.data()?;
                     let row_bytes = data.len() / n;
-                    for r0 in (0..n).step_by(slab) {
-                        let cols = slab.min(n - r0);
-                        let bytes = &data[r0 * row_bytes..(r0 + cols) * row_bytes];
-                        let Some(mut y) = int16::matmul(set, &acts, q.dtype(), bytes, slab_elems)
-                        else {
-                            candle_core::bail!("no integer decoder for {:?}", q.dtype());
-                        };
-                        add_bias(&mut y, cols, r0, bias.as_deref());
-                        fold(&y, cols, r0);
-                    }
+                    let mut y = Vec::new();
+                    with_rows(x, |xs| {
+                        int16::Acts16::with(xs, k, |acts| {
+                            for r0 in (0..n).step_by(slab) {
+                                let cols = slab.min(n - r0);
+                                let bytes = &data[r0 * row_bytes..(r0 + cols) * row_bytes];
+                                if !int16::matmul_into(
+                                    set,
+                                    acts,
+                                    q.dtype(),
+                                    bytes,
+                                    slab_elems,
+                                    &mut y,
+                                ) {
+                                    candle_core::bail!("no integer decoder for {:?}", q.dtype());
+                                }
+                                add_bias(&mut y, cols, r0, bias.as_deref());
+                                fold(&y, cols, r0);
+                            }
+                            Ok(())
+                        })
+                    })?;
                     return Ok(finish(rows, targets, &logits, &folds));
                 }
                 let mut y = vec![0f32; m * slab];

@@ -133,6 +133,20 @@ fn activations_round_to_16_bits_per_block() {
         .all(|g| g[4..].iter().all(|&v| v == 0)));
 }
 
+/// Buffers reused for fewer tokens hold exactly what fresh ones would
+/// (the last tile's padding zeroed again).
+#[test]
+fn reused_buffers_round_like_fresh_ones() {
+    let k = 64;
+    let mut acts = Acts16::quantize(&activations(13, k), k);
+    acts.quantize_into(&activations(2, k), k);
+    let fresh = Acts16::quantize(&activations(2, k), k);
+    assert_eq!((acts.m, acts.k), (fresh.m, fresh.k));
+    assert_eq!(acts.xi, fresh.xi);
+    assert_eq!(acts.sx, fresh.sx);
+    assert_eq!(acts.ss, fresh.ss);
+}
+
 /// Every SIMD tile this CPU can run equals the scalar twin bit for bit:
 /// every type, every token count from 1 to 8, edge-case activations.
 #[test]

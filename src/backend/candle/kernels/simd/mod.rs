@@ -205,6 +205,28 @@ pub fn f16_at(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// The f16 with bits `h` as f32 (exactly): one F16C instruction on a CPU
+/// that has it — inlined into code compiled for the avx2 set (see
+/// [`vectorized`]) — else `half`'s integer code. (`half`'s `to_f32`
+/// checks at run time too, but calls out of line on every value.)
+#[inline(always)]
+pub fn f16_to_f32(h: u16) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: F16C was detected on this CPU just above.
+        return unsafe { f16c_to_f32(h) };
+    }
+    half::f16::from_bits(h).to_f32_const()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "f16c")]
+fn f16c_to_f32(h: u16) -> f32 {
+    use std::arch::x86_64::{_mm_cvtph_ps, _mm_cvtsi32_si128, _mm_cvtss_f32};
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +252,18 @@ mod tests {
         assert_eq!(avx512.is_ok(), Kernels::Avx512.available(), "{avx512:?}");
         if let Err(e) = avx512 {
             assert!(e.contains("lacks it") && !e.contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn f16_to_f32_is_exact_for_every_bit_pattern() {
+        for h in 0..=u16::MAX {
+            let want = half::f16::from_bits(h).to_f32_const();
+            let got = f16_to_f32(h);
+            assert!(
+                got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                "{h:#06x}: {got} vs {want}"
+            );
         }
     }
 
