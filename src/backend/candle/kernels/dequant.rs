@@ -181,17 +181,7 @@ fn q8_0(b: &[u8], y: &mut [f32]) {
 #[inline(always)]
 fn q4k(b: &[u8], y: &mut [f32]) {
     let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-    let sm = &b[4..16];
-    let scale_min = |j: usize| {
-        if j < 4 {
-            (sm[j] & 63, sm[j + 4] & 63)
-        } else {
-            (
-                (sm[j + 4] & 0xF) | ((sm[j - 4] >> 6) << 4),
-                (sm[j + 4] >> 4) | ((sm[j] >> 6) << 4),
-            )
-        }
-    };
+    let scale_min = |j: usize| q4k_scale_min(&b[4..16], j);
     for (pair, y) in y.chunks_exact_mut(2 * QK).enumerate() {
         let qs = &b[16 + 32 * pair..48 + 32 * pair];
         let ((s1, m1), (s2, m2)) = (scale_min(2 * pair), scale_min(2 * pair + 1));
@@ -202,6 +192,20 @@ fn q4k(b: &[u8], y: &mut [f32]) {
             *l = d1 * f32::from(q & 0xF) - m1;
             *h = d2 * f32::from(q >> 4) - m2;
         }
+    }
+}
+
+/// Sub-block `j`'s 6-bit scale and min from a Q4_K superblock's 12 bytes
+/// of them (`sm`: bytes 4..16 of the block).
+#[inline(always)]
+pub(super) fn q4k_scale_min(sm: &[u8], j: usize) -> (u8, u8) {
+    if j < 4 {
+        (sm[j] & 63, sm[j + 4] & 63)
+    } else {
+        (
+            (sm[j + 4] & 0xF) | ((sm[j - 4] >> 6) << 4),
+            (sm[j + 4] >> 4) | ((sm[j] >> 6) << 4),
+        )
     }
 }
 

@@ -55,16 +55,19 @@ impl Acts16 {
     /// Rounds `x` (`[m][k]` row-major, `k` a multiple of 32): per block,
     /// `sx = max |x| / 32767` and `xi = round(x · 32767 / max |x|)`.
     pub fn quantize(x: &[f32], k: usize) -> Self {
-        let mut acts = Self {
-            m: 0,
-            k,
-            xi: Vec::new(),
-            sx: Vec::new(),
-            ss: Vec::new(),
-        };
+        let mut acts = Self::EMPTY;
         acts.quantize_into(x, k);
         acts
     }
+
+    /// No tokens, no buffers.
+    pub const EMPTY: Acts16 = Acts16 {
+        m: 0,
+        k: ACT_BLOCK,
+        xi: Vec::new(),
+        sx: Vec::new(),
+        ss: Vec::new(),
+    };
 
     /// [`Acts16::quantize`] into this value's buffers (grown as needed):
     /// a matmul's activations are megabytes, and fresh pages for them on
@@ -285,19 +288,8 @@ fn q8_0(b: &[u8], q: &mut [i16], d: &mut [f32], _: &mut [f32]) {
 #[inline(always)]
 fn q4k(b: &[u8], q: &mut [i16], d: &mut [f32], m: &mut [f32]) {
     let (sd, smin) = (f16_at(b, 0), f16_at(b, 2));
-    let sm = &b[4..16];
-    let scale_min = |j: usize| {
-        if j < 4 {
-            (sm[j] & 63, sm[j + 4] & 63)
-        } else {
-            (
-                (sm[j + 4] & 0xF) | ((sm[j - 4] >> 6) << 4),
-                (sm[j + 4] >> 4) | ((sm[j] >> 6) << 4),
-            )
-        }
-    };
     for j in 0..8 {
-        let (s, mn) = scale_min(j);
+        let (s, mn) = super::dequant::q4k_scale_min(&b[4..16], j);
         d[j] = sd * f32::from(s);
         m[j] = -(smin * f32::from(mn));
     }
@@ -594,15 +586,7 @@ pub fn transpose_pairs(rows: &[i16], ints: &mut [i16]) {
 
 thread_local! {
     /// [`Acts16::with`]'s buffers.
-    static ACTS: std::cell::RefCell<Acts16> = const {
-        std::cell::RefCell::new(Acts16 {
-            m: 0,
-            k: ACT_BLOCK,
-            xi: Vec::new(),
-            sx: Vec::new(),
-            ss: Vec::new(),
-        })
-    };
+    static ACTS: std::cell::RefCell<Acts16> = const { std::cell::RefCell::new(Acts16::EMPTY) };
     /// A panel's rows in row order, before [`transpose_pairs`].
     static ROWS: std::cell::RefCell<Vec<i16>> = const { std::cell::RefCell::new(Vec::new()) };
     /// The decoded slab of [`matmul`], kept by the thread that runs the
