@@ -18,6 +18,17 @@ use super::simd;
 /// Weights per block of the 32-weight types.
 const QK: usize = 32;
 
+/// The types with a routine here (and a decoder in `int16`), for the tests.
+#[cfg(test)]
+pub(super) const OWN_TYPES: [GgmlDType; 6] = [
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q8_0,
+    GgmlDType::Q4K,
+    GgmlDType::Q6K,
+];
+
 /// Dequantizes the rows in `data` (each `k` weights of `dtype`) into `out`
 /// (`rows · k` values), rows split across rayon's threads when `parallel`
 /// (else all on the calling thread, for callers that are already one of
@@ -246,14 +257,7 @@ mod tests {
             .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0 * (1.0 + (i % 13) as f32))
             .collect();
         let w = Tensor::from_vec(w, (n, k), &dev).expect("w");
-        for dtype in [
-            GgmlDType::Q4_0,
-            GgmlDType::Q4_1,
-            GgmlDType::Q5_0,
-            GgmlDType::Q8_0,
-            GgmlDType::Q4K,
-            GgmlDType::Q6K,
-        ] {
+        for dtype in OWN_TYPES {
             let q = QTensor::quantize(&w, dtype).expect("quantize");
             let want = q.dequantize(&dev).expect("dequantize");
             let want = want

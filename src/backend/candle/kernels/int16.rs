@@ -81,11 +81,8 @@ impl Acts16 {
         let (xi, sx, ss) = (&mut self.xi, &mut self.sx, &mut self.ss);
         // Every value is written below, the last tile's padding included.
         xi.resize(tiles * TILE * k, 0);
-        xi.truncate(tiles * TILE * k);
         sx.resize(m * a, 0.0);
-        sx.truncate(m * a);
         ss.resize(m * a, 0.0);
-        ss.truncate(m * a);
         if m < tiles * TILE {
             let last = &mut xi[(tiles - 1) * TILE * k..];
             for g in last.chunks_exact_mut(2 * TILE) {
@@ -348,15 +345,12 @@ impl Panels {
         self.k = k;
         self.count = rows.div_ceil(PANEL);
         // Every value is written below (padding rows included), so a buffer
-        // that is long enough is not cleared first.
-        fn grow<T: Copy>(v: &mut Vec<T>, len: usize, zero: T) {
-            v.truncate(len);
-            v.resize(len, zero);
-        }
-        grow(&mut self.ints, self.count * k * PANEL, 0i16);
-        grow(&mut self.d, self.count * scales, 0f32);
+        // that is long enough is not cleared first (`resize` only writes
+        // the values it adds).
+        self.ints.resize(self.count * k * PANEL, 0);
+        self.d.resize(self.count * scales, 0.0);
         let ml = if fmt.min { self.d.len() } else { 0 };
-        grow(&mut self.m, ml, 0f32);
+        self.m.resize(ml, 0.0);
         let set = simd::active();
         let job = |(part, data): (PanelsMut, &[u8])| {
             ROWS.with(|rows| {
@@ -628,7 +622,6 @@ pub fn matmul_into(
     let row_bytes = fmt.row_bytes(k);
     let n = data.len() / row_bytes;
     out.resize(m * n, 0.0);
-    out.truncate(m * n);
     if m == 0 || n == 0 {
         return true;
     }

@@ -2,14 +2,7 @@ use super::*;
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
-const TYPES: [GgmlDType; 6] = [
-    GgmlDType::Q4_0,
-    GgmlDType::Q4_1,
-    GgmlDType::Q5_0,
-    GgmlDType::Q8_0,
-    GgmlDType::Q4K,
-    GgmlDType::Q6K,
-];
+use super::super::dequant::OWN_TYPES as TYPES;
 
 /// Deterministic weights with a spread of magnitudes, signs and, per row,
 /// scales from 1e-3 to 1e3 (extreme f16 steps).
