@@ -113,6 +113,10 @@ pub struct Generation {
     pub stop: StopReason,
     /// Tokens of the prompt as the model saw it.
     pub prompt_tokens: usize,
+    /// Leading prompt tokens whose KV state came from an earlier request's
+    /// (a local engine's prompt reuse, or a server's prompt cache where it
+    /// reports one) instead of being forwarded again.
+    pub cached_tokens: usize,
     /// Tokens generated (the EOS token not counted).
     pub generated_tokens: usize,
     /// The prompt was left-truncated to leave room for `max_gen_toks`.

@@ -200,6 +200,7 @@ pub fn run_gen_cell(
                 metrics,
                 stop: stop.clone(),
                 prompt_tokens: g.prompt_tokens,
+                cached_tokens: g.cached_tokens,
                 generated_tokens: g.generated_tokens,
                 truncated: g.truncated,
                 ttft_ms: g.ttft_ms,
@@ -210,7 +211,7 @@ pub fn run_gen_cell(
             ttfts.extend(g.ttft_ms);
             speeds.extend(g.decode_tokens_per_s());
             truncated += usize::from(g.truncated);
-            forwarded += g.prompt_tokens + g.generated_tokens;
+            forwarded += g.prompt_tokens.saturating_sub(g.cached_tokens) + g.generated_tokens;
             generated += g.generated_tokens as u64;
             prompt_tokens += g.prompt_tokens;
             prefill_ms += g.ttft_ms.unwrap_or(0.0);

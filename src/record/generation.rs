@@ -25,6 +25,9 @@ pub struct GenSampleRecord {
     /// `eos`, `until`, `max_tokens` or `context`.
     pub stop: String,
     pub prompt_tokens: usize,
+    /// Leading prompt tokens reused from an earlier request's KV state.
+    #[serde(default)]
+    pub cached_tokens: usize,
     pub generated_tokens: usize,
     /// The prompt was left-truncated to leave room for the answer.
     #[serde(default)]

@@ -15,6 +15,7 @@ mod kernels;
 mod layout;
 mod measure;
 mod parquet;
+mod prompt_reuse;
 mod report;
 mod safetensors;
 mod served;

@@ -31,7 +31,20 @@ pub struct CandleScorer {
     /// Token budget of one packed forward in [`Scorer::score_docs`]; 0
     /// scores one document per forward.
     pub pack_tokens: usize,
+    /// Prompt tokens per forward when generating (see [`GEN_CHUNK`]); 0
+    /// forwards each prompt whole and
+    /// reuses nothing.
+    pub gen_chunk: usize,
+    /// The prompt whose KV state the cache holds after a generation.
+    pub(super) prompt_ids: Vec<u32>,
 }
+
+/// Prompt tokens per forward when generating, and the unit of prompt reuse
+/// (see `generate`): the scoring chunk's size, so a prompt is forwarded as
+/// it was before reuse existed, and each forward amortises the weights'
+/// decoding over many tokens (128-token chunks made GSM8K's time to first
+/// token ~20% longer).
+pub const GEN_CHUNK: usize = 512;
 
 /// A document's (context, continuation) token pairs, one per choice.
 type Pairs = Vec<(Vec<u32>, Vec<u32>)>;
@@ -99,6 +112,8 @@ impl CandleScorer {
             chunk: 512,
             batch_choices: true,
             pack_tokens: DEFAULT_PACK_TOKENS,
+            gen_chunk: GEN_CHUNK,
+            prompt_ids: Vec::new(),
         }
     }
 

@@ -168,6 +168,10 @@ pub fn generate(
         text,
         stop,
         prompt_tokens: n_prompt.unwrap_or(0),
+        // llama-server's prompt cache; OpenAI-style servers' usage details.
+        cached_tokens: count(v, "/tokens_cached")
+            .or_else(|| count(v, "/usage/prompt_tokens_details/cached_tokens"))
+            .unwrap_or(0),
         generated_tokens: n_gen,
         truncated: v.get("truncated").and_then(Value::as_bool).unwrap_or(false),
         // The server's own timings where it reports them; else the
