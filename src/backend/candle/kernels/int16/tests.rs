@@ -302,3 +302,24 @@ fn the_simd_transpose_equals_the_scalar_twin() {
         }
     }
 }
+
+#[test]
+fn the_magic_number_rounds_as_round_ties_even() {
+    let want = |v: f32| v.round_ties_even() as i32 as i16;
+    // Every quarter from -32767.5 to 32767.5 (ties at every half), the
+    // floats on either side of each, and a few small and signed zeros.
+    let mut n = 0;
+    for i in -131_070i32..=131_070 {
+        let v = i as f32 / 4.0;
+        for v in [v, v.next_down(), v.next_up()] {
+            if v.abs() <= 32767.5 {
+                assert_eq!(round_to_i16(v), want(v), "{v:?}");
+                n += 1;
+            }
+        }
+    }
+    for v in [0.0, -0.0, 1e-30, -1e-30, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5] {
+        assert_eq!(round_to_i16(v), want(v), "{v:?}");
+    }
+    assert!(n > 780_000);
+}
