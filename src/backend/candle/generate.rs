@@ -67,7 +67,7 @@ impl CandleScorer {
         // The cache holds `prompt_ids` only if nothing else used it since
         // (every other path empties it).
         let (cached, chunk) = match self.gen_chunk {
-            0 => (0, ids.len()),
+            0 => (0, ids.len().max(1)),
             c if self.model.cache_len() == self.prompt_ids.len() => {
                 (reusable(&ids, &self.prompt_ids, c), c)
             }
